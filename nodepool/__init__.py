@@ -1,0 +1,1 @@
+"""nodepool: keeps a pool of cloud nodes ready for Zuul."""

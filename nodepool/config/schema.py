@@ -1,0 +1,330 @@
+"""Voluptuous schemas for the configuration file, and validation problems.
+
+The core schema covers the top level, labels, diskimages and tenant limits.
+Each driver registers its provider schema and builder (see
+:func:`register_driver`); providers are validated against the schema of their
+own driver, so an error names the exact key path, e.g.
+``providers[0].pools[1].labels[2].min-ram: expected an integer``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import voluptuous as v
+
+# -- problems ----------------------------------------------------------------
+
+
+def render_path(path: tuple | list) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: tuple
+    message: str
+
+    def __str__(self) -> str:
+        return f"{render_path(self.path)}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``problems`` says where and why."""
+
+    def __init__(self, source: str | None, problems: list[Problem] | list[str]):
+        self.source = source
+        self.problems = [p if isinstance(p, Problem) else Problem((), p)
+                         for p in problems]
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        where = f"{self.source}: " if self.source else ""
+        if len(self.problems) == 1:
+            return f"{where}{self.problems[0]}"
+        lines = [f"{where}{len(self.problems)} problems:"]
+        lines += [f"  {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+# -- scalar validators with operator-friendly messages ------------------------
+
+
+def Int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise v.Invalid(f"expected an integer, got {_describe(value)}")
+    return value
+
+
+def Number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise v.Invalid(f"expected a number, got {_describe(value)}")
+    return float(value)
+
+
+def Str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise v.Invalid(f"expected a string, got {_describe(value)}")
+    return value
+
+
+def NonEmptyStr(value: Any) -> str:
+    Str(value)
+    if not value.strip():
+        raise v.Invalid("must not be empty")
+    return value
+
+
+def Bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise v.Invalid(f"expected true or false, got {_describe(value)}")
+    return value
+
+
+def Map(value: Any) -> dict:
+    if not isinstance(value, dict):
+        raise v.Invalid(f"expected a mapping, got {_describe(value)}")
+    return value
+
+
+def StrMap(value: Any) -> dict:
+    Map(value)
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise v.Invalid(f"keys must be strings, got {_describe(key)}")
+        if not isinstance(item, str):
+            raise v.Invalid(f"value of {key!r} must be a string, got {_describe(item)}")
+    return value
+
+
+def StrOrInt(value: Any) -> str | int:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise v.Invalid(f"expected a string or integer, got {_describe(value)}")
+    return value
+
+
+def StrOrStrList(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(i, str) for i in value):
+        return value
+    raise v.Invalid(f"expected a string or a list of strings, got {_describe(value)}")
+
+
+def ListOf(item_schema) -> Callable:
+    """A list whose items are validated one by one (paths keep the index)."""
+    inner = v.Schema([item_schema])
+
+    def validate(value):
+        if not isinstance(value, list):
+            raise v.Invalid(f"expected a list, got {_describe(value)}")
+        return inner(value)
+    return validate
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"boolean {value}"
+    if isinstance(value, (int, float)):
+        return f"number {value}"
+    if isinstance(value, str):
+        return f"string {value!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+# -- core schema -----------------------------------------------------------------
+
+zookeeper_server = {
+    v.Required("host"): NonEmptyStr,
+    "port": Int,
+    "chroot": Str,
+}
+
+zookeeper_tls = {
+    v.Required("cert"): Str,
+    v.Required("key"): Str,
+    v.Required("ca"): Str,
+}
+
+label = {
+    v.Required("name"): NonEmptyStr,
+    "min-ready": Int,
+    "max-ready-age": Int,
+}
+
+diskimage = {
+    v.Required("name"): NonEmptyStr,
+    "abstract": Bool,
+    "parent": Str,
+    "dib-cmd": Str,
+    "pause": Bool,
+    "elements": ListOf(Str),
+    "formats": ListOf(Str),
+    "keep-formats": ListOf(Str),
+    "delete-after-upload": Bool,
+    "release": StrOrInt,
+    "rebuild-age": Int,
+    "build-timeout": Int,
+    "env-vars": StrMap,
+    "username": Str,
+    "python-path": Str,
+    "shell-type": Str,
+    "metadata": Map,
+}
+
+tenant_limit = {
+    v.Required("tenant-name"): NonEmptyStr,
+    "max-servers": Int,
+    "max-cores": Int,
+    "max-ram": Int,
+    "max-volumes": Int,
+    "max-volume-gb": Int,
+    v.Extra: Int,
+}
+
+webapp = {
+    "port": Int,
+    "listen_address": Str,
+}
+
+top_level = v.Schema({
+    "zookeeper-servers": ListOf(zookeeper_server),
+    "zookeeper-tls": zookeeper_tls,
+    "zookeeper-timeout": Number,
+    "webapp": webapp,
+    "labels": ListOf(label),
+    "diskimages": ListOf(diskimage),
+    # Each provider is checked against its driver's schema afterwards.
+    "providers": ListOf(Map),
+    "elements-dir": Str,
+    "images-dir": Str,
+    "build-log-dir": Str,
+    "build-log-retention": Int,
+    "max-hold-age": Int,
+    "tenant-resource-limits": ListOf(tenant_limit),
+})
+
+secure_file = v.Schema({
+    "zookeeper-servers": ListOf(zookeeper_server),
+    "zookeeper-tls": zookeeper_tls,
+    "diskimages": ListOf({v.Required("name"): NonEmptyStr,
+                          v.Required("env-vars"): StrMap}),
+})
+
+# Keys every provider accepts, whatever its driver.
+provider_common = {
+    v.Required("name"): NonEmptyStr,
+    "driver": Str,
+    "max-concurrency": Int,
+    "priority": Int,
+}
+
+# Keys every pool accepts, whatever its driver.
+pool_common = {
+    v.Required("name"): NonEmptyStr,
+    "max-servers": Int,
+    "priority": Int,
+    "node-attributes": Map,
+}
+
+
+def validate(schema: v.Schema, data: Any, prefix: tuple = ()) -> list[Problem]:
+    """Run a schema; return its errors as problems with full key paths."""
+    try:
+        schema(data)
+    except v.MultipleInvalid as exc:
+        return [_problem(err, prefix) for err in exc.errors]
+    except v.Invalid as exc:
+        return [_problem(exc, prefix)]
+    return []
+
+
+def _problem(err: v.Invalid, prefix: tuple) -> Problem:
+    message = err.error_message
+    if message == "extra keys not allowed":
+        message = "unknown key"
+    elif message == "required key not provided":
+        message = "required key is missing"
+    elif message.startswith("expected dict"):
+        message = "expected a mapping"
+    elif message.startswith("expected list"):
+        message = "expected a list"
+    return Problem(tuple(prefix) + tuple(err.path), message)
+
+
+# -- driver registry -------------------------------------------------------------
+
+
+class DriverConfig(Protocol):
+    """What a driver contributes to configuration handling."""
+
+    name: str
+    manages_images: bool
+
+    def schema(self) -> v.Schema:
+        """Provider schema (including :data:`provider_common` keys)."""
+
+    def build(self, raw: dict, context: "BuildContext"):
+        """Typed :class:`~nodepool.config.model.Provider` from validated data;
+        reference problems go to ``context``."""
+
+
+@dataclass
+class BuildContext:
+    """What a driver needs to check references while building a provider."""
+
+    labels: dict
+    diskimages: dict            # concrete diskimages by name
+    abstract_diskimages: set
+    path: tuple                 # e.g. ("providers", 2)
+    problems: list
+
+    def problem(self, subpath: tuple, message: str) -> None:
+        self.problems.append(Problem(self.path + tuple(subpath), message))
+
+
+# Built-in drivers by name -> module that defines DRIVER.
+_BUILTIN = {
+    "openstack": "nodepool.drivers.openstack.config",
+    "fake": "nodepool.drivers.fake.config",
+    "static": "nodepool.drivers.static.config",
+}
+_registry: dict[str, DriverConfig] = {}
+
+
+def register_driver(driver: DriverConfig) -> None:
+    _registry[driver.name] = driver
+
+
+def get_driver(name: str) -> DriverConfig | None:
+    if name not in _registry and name in _BUILTIN:
+        module = importlib.import_module(_BUILTIN[name])
+        register_driver(module.DRIVER)
+    return _registry.get(name)
+
+
+def known_drivers() -> list[str]:
+    return sorted(set(_BUILTIN) | set(_registry))
+
+
+def driver_name_for(provider: dict) -> str:
+    """The driver a provider entry uses; names starting 'fake' force 'fake'."""
+    name = provider.get("name")
+    if isinstance(name, str) and name.startswith("fake"):
+        return "fake"
+    driver = provider.get("driver", "openstack")
+    return driver if isinstance(driver, str) else ""

@@ -1,0 +1,252 @@
+"""Configuration schema and typed objects of the ``openstack`` driver."""
+
+from __future__ import annotations
+
+import string
+
+import voluptuous as v
+
+from nodepool.config import schema as s
+from nodepool.config.model import CloudImage, Pool, PoolLabel, Provider, ProviderDiskImage
+from nodepool.drivers.openstack import clouds
+
+DEFAULT_PORTS = {"ssh": 22, "winrm": 5986}
+IMAGE_NAME_FIELDS = {"image_name", "timestamp", "upload_id"}
+
+
+def _default_port(connection_type: str) -> int:
+    return DEFAULT_PORTS.get(connection_type, 22)
+
+
+class OpenStackDriverConfig:
+    name = "openstack"
+    manages_images = True
+
+    def provider_keys(self) -> dict:
+        provider_diskimage = {
+            v.Required("name"): s.NonEmptyStr,
+            "pause": s.Bool,
+            "meta": s.Map,
+            "config-drive": s.Bool,
+            "connection-type": s.Str,
+            "connection-port": s.Int,
+        }
+        cloud_image = {
+            v.Required("name"): s.NonEmptyStr,
+            "image-id": s.Str,
+            "image-name": s.Str,
+            "config-drive": s.Bool,
+            "username": s.Str,
+            "python-path": s.Str,
+            "shell-type": s.Str,
+            "connection-type": s.Str,
+            "connection-port": s.Int,
+        }
+        label = {
+            v.Required("name"): s.NonEmptyStr,
+            "diskimage": s.Str,
+            "cloud-image": s.Str,
+            "min-ram": s.Int,
+            "flavor-name": s.Str,
+            "key-name": s.Str,
+            "console-log": s.Bool,
+            "boot-from-volume": s.Bool,
+            "volume-size": s.Int,
+            "volume-type": s.Str,
+            "instance-properties": s.Map,
+            "dynamic-instance-properties": s.StrMap,
+            "userdata": s.Str,
+            "networks": s.ListOf(s.Str),
+            "host-key-checking": s.Bool,
+        }
+        pool = dict(s.pool_common)
+        pool.update({
+            "labels": s.ListOf(label),
+            "max-cores": s.Int,
+            "max-ram": s.Int,
+            "max-volumes": s.Int,
+            "max-volume-gb": s.Int,
+            "max-resources": {v.Extra: s.Int},
+            "ignore-provider-quota": s.Bool,
+            "availability-zones": s.ListOf(s.Str),
+            "networks": s.ListOf(s.Str),
+            "security-groups": s.ListOf(s.Str),
+            "auto-floating-ip": s.Bool,
+            "host-key-checking": s.Bool,
+        })
+        keys = dict(s.provider_common)
+        keys.update({
+            v.Required("cloud"): s.NonEmptyStr,
+            "region-name": s.Str,
+            "boot-timeout": s.Int,
+            "launch-timeout": s.Int,
+            "launch-retries": s.Int,
+            "image-upload-timeout": s.Int,
+            "rate": s.Number,
+            "image-name-format": s.Str,
+            "post-upload-hook": s.Str,
+            "clean-floating-ips": s.Bool,
+            "port-cleanup-interval": s.Int,
+            # Deprecated upstream keys: accepted and ignored.
+            "nodepool-id": s.Str,
+            "hostname-format": s.Str,
+            "upload-script": s.Str,
+            "diskimages": s.ListOf(provider_diskimage),
+            "cloud-images": s.ListOf(cloud_image),
+            "pools": s.ListOf(pool),
+        })
+        return keys
+
+    def schema(self) -> v.Schema:
+        return v.Schema(self.provider_keys())
+
+    def default_image_type(self, raw: dict) -> str:
+        return clouds.image_format(raw.get("cloud"))
+
+    def build(self, raw: dict, ctx: s.BuildContext) -> Provider:
+        provider = Provider(
+            name=raw["name"], driver=self.name, manages_images=True,
+            max_concurrency=raw.get("max-concurrency", -1),
+            priority=raw.get("priority"),
+            cloud=raw["cloud"], region_name=raw.get("region-name"),
+            boot_timeout=raw.get("boot-timeout", 60),
+            launch_timeout=raw.get("launch-timeout", 3600),
+            launch_retries=raw.get("launch-retries", 3),
+            image_upload_timeout=raw.get("image-upload-timeout", 3600),
+            rate=float(raw.get("rate", 1.0)),
+            image_name_format=raw.get("image-name-format", "{image_name}-{timestamp}"),
+            post_upload_hook=raw.get("post-upload-hook"),
+            clean_floating_ips=raw.get("clean-floating-ips", False),
+            port_cleanup_interval=raw.get("port-cleanup-interval", 600),
+            image_type=self.default_image_type(raw),
+        )
+        self._check_image_name_format(provider.image_name_format, ctx)
+        self._build_diskimages(raw, provider, ctx)
+        self._build_cloud_images(raw, provider, ctx)
+        for index, pool_raw in enumerate(raw.get("pools", [])):
+            pool = self._build_pool(pool_raw, provider, ctx, ("pools", index))
+            if pool.name in provider.pools:
+                ctx.problem(("pools", index, "name"),
+                            f"duplicate pool name {pool.name!r}")
+            provider.pools[pool.name] = pool
+        return provider
+
+    @staticmethod
+    def _check_image_name_format(fmt: str, ctx: s.BuildContext) -> None:
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(fmt) if f}
+        except ValueError as exc:
+            ctx.problem(("image-name-format",), f"invalid format string: {exc}")
+            return
+        unknown = {f.split(".")[0].split("[")[0] for f in fields} - IMAGE_NAME_FIELDS
+        if unknown:
+            ctx.problem(("image-name-format",),
+                        f"unknown placeholder(s) {sorted(unknown)}; allowed: "
+                        f"{sorted(IMAGE_NAME_FIELDS)}")
+
+    def _build_diskimages(self, raw, provider, ctx) -> None:
+        for index, item in enumerate(raw.get("diskimages", [])):
+            name = item["name"]
+            where = ("diskimages", index, "name")
+            if name in provider.diskimages:
+                ctx.problem(where, f"duplicate diskimage {name!r} in this provider")
+            if name in ctx.abstract_diskimages:
+                ctx.problem(where, f"diskimage {name!r} is abstract and cannot be "
+                            "uploaded")
+            elif name not in ctx.diskimages:
+                ctx.problem(where, f"unknown diskimage {name!r} (not defined in "
+                            "the top-level diskimages)")
+            connection_type = item.get("connection-type", "ssh")
+            provider.diskimages[name] = ProviderDiskImage(
+                name=name, pause=item.get("pause", False), meta=item.get("meta", {}),
+                config_drive=item.get("config-drive"),
+                connection_type=connection_type,
+                connection_port=item.get("connection-port",
+                                         _default_port(connection_type)))
+
+    def _build_cloud_images(self, raw, provider, ctx) -> None:
+        for index, item in enumerate(raw.get("cloud-images", [])):
+            name = item["name"]
+            if name in provider.cloud_images:
+                ctx.problem(("cloud-images", index, "name"),
+                            f"duplicate cloud-image {name!r}")
+            if "image-id" in item and "image-name" in item:
+                ctx.problem(("cloud-images", index),
+                            "'image-id' and 'image-name' are mutually exclusive")
+            connection_type = item.get("connection-type", "ssh")
+            provider.cloud_images[name] = CloudImage(
+                name=name, image_id=item.get("image-id"),
+                image_name=item.get("image-name"),
+                config_drive=item.get("config-drive"),
+                username=item.get("username"),
+                python_path=item.get("python-path", "auto"),
+                shell_type=item.get("shell-type"),
+                connection_type=connection_type,
+                connection_port=item.get("connection-port",
+                                         _default_port(connection_type)))
+
+    def _build_pool(self, raw, provider, ctx, where) -> Pool:
+        pool = Pool(
+            name=raw["name"], max_servers=raw.get("max-servers"),
+            priority=raw.get("priority"), node_attributes=raw.get("node-attributes"),
+            max_cores=raw.get("max-cores"), max_ram=raw.get("max-ram"),
+            max_volumes=raw.get("max-volumes"), max_volume_gb=raw.get("max-volume-gb"),
+            max_resources=dict(raw.get("max-resources", {})),
+            ignore_provider_quota=raw.get("ignore-provider-quota", False),
+            availability_zones=list(raw.get("availability-zones", [])),
+            networks=list(raw.get("networks", [])),
+            security_groups=list(raw.get("security-groups", [])),
+            auto_floating_ip=raw.get("auto-floating-ip", True),
+            host_key_checking=raw.get("host-key-checking", True),
+        )
+        for index, item in enumerate(raw.get("labels", [])):
+            here = where + ("labels", index)
+            label = self._build_label(item, pool, provider, ctx, here)
+            if label.name in pool.labels:
+                ctx.problem(here + ("name",),
+                            f"label {label.name!r} is listed twice in this pool")
+            pool.labels[label.name] = label
+        return pool
+
+    def _build_label(self, raw, pool, provider, ctx, where) -> PoolLabel:
+        name = raw["name"]
+        if name not in ctx.labels:
+            ctx.problem(where + ("name",), f"label {name!r} is not defined in the "
+                        "top-level labels")
+        has_diskimage = "diskimage" in raw
+        has_cloud_image = "cloud-image" in raw
+        if has_diskimage == has_cloud_image:
+            ctx.problem(where, "exactly one of 'diskimage' or 'cloud-image' is "
+                        "required")
+        if "min-ram" not in raw and "flavor-name" not in raw:
+            ctx.problem(where, "one of 'min-ram' or 'flavor-name' is required")
+        if has_diskimage:
+            image = raw["diskimage"]
+            if image not in ctx.diskimages:
+                ctx.problem(where + ("diskimage",), f"unknown diskimage {image!r}")
+            elif image not in provider.diskimages:
+                ctx.problem(where + ("diskimage",),
+                            f"diskimage {image!r} is not listed in this provider's "
+                            "diskimages, so it is never uploaded here")
+        if has_cloud_image and raw["cloud-image"] not in provider.cloud_images:
+            ctx.problem(where + ("cloud-image",),
+                        f"unknown cloud-image {raw['cloud-image']!r} (not in this "
+                        "provider's cloud-images)")
+        return PoolLabel(
+            name=name, diskimage=raw.get("diskimage"),
+            cloud_image=raw.get("cloud-image"), min_ram=raw.get("min-ram", 0),
+            flavor_name=raw.get("flavor-name"), key_name=raw.get("key-name"),
+            console_log=raw.get("console-log", False),
+            boot_from_volume=raw.get("boot-from-volume", False),
+            volume_size=raw.get("volume-size", 50),
+            volume_type=raw.get("volume-type"),
+            instance_properties=dict(raw.get("instance-properties", {})),
+            dynamic_instance_properties=dict(
+                raw.get("dynamic-instance-properties", {})),
+            userdata=raw.get("userdata"),
+            networks=list(raw.get("networks", pool.networks)),
+            host_key_checking=raw.get("host-key-checking", pool.host_key_checking),
+        )
+
+
+DRIVER = OpenStackDriverConfig()

@@ -1,0 +1,605 @@
+"""Typed records stored in ZooKeeper, and their JSON encoding.
+
+Every record here is wire-compatible with Zuul 14 and upstream Nodepool 11
+(spec section 2): the same keys, the same defaults on read, unknown keys
+tolerated. A record that cannot be decoded raises :class:`CorruptRecord`, which
+callers log and skip; nothing here ever guesses at a broken record's meaning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from nodepool.zk import paths
+
+
+class CorruptRecord(ValueError):
+    """A znode's data could not be decoded into the expected record."""
+
+
+class RequestState:
+    REQUESTED = "requested"
+    PENDING = "pending"
+    FULFILLED = "fulfilled"
+    FAILED = "failed"
+    ALL = (REQUESTED, PENDING, FULFILLED, FAILED)
+
+
+class NodeState:
+    INIT = "init"
+    BUILDING = "building"
+    TESTING = "testing"
+    READY = "ready"
+    IN_USE = "in-use"
+    USED = "used"
+    HOLD = "hold"
+    DELETING = "deleting"
+    FAILED = "failed"
+    ABORTED = "aborted"
+    DELETED = "deleted"
+    ALL = (INIT, BUILDING, TESTING, READY, IN_USE, USED, HOLD, DELETING,
+           FAILED, ABORTED, DELETED)
+
+
+class BuildState:
+    BUILDING = "building"
+    READY = "ready"
+    DELETING = "deleting"
+    FAILED = "failed"
+    ALL = (BUILDING, READY, DELETING, FAILED)
+
+
+class UploadState:
+    UPLOADING = "uploading"
+    READY = "ready"
+    DELETING = "deleting"
+    FAILED = "failed"
+    ALL = (UPLOADING, READY, DELETING, FAILED)
+
+
+class ComponentState:
+    INITIALIZING = "initializing"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+    ALL = (INITIALIZING, RUNNING, PAUSED, STOPPED)
+
+
+MIN_READY_REQUESTOR = "NodePool:min-ready"
+
+
+def new_event_id() -> str:
+    return uuid.uuid4().hex
+
+
+# -- decoding helpers ------------------------------------------------------
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _coerce(kind: str, key: str, value: Any) -> Any:
+    """Check one decoded JSON value against the field kind; raise on mismatch."""
+    if kind == "any":
+        return value
+    if kind == "str?":
+        if value is None or isinstance(value, str):
+            return value
+    elif kind == "str":
+        if isinstance(value, str):
+            return value
+    elif kind == "float":
+        if _is_number(value):
+            return float(value)
+    elif kind == "float?":
+        if value is None:
+            return None
+        if _is_number(value):
+            return float(value)
+    elif kind == "int":
+        if _is_number(value):
+            return int(value)
+    elif kind == "bool":
+        if isinstance(value, bool):
+            return value
+    elif kind == "strlist":
+        if isinstance(value, str):
+            # Static nodes written by upstream may carry a bare label string.
+            return [value]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+    elif kind == "dict?":
+        if value is None or isinstance(value, dict):
+            return value
+    else:  # pragma: no cover - programming error
+        raise AssertionError(f"unknown field kind {kind}")
+    raise CorruptRecord(f"field {key!r}: expected {kind}, got {type(value).__name__}")
+
+
+def _load_object(raw: bytes | str | None) -> dict | None:
+    """Parse znode data; empty data means 'absent' (returns None)."""
+    if raw is None:
+        return None
+    if isinstance(raw, bytes):
+        if not raw.strip():
+            return None
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CorruptRecord(f"not UTF-8: {exc}") from None
+    if not raw.strip():
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise CorruptRecord(f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise CorruptRecord(f"expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+class Record:
+    """Shared JSON plumbing for the record dataclasses.
+
+    ``FIELDS`` maps each wire key to (attribute, kind, default-on-read). A
+    default of ``REQUIRED`` makes a missing key a corrupt record. Keys not in
+    ``FIELDS`` are kept in ``extra`` and written back, so a newer Zuul's
+    additions survive our updates; ``DROP_KEYS`` are read and discarded.
+    """
+
+    REQUIRED: ClassVar[object] = object()
+    FIELDS: ClassVar[tuple[tuple[str, str, str, Any], ...]] = ()
+    DROP_KEYS: ClassVar[frozenset[str]] = frozenset()
+    SORT_KEYS: ClassVar[bool] = False
+
+    @classmethod
+    def _decode_fields(cls, data: dict) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {}
+        for key, attr, kind, default in cls.FIELDS:
+            if key in data:
+                kwargs[attr] = _coerce(kind, key, data[key])
+            elif default is Record.REQUIRED:
+                raise CorruptRecord(f"missing required field {key!r}")
+            else:
+                kwargs[attr] = (default() if callable(default) else default)
+        known = {f[0] for f in cls.FIELDS} | cls.DROP_KEYS
+        kwargs["extra"] = {k: v for k, v in data.items() if k not in known}
+        return kwargs
+
+    def _encode_fields(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(getattr(self, "extra", {}) or {})
+        for key, attr, _kind, _default in self.FIELDS:
+            value = getattr(self, attr)
+            if isinstance(value, list):
+                value = list(value)
+            out[key] = value
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return self._encode_fields()
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), sort_keys=self.SORT_KEYS).encode("utf-8")
+
+    def copy(self):
+        return dataclasses.replace(self, extra=dict(self.extra))
+
+
+# -- node requests ---------------------------------------------------------
+
+@dataclass(eq=False)
+class NodeRequest(Record):
+    """``/nodepool/requests/<PPP>-<SEQ10>`` (spec 2.1)."""
+
+    FIELDS = (
+        ("state", "state", "str", Record.REQUIRED),
+        ("state_time", "state_time", "float", 0.0),
+        ("declined_by", "declined_by", "strlist", list),
+        ("node_types", "node_types", "strlist", list),
+        ("nodes", "nodes", "strlist", list),
+        ("reuse", "reuse", "bool", True),
+        ("requestor", "requestor", "str?", None),
+        ("requestor_data", "requestor_data", "any", None),
+        ("provider", "provider", "str?", None),
+        ("relative_priority", "relative_priority", "int", 0),
+        ("event_id", "event_id", "str?", None),
+        ("created_time", "created_time", "float?", None),
+        ("tenant_name", "tenant_name", "str?", None),
+    )
+    DROP_KEYS = frozenset({"id"})
+
+    id: str | None = None
+    state: str = RequestState.REQUESTED
+    state_time: float = field(default_factory=time.time)
+    declined_by: list[str] = field(default_factory=list)
+    node_types: list[str] = field(default_factory=list)
+    nodes: list[str] = field(default_factory=list)
+    reuse: bool = True
+    requestor: str | None = None
+    requestor_data: Any = None
+    provider: str | None = None
+    relative_priority: int = 0
+    event_id: str | None = None
+    created_time: float | None = None
+    tenant_name: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    # ZooKeeper stat version of the data this object was read from (-1: new).
+    version: int = -1
+
+    @classmethod
+    def from_dict(cls, request_id: str | None, data: dict) -> "NodeRequest":
+        return cls(id=request_id, **cls._decode_fields(data))
+
+    @classmethod
+    def from_json(cls, request_id: str | None, raw: bytes | str | None,
+                  version: int = -1) -> "NodeRequest | None":
+        data = _load_object(raw)
+        if data is None:
+            return None
+        req = cls.from_dict(request_id, data)
+        req.version = version
+        return req
+
+    def set_state(self, state: str) -> None:
+        if state not in RequestState.ALL:
+            raise ValueError(f"invalid request state {state!r}")
+        self.state = state
+        self.state_time = time.time()
+
+    @property
+    def priority(self) -> str:
+        return request_priority(self.id)
+
+    @property
+    def sequence(self) -> str:
+        return request_sequence(self.id)
+
+    def sort_key(self) -> tuple[str, int, str]:
+        """Order among requests: (precedence, relative_priority, sequence)."""
+        return (self.priority, self.relative_priority, self.sequence)
+
+    @property
+    def is_min_ready(self) -> bool:
+        return self.requestor == MIN_READY_REQUESTOR
+
+
+def request_priority(request_id: str | None) -> str:
+    if not request_id:
+        return ""
+    return request_id.split("-", 1)[0]
+
+
+def request_sequence(request_id: str | None) -> str:
+    if not request_id or "-" not in request_id:
+        return ""
+    return request_id.split("-", 1)[1]
+
+
+# -- nodes -----------------------------------------------------------------
+
+def _hold_expiration(value: Any) -> int | None:
+    """Zuul may write any type here; upstream coerces with int(), 0 on failure."""
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+@dataclass(eq=False)
+class Node(Record):
+    """``/nodepool/nodes/<SEQ10>`` (spec 2.2)."""
+
+    FIELDS = (
+        ("state", "state", "str", Record.REQUIRED),
+        ("state_time", "state_time", "float", 0.0),
+        ("created_time", "created_time", "float?", None),
+        ("provider", "provider", "str?", None),
+        ("pool", "pool", "str?", None),
+        ("type", "type", "strlist", list),
+        ("launcher", "launcher", "str?", None),
+        ("allocated_to", "allocated_to", "str?", None),
+        ("tenant_name", "tenant_name", "str?", None),
+        ("requestor", "requestor", "str?", None),
+        ("cloud", "cloud", "str?", None),
+        ("region", "region", "str?", None),
+        ("az", "az", "str?", None),
+        ("host_id", "host_id", "str?", None),
+        ("external_id", "external_id", "any", None),
+        ("hostname", "hostname", "str?", None),
+        ("interface_ip", "interface_ip", "str?", None),
+        ("public_ipv4", "public_ipv4", "str?", None),
+        ("private_ipv4", "private_ipv4", "str?", None),
+        ("public_ipv6", "public_ipv6", "str?", None),
+        ("connection_type", "connection_type", "str?", None),
+        ("connection_port", "connection_port", "any", None),
+        ("username", "username", "str?", "zuul"),
+        ("python_path", "python_path", "str?", None),
+        ("shell_type", "shell_type", "str?", None),
+        ("host_keys", "host_keys", "strlist", list),
+        ("image_id", "image_id", "str?", None),
+        ("resources", "resources", "dict?", None),
+        ("attributes", "attributes", "dict?", None),
+        ("slot", "slot", "any", None),
+        ("driver_data", "driver_data", "any", None),
+        ("user_data", "user_data", "any", None),
+        ("hold_job", "hold_job", "str?", None),
+        ("comment", "comment", "str?", None),
+        ("hold_expiration", "hold_expiration", "any", None),
+    )
+    # Zuul adds "id" when it writes a node back; ssh_port is derived.
+    DROP_KEYS = frozenset({"id", "ssh_port"})
+
+    id: str | None = None
+    state: str = NodeState.INIT
+    state_time: float = field(default_factory=time.time)
+    created_time: float | None = None
+    provider: str | None = None
+    pool: str | None = None
+    type: list[str] = field(default_factory=list)
+    launcher: str | None = None
+    allocated_to: str | None = None
+    tenant_name: str | None = None
+    requestor: str | None = None
+    cloud: str | None = None
+    region: str | None = None
+    az: str | None = None
+    host_id: str | None = None
+    external_id: Any = None
+    hostname: str | None = None
+    interface_ip: str | None = None
+    public_ipv4: str | None = None
+    private_ipv4: str | None = None
+    public_ipv6: str | None = None
+    connection_type: str | None = None
+    connection_port: Any = 22
+    username: str | None = "zuul"
+    python_path: str | None = None
+    shell_type: str | None = None
+    host_keys: list[str] = field(default_factory=list)
+    image_id: str | None = None
+    resources: dict | None = None
+    attributes: dict | None = None
+    slot: Any = None
+    driver_data: Any = None
+    user_data: Any = None
+    hold_job: str | None = None
+    comment: str | None = None
+    hold_expiration: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    version: int = -1
+
+    @classmethod
+    def from_dict(cls, node_id: str | None, data: dict) -> "Node":
+        kwargs = cls._decode_fields(data)
+        if kwargs["connection_port"] is None:
+            # Older writers only had ssh_port.
+            kwargs["connection_port"] = data.get("ssh_port", 22)
+        kwargs["hold_expiration"] = _hold_expiration(kwargs["hold_expiration"])
+        return cls(id=node_id, **kwargs)
+
+    @classmethod
+    def from_json(cls, node_id: str | None, raw: bytes | str | None,
+                  version: int = -1) -> "Node | None":
+        data = _load_object(raw)
+        if data is None:
+            return None
+        node = cls.from_dict(node_id, data)
+        node.version = version
+        return node
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self._encode_fields()
+        out["ssh_port"] = self.connection_port
+        return out
+
+    def set_state(self, state: str) -> None:
+        if state not in NodeState.ALL:
+            raise ValueError(f"invalid node state {state!r}")
+        self.state = state
+        self.state_time = time.time()
+
+    @property
+    def labels(self) -> list[str]:
+        return self.type
+
+
+# -- images ----------------------------------------------------------------
+
+@dataclass(eq=False)
+class ImageBuild(Record):
+    """``/nodepool/images/<image>/builds/<build-id>`` (spec 2.3)."""
+
+    FIELDS = (
+        ("state", "state", "str", Record.REQUIRED),
+        ("state_time", "state_time", "float", 0.0),
+        ("builder", "builder", "str?", None),
+        ("builder_id", "builder_id", "str?", None),
+        ("formats", "formats", "any", ""),
+        ("username", "username", "str?", "zuul"),
+        ("python_path", "python_path", "str?", "/usr/bin/python2"),
+        ("shell_type", "shell_type", "str?", None),
+    )
+
+    image_name: str = ""
+    id: str | None = None
+    state: str = BuildState.BUILDING
+    state_time: float = field(default_factory=time.time)
+    builder: str | None = None
+    builder_id: str | None = None
+    formats: list[str] = field(default_factory=list)
+    username: str | None = "zuul"
+    python_path: str | None = "/usr/bin/python2"
+    shell_type: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    version: int = -1
+
+    @classmethod
+    def from_json(cls, image_name: str, build_id: str | None,
+                  raw: bytes | str | None, version: int = -1) -> "ImageBuild | None":
+        data = _load_object(raw)
+        if data is None:
+            return None
+        kwargs = cls._decode_fields(data)
+        formats = kwargs["formats"]
+        if isinstance(formats, str):
+            kwargs["formats"] = [f for f in formats.split(",") if f]
+        elif isinstance(formats, list) and all(isinstance(f, str) for f in formats):
+            kwargs["formats"] = list(formats)
+        else:
+            raise CorruptRecord("field 'formats': expected a comma-joined string")
+        return cls(image_name=image_name, id=build_id, version=version, **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = self._encode_fields()
+        # The wire form is a sorted, comma-joined string, omitted when empty;
+        # builder and builder_id are only written when known.
+        if self.formats:
+            out["formats"] = ",".join(sorted(set(self.formats)))
+        else:
+            out.pop("formats")
+        for key in ("builder", "builder_id"):
+            if out.get(key) is None:
+                out.pop(key)
+        return out
+
+    def set_state(self, state: str) -> None:
+        if state not in BuildState.ALL:
+            raise ValueError(f"invalid build state {state!r}")
+        self.state = state
+        self.state_time = time.time()
+
+    @property
+    def dib_id(self) -> str:
+        """The operator-facing id: ``<image>-<build id>``."""
+        return f"{self.image_name}-{self.id}"
+
+
+@dataclass(eq=False)
+class ImageUpload(Record):
+    """``.../builds/<build-id>/providers/<provider>/images/<upload-id>``."""
+
+    FIELDS = (
+        ("state", "state", "str", Record.REQUIRED),
+        ("state_time", "state_time", "float", 0.0),
+        ("external_id", "external_id", "str?", None),
+        ("external_name", "external_name", "str?", None),
+        ("format", "format", "str?", None),
+        ("username", "username", "str?", "zuul"),
+        ("python_path", "python_path", "str?", "/usr/bin/python2"),
+        ("shell_type", "shell_type", "str?", None),
+    )
+
+    image_name: str = ""
+    build_id: str = ""
+    provider_name: str = ""
+    id: str | None = None
+    state: str = UploadState.UPLOADING
+    state_time: float = field(default_factory=time.time)
+    external_id: str | None = None
+    external_name: str | None = None
+    format: str | None = None
+    username: str | None = "zuul"
+    python_path: str | None = "/usr/bin/python2"
+    shell_type: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    version: int = -1
+
+    @classmethod
+    def from_json(cls, image_name: str, build_id: str, provider_name: str,
+                  upload_id: str | None, raw: bytes | str | None,
+                  version: int = -1) -> "ImageUpload | None":
+        data = _load_object(raw)
+        if data is None:
+            return None
+        return cls(image_name=image_name, build_id=build_id,
+                   provider_name=provider_name, id=upload_id, version=version,
+                   **cls._decode_fields(data))
+
+    def set_state(self, state: str) -> None:
+        if state not in UploadState.ALL:
+            raise ValueError(f"invalid upload state {state!r}")
+        self.state = state
+        self.state_time = time.time()
+
+    @property
+    def path(self) -> str:
+        """The full znode path; the launcher stores it as a node's image_id."""
+        return paths.upload(self.image_name, self.build_id, self.provider_name,
+                            self.id or "")
+
+
+@dataclass(eq=False)
+class ImageFlags:
+    """The marker znodes of one image: ``pause`` and ``request-build``."""
+
+    image_name: str
+    paused: bool = False
+    # Creation time of the request-build marker (epoch seconds), if present.
+    build_requested_at: float | None = None
+
+
+# -- components ------------------------------------------------------------
+
+@dataclass(eq=False)
+class Component(Record):
+    """``/nodepool/components/<kind>/<hostname><SEQ10>`` (spec 2.4)."""
+
+    FIELDS = (
+        ("hostname", "hostname", "str", ""),
+        ("kind", "kind", "str", Record.REQUIRED),
+        ("state", "state", "str", ComponentState.STOPPED),
+        ("version", "version", "str?", None),
+        ("model_api", "model_api", "int", 0),
+    )
+    SORT_KEYS = True
+
+    kind: str = "launcher"
+    hostname: str = ""
+    state: str = ComponentState.STOPPED
+    version: str | None = None
+    model_api: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+    # The znode name (hostname + sequence), once registered.
+    znode: str | None = None
+    version_stat: int = -1
+
+    @classmethod
+    def from_json(cls, znode: str | None, raw: bytes | str | None,
+                  version: int = -1) -> "Component | None":
+        data = _load_object(raw)
+        if data is None:
+            return None
+        target = PoolComponent if data.get("kind") == "pool" else Component
+        obj = target(**target._decode_fields(data))
+        obj.znode = znode
+        obj.version_stat = version
+        return obj
+
+
+@dataclass(eq=False)
+class PoolComponent(Component):
+    """A pool worker's registration; Zuul reads ``id`` and ``supported_labels``."""
+
+    FIELDS = Component.FIELDS + (
+        ("id", "id", "str?", None),
+        ("name", "name", "str?", None),
+        ("provider_name", "provider_name", "str?", None),
+        ("supported_labels", "supported_labels", "strlist", list),
+        ("priority", "priority", "int", 100),
+        ("paused", "paused", "bool", False),
+    )
+
+    kind: str = "pool"
+    id: str | None = None
+    name: str | None = None
+    provider_name: str | None = None
+    supported_labels: list[str] = field(default_factory=list)
+    priority: int = 100
+    paused: bool = False

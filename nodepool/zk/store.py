@@ -1,0 +1,487 @@
+"""Typed operations on nodepool's ZooKeeper records.
+
+Everything that creates, reads, updates, locks or deletes a record goes
+through here, so the wire format (:mod:`nodepool.zk.records`) and the layout
+(:mod:`nodepool.zk.paths`) are applied in one place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import uuid
+from typing import Iterable
+
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+
+from nodepool import version as np_version
+from nodepool.zk import paths
+from nodepool.zk.client import ZooKeeperClient
+from nodepool.zk.locks import Lock
+from nodepool.zk.records import (
+    Component, ComponentState, CorruptRecord, ImageBuild, ImageUpload, Node,
+    NodeRequest, NodeState, PoolComponent,
+)
+
+log = logging.getLogger("nodepool.zk.store")
+
+
+class RecordNotFound(LookupError):
+    pass
+
+
+class VersionConflict(Exception):
+    """A versioned update lost against a concurrent writer."""
+
+
+class Store:
+    """Typed access to requests, nodes, images and components."""
+
+    def __init__(self, client: ZooKeeperClient):
+        self.client = client
+
+    @property
+    def kazoo(self):
+        return self.client.kazoo
+
+    # -- requests ----------------------------------------------------------
+
+    def submit_request(self, request: NodeRequest, priority: str = "100",
+                       ephemeral: bool = False) -> str:
+        """Create a request znode; sets and returns ``request.id``."""
+        if not request.event_id:
+            request.event_id = uuid.uuid4().hex
+        path = self.kazoo.create(paths.request_prefix(priority), request.to_json(),
+                                 ephemeral=ephemeral, sequence=True, makepath=True)
+        request.id = path.rsplit("/", 1)[1]
+        request.version = 0
+        return request.id
+
+    def get_request(self, request_id: str) -> NodeRequest | None:
+        """Fresh read; None if missing, empty or corrupt (logged)."""
+        try:
+            data, stat = self.kazoo.get(paths.request(request_id))
+        except NoNodeError:
+            return None
+        try:
+            return NodeRequest.from_json(request_id, data, stat.version)
+        except CorruptRecord as exc:
+            log.warning("Corrupt node request %s: %s", request_id, exc)
+            return None
+
+    def update_request(self, request: NodeRequest, check_version: bool = False) -> None:
+        """Write the whole request; raises RecordNotFound if it was deleted."""
+        version = request.version if check_version else -1
+        try:
+            stat = self.kazoo.set(paths.request(request.id), request.to_json(),
+                                  version=version)
+        except NoNodeError:
+            raise RecordNotFound(f"node request {request.id} does not exist") from None
+        except BadVersionError:
+            raise VersionConflict(f"node request {request.id} changed meanwhile") from None
+        request.version = stat.version
+
+    def delete_request(self, request_id: str) -> bool:
+        try:
+            self.kazoo.delete(paths.request(request_id))
+            return True
+        except NoNodeError:
+            return False
+
+    def request_ids(self) -> list[str]:
+        try:
+            return self.kazoo.get_children(paths.REQUESTS)
+        except NoNodeError:
+            return []
+
+    def lock_request(self, request_id: str, blocking: bool = False,
+                     timeout: float | None = None) -> Lock | None:
+        lock = Lock(self.client, paths.request_lock(request_id))
+        return lock if lock.acquire(blocking=blocking, timeout=timeout) else None
+
+    def delete_request_lock_dir(self, request_id: str) -> None:
+        try:
+            self.kazoo.delete(paths.request_lock(request_id), recursive=True)
+        except NoNodeError:
+            pass
+
+    # -- nodes -------------------------------------------------------------
+
+    def create_node(self, node: Node) -> str:
+        """Create a node znode with a sequential id; sets and returns ``node.id``."""
+        if node.created_time is None:
+            node.created_time = node.state_time
+        path = self.kazoo.create(paths.NODES + "/", node.to_json(), sequence=True,
+                                 makepath=True)
+        node.id = path.rsplit("/", 1)[1]
+        node.version = 0
+        return node.id
+
+    def get_node(self, node_id: str) -> Node | None:
+        try:
+            data, stat = self.kazoo.get(paths.node(node_id))
+        except NoNodeError:
+            return None
+        try:
+            return Node.from_json(node_id, data, stat.version)
+        except CorruptRecord as exc:
+            log.warning("Corrupt node record %s: %s", node_id, exc)
+            return None
+
+    def get_nodes(self, node_ids: Iterable[str]) -> list[Node]:
+        """Pipelined read of many nodes; missing, empty and corrupt ones skipped."""
+        ids = list(node_ids)
+        nodes = []
+        for node_id, result in zip(ids, self.client.get_many(
+                paths.node(i) for i in ids)):
+            if result is None:
+                continue
+            try:
+                node = Node.from_json(node_id, result[0], result[1].version)
+            except CorruptRecord as exc:
+                log.warning("Corrupt node record %s: %s", node_id, exc)
+                continue
+            if node is not None:
+                nodes.append(node)
+        return nodes
+
+    def update_node(self, node: Node, check_version: bool = False) -> None:
+        version = node.version if check_version else -1
+        try:
+            stat = self.kazoo.set(paths.node(node.id), node.to_json(), version=version)
+        except NoNodeError:
+            raise RecordNotFound(f"node {node.id} does not exist") from None
+        except BadVersionError:
+            raise VersionConflict(f"node {node.id} changed meanwhile") from None
+        node.version = stat.version
+
+    def delete_node(self, node: Node) -> None:
+        """Mark ``deleted`` then remove the znode and its lock directory.
+
+        Whoever manages to lock the node in the window between the two steps
+        sees ``deleted`` and only finishes the removal.
+        """
+        node.set_state(NodeState.DELETED)
+        try:
+            self.update_node(node)
+        except RecordNotFound:
+            return
+        self.delete_node_znode(node.id)
+
+    def delete_node_znode(self, node_id: str) -> None:
+        try:
+            self.kazoo.delete(paths.node(node_id), recursive=True)
+        except NoNodeError:
+            pass
+
+    def node_ids(self) -> list[str]:
+        try:
+            return sorted(self.kazoo.get_children(paths.NODES))
+        except NoNodeError:
+            return []
+
+    def lock_node(self, node_id: str, blocking: bool = False,
+                  timeout: float | None = None) -> Lock | None:
+        lock = Lock(self.client, paths.node_lock(node_id))
+        return lock if lock.acquire(blocking=blocking, timeout=timeout) else None
+
+    # -- images ------------------------------------------------------------
+
+    def image_names(self) -> list[str]:
+        try:
+            return sorted(self.kazoo.get_children(paths.IMAGES))
+        except NoNodeError:
+            return []
+
+    def store_build(self, build: ImageBuild) -> str:
+        """Create (new uuid id) or overwrite a build record; returns its id."""
+        if build.id is None:
+            build.id = uuid.uuid4().hex
+            self.kazoo.create(paths.build(build.image_name, build.id),
+                              build.to_json(), makepath=True)
+            build.version = 0
+        else:
+            path = paths.build(build.image_name, build.id)
+            try:
+                stat = self.kazoo.set(path, build.to_json())
+                build.version = stat.version
+            except NoNodeError:
+                self.kazoo.create(path, build.to_json(), makepath=True)
+                build.version = 0
+        return build.id
+
+    def get_build(self, image_name: str, build_id: str) -> ImageBuild | None:
+        try:
+            data, stat = self.kazoo.get(paths.build(image_name, build_id))
+        except NoNodeError:
+            return None
+        try:
+            return ImageBuild.from_json(image_name, build_id, data, stat.version)
+        except CorruptRecord as exc:
+            log.warning("Corrupt build record %s-%s: %s", image_name, build_id, exc)
+            return None
+
+    def build_ids(self, image_name: str) -> list[str]:
+        try:
+            children = self.kazoo.get_children(paths.image_builds(image_name))
+        except NoNodeError:
+            return []
+        return [c for c in children if c != paths.LOCK_DIR]
+
+    def get_builds(self, image_name: str) -> list[ImageBuild]:
+        """All builds of an image, newest state_time first."""
+        ids = self.build_ids(image_name)
+        builds = []
+        for build_id, result in zip(ids, self.client.get_many(
+                paths.build(image_name, b) for b in ids)):
+            if result is None:
+                continue
+            try:
+                build = ImageBuild.from_json(image_name, build_id, *result[:1],
+                                             version=result[1].version)
+            except CorruptRecord as exc:
+                log.warning("Corrupt build record %s-%s: %s", image_name, build_id, exc)
+                continue
+            if build is not None:
+                builds.append(build)
+        return sorted(builds, key=lambda b: b.state_time, reverse=True)
+
+    def delete_build(self, image_name: str, build_id: str) -> None:
+        try:
+            self.kazoo.delete(paths.build(image_name, build_id), recursive=True)
+        except NoNodeError:
+            pass
+
+    def store_upload(self, upload: ImageUpload) -> str:
+        """Create (sequential id) or overwrite an upload record; returns its id."""
+        if upload.id is None:
+            path = self.kazoo.create(
+                paths.uploads(upload.image_name, upload.build_id,
+                              upload.provider_name) + "/",
+                upload.to_json(), sequence=True, makepath=True)
+            upload.id = path.rsplit("/", 1)[1]
+            upload.version = 0
+        else:
+            stat = self.kazoo.set(upload.path, upload.to_json())
+            upload.version = stat.version
+        return upload.id
+
+    def get_upload(self, image_name: str, build_id: str, provider: str,
+                   upload_id: str) -> ImageUpload | None:
+        try:
+            data, stat = self.kazoo.get(paths.upload(image_name, build_id,
+                                                     provider, upload_id))
+        except NoNodeError:
+            return None
+        try:
+            return ImageUpload.from_json(image_name, build_id, provider, upload_id,
+                                         data, stat.version)
+        except CorruptRecord as exc:
+            log.warning("Corrupt upload record %s: %s", upload_id, exc)
+            return None
+
+    def get_uploads(self, image_name: str, build_id: str,
+                    provider: str) -> list[ImageUpload]:
+        base = paths.uploads(image_name, build_id, provider)
+        try:
+            ids = [c for c in self.kazoo.get_children(base) if c != paths.LOCK_DIR]
+        except NoNodeError:
+            return []
+        uploads = []
+        for upload_id, result in zip(ids, self.client.get_many(
+                f"{base}/{u}" for u in ids)):
+            if result is None:
+                continue
+            try:
+                upload = ImageUpload.from_json(image_name, build_id, provider,
+                                               upload_id, result[0], result[1].version)
+            except CorruptRecord as exc:
+                log.warning("Corrupt upload record %s/%s: %s", base, upload_id, exc)
+                continue
+            if upload is not None:
+                uploads.append(upload)
+        return sorted(uploads, key=lambda u: u.state_time, reverse=True)
+
+    def upload_providers(self, image_name: str, build_id: str) -> list[str]:
+        try:
+            return sorted(self.kazoo.get_children(
+                paths.build_providers(image_name, build_id)))
+        except NoNodeError:
+            return []
+
+    def delete_upload(self, upload: ImageUpload) -> None:
+        try:
+            self.kazoo.delete(upload.path, recursive=True)
+        except NoNodeError:
+            pass
+
+    def pause_image(self, image_name: str) -> None:
+        try:
+            self.kazoo.create(paths.image_pause(image_name), b"", makepath=True)
+        except NodeExistsError:
+            pass
+
+    def unpause_image(self, image_name: str) -> None:
+        try:
+            self.kazoo.delete(paths.image_pause(image_name))
+        except NoNodeError:
+            pass
+
+    def is_image_paused(self, image_name: str) -> bool:
+        return self.kazoo.exists(paths.image_pause(image_name)) is not None
+
+    def request_build(self, image_name: str) -> None:
+        try:
+            self.kazoo.create(paths.image_build_request(image_name), b"",
+                              makepath=True)
+        except NodeExistsError:
+            pass
+
+    def build_requested_at(self, image_name: str) -> float | None:
+        stat = self.kazoo.exists(paths.image_build_request(image_name))
+        return None if stat is None else stat.ctime / 1000.0
+
+    def remove_build_request(self, image_name: str) -> None:
+        try:
+            self.kazoo.delete(paths.image_build_request(image_name))
+        except NoNodeError:
+            pass
+
+    def lock_image_build(self, image_name: str, blocking: bool = False,
+                         timeout: float | None = None) -> Lock | None:
+        lock = Lock(self.client, paths.image_build_lock(image_name))
+        return lock if lock.acquire(blocking=blocking, timeout=timeout) else None
+
+    def lock_upload(self, image_name: str, build_id: str, provider: str,
+                    blocking: bool = False, timeout: float | None = None) -> Lock | None:
+        lock = Lock(self.client, paths.upload_lock(image_name, build_id, provider))
+        return lock if lock.acquire(blocking=blocking, timeout=timeout) else None
+
+    # -- components --------------------------------------------------------
+
+    def components(self, kind: str) -> list[Component]:
+        base = paths.components(kind)
+        try:
+            names = self.kazoo.get_children(base)
+        except NoNodeError:
+            return []
+        found = []
+        for name, result in zip(names, self.client.get_many(
+                f"{base}/{n}" for n in names)):
+            if result is None:
+                continue
+            try:
+                component = Component.from_json(name, result[0], result[1].version)
+            except CorruptRecord as exc:
+                log.warning("Corrupt component record %s/%s: %s", base, name, exc)
+                continue
+            if component is not None:
+                found.append(component)
+        return found
+
+
+class ComponentRegistration:
+    """Keeps one component record registered, across session losses.
+
+    The record is an ephemeral sequential znode; when the session is lost it
+    vanishes, so it is created again (under a new name) once connected.
+    """
+
+    def __init__(self, client: ZooKeeperClient, component: Component):
+        self.client = client
+        self.component = component
+        if not component.hostname:
+            component.hostname = socket.gethostname()
+        if component.version is None:
+            component.version = np_version.__version__
+        component.model_api = np_version.MODEL_API
+        self.path: str | None = None
+        self._lock = threading.Lock()
+        self._needs_register = False
+        self._retry_thread: threading.Thread | None = None
+
+    def register(self) -> None:
+        with self._lock:
+            kazoo = self.client.kazoo
+            kazoo.ensure_path(paths.components(self.component.kind))
+            self.path = kazoo.create(
+                paths.component_prefix(self.component.kind, self.component.hostname),
+                self.component.to_json(), ephemeral=True, sequence=True)
+            self.component.znode = self.path.rsplit("/", 1)[1]
+            self.component.version_stat = 0
+            self._generation = self.client.session_generation
+        self.client.add_state_listener(self._on_state)
+
+    def _on_state(self, state: str) -> None:
+        if state == "CONNECTED" and self._generation != self.client.session_generation:
+            # Re-register from another thread: listeners must not block.
+            threading.Thread(target=self._reregister, daemon=True,
+                             name="component-reregister").start()
+
+    def _reregister(self) -> None:
+        try:
+            with self._lock:
+                if self._generation == self.client.session_generation:
+                    return
+                self.path = self.client.kazoo.create(
+                    paths.component_prefix(self.component.kind,
+                                           self.component.hostname),
+                    self.component.to_json(), ephemeral=True, sequence=True)
+                self.component.znode = self.path.rsplit("/", 1)[1]
+                self.component.version_stat = 0
+                self._generation = self.client.session_generation
+            log.info("Re-registered %s component as %s", self.component.kind,
+                     self.path)
+        except Exception:
+            log.exception("Cannot re-register %s component", self.component.kind)
+
+    def update(self, **changes) -> None:
+        """Change fields and write them, if anything changed."""
+        with self._lock:
+            changed = False
+            for key, value in changes.items():
+                if getattr(self.component, key) != value:
+                    setattr(self.component, key, value)
+                    changed = True
+            if not changed or self.path is None:
+                return
+            try:
+                stat = self.client.kazoo.set(self.path, self.component.to_json(),
+                                             version=self.component.version_stat)
+                self.component.version_stat = stat.version
+            except NoNodeError:
+                log.warning("Component record %s vanished; it will be registered "
+                            "again on reconnection", self.path)
+            except BadVersionError:
+                # Someone else touched our record; overwrite with our truth.
+                stat = self.client.kazoo.set(self.path, self.component.to_json())
+                self.component.version_stat = stat.version
+
+    def unregister(self) -> None:
+        self.client.remove_state_listener(self._on_state)
+        with self._lock:
+            path, self.path = self.path, None
+        if path is None:
+            return
+        try:
+            self.client.kazoo.delete(path)
+        except NoNodeError:
+            pass
+        except Exception:
+            log.exception("Cannot unregister component %s", path)
+
+
+def new_pool_component(provider_name: str, pool_name: str, labels: Iterable[str],
+                       priority: int = 100) -> PoolComponent:
+    """A pool-worker registration with a fresh ``launcher_id``."""
+    fqdn = socket.getfqdn()
+    worker_id = f"{fqdn}-PoolWorker.{provider_name}-{pool_name}-{uuid.uuid4().hex}"
+    return PoolComponent(id=worker_id, name=pool_name, provider_name=provider_name,
+                         supported_labels=sorted(set(labels)), priority=priority,
+                         state=ComponentState.RUNNING)
+
+
+def dumps_sorted(data: dict) -> bytes:
+    return json.dumps(data, sort_keys=True).encode("utf-8")
