@@ -1,0 +1,151 @@
+"""Shared fixtures: a real ZooKeeper server, one chroot per test.
+
+The server (Debian's ``zookeeper`` package) starts once per test session on a
+free loopback port; each test gets its own chroot, removed afterwards, so
+tests cannot see each other's data. A TLS-enabled server starts only if a
+test asks for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import time
+import uuid
+
+import pytest
+from kazoo.client import KazooClient
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from zkserver import TCPProxy, ZooKeeperServerProcess  # noqa: E402
+from zuul import FakeZuul  # noqa: E402
+
+from nodepool.zk.client import ZooKeeperClient  # noqa: E402
+from nodepool.zk.store import Store  # noqa: E402
+
+CHROOT_BASE = "/nodepool_test"
+
+# kazoo logs every packet at DEBUG; nodepool's own DEBUG logs are what help.
+logging.getLogger("kazoo").setLevel(logging.INFO)
+
+
+@pytest.fixture(scope="session")
+def zk_server():
+    workdir = tempfile.mkdtemp(prefix="nodepool-zk-")
+    server = ZooKeeperServerProcess(workdir)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def zk_tls_server():
+    workdir = tempfile.mkdtemp(prefix="nodepool-zk-tls-")
+    server = ZooKeeperServerProcess(workdir, tls=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def zk_admin(zk_server):
+    """A chroot-less client for set-up and clean-up."""
+    client = KazooClient(hosts=zk_server.hosts)
+    client.start(timeout=15)
+    yield client
+    client.stop()
+    client.close()
+
+
+@pytest.fixture
+def zk_chroot(zk_server, zk_admin):
+    chroot = f"{CHROOT_BASE}/{uuid.uuid4().hex}"
+    zk_admin.ensure_path(chroot)
+    yield chroot
+    try:
+        zk_admin.delete(chroot, recursive=True)
+    except Exception:
+        logging.getLogger("tests").exception("cannot remove chroot %s", chroot)
+
+
+@pytest.fixture
+def zk_hosts(zk_server, zk_chroot):
+    """Connection string (server + this test's chroot)."""
+    return f"{zk_server.hosts}{zk_chroot}"
+
+
+@pytest.fixture
+def make_zk_client(zk_hosts):
+    """Factory of connected nodepool clients; all disconnected at the end."""
+    clients = []
+
+    def make(hosts: str | None = None, timeout: float = 10.0, **kwargs):
+        client = ZooKeeperClient(hosts or zk_hosts, timeout=timeout, **kwargs)
+        client.connect(timeout=15)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.disconnect()
+
+
+@pytest.fixture
+def zk_client(make_zk_client):
+    return make_zk_client()
+
+
+@pytest.fixture
+def store(zk_client):
+    return Store(zk_client)
+
+
+@pytest.fixture
+def zuul(zk_hosts):
+    fake = FakeZuul(zk_hosts)
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def zk_proxy(zk_server):
+    """A TCP proxy in front of the server, to drop connections on purpose."""
+    proxy = TCPProxy(zk_server.port)
+    yield proxy
+    proxy.stop()
+
+
+def expire_session(client: ZooKeeperClient, server_hosts: str, timeout: float = 15.0
+                   ) -> None:
+    """Make the server expire ``client``'s session, as a long partition would.
+
+    A second connection that presents the same session id and password and
+    then closes ends the session on the server; the first client is told its
+    session expired.
+    """
+    session_id, password = client.kazoo.client_id
+    generation = client.session_generation
+    twin = KazooClient(hosts=server_hosts, client_id=(session_id, password))
+    twin.start(timeout=15)
+    twin.stop()
+    twin.close()
+    deadline = time.monotonic() + timeout
+    while client.session_generation == generation:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the session did not expire")
+        time.sleep(0.01)
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01,
+               message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{message} not met within {timeout}s")
+        time.sleep(interval)

@@ -1,0 +1,71 @@
+"""``nodepool config-validate`` run as an operator runs it."""
+
+import os
+import subprocess
+import sys
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures")
+
+
+def nodepool(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "nodepool.cmd.nodepool", *args],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
+def test_valid_files_exit_zero():
+    for name in ("spec-example.yaml", "spec-static.yaml", "spec-fake.yaml"):
+        result = nodepool("-c", os.path.join(FIXTURES, name), "config-validate")
+        assert result.returncode == 0, result.stderr
+        assert "configuration is valid" in result.stderr
+
+
+def test_secure_file_is_checked_too():
+    args = ("-c", os.path.join(FIXTURES, "spec-example.yaml"),
+            "-s", os.path.join(FIXTURES, "spec-secure.yaml"), "config-validate")
+    result = nodepool(*args, env={"NODEPOOL_REGISTRY_TOKEN": "t0k3n"})
+    assert result.returncode == 0, result.stderr
+    result = nodepool(*args, env={"NODEPOOL_REGISTRY_TOKEN": ""})
+    assert result.returncode == 0
+    env = {k: v for k, v in os.environ.items() if k != "NODEPOOL_REGISTRY_TOKEN"}
+    result = subprocess.run([sys.executable, "-m", "nodepool.cmd.nodepool", *args],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 1
+    assert "spec-secure.yaml: line 8: environment variable NODEPOOL_REGISTRY_TOKEN " \
+        "is not set" in result.stderr
+
+
+def test_invalid_file_lists_every_problem_and_exits_one(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("""
+labels:
+  - name: small
+providers:
+  - name: cloud
+    cloud: c
+    pools:
+      - name: main
+        max-servers: lots
+        labels:
+          - name: medium
+            cloud-image: missing
+            min-ram: 1
+  - name: other
+    driver: vmware
+""")
+    result = nodepool("-c", str(path), "config-validate")
+    assert result.returncode == 1
+    assert "providers[0].pools[0].max-servers: expected an integer, got string " \
+        "'lots'" in result.stderr
+    assert "providers[1].driver: unknown driver 'vmware'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_file_and_usage_errors(tmp_path):
+    result = nodepool("-c", str(tmp_path / "nope.yaml"), "config-validate")
+    assert result.returncode == 1 and "file not found" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert nodepool().returncode == 1  # no sub-command: help, status 1
+    assert nodepool("no-such-command").returncode == 2
+    version = nodepool("--version")
+    assert version.returncode == 0 and "Nodepool version:" in version.stdout
