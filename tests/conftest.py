@@ -19,8 +19,9 @@ import pytest
 from kazoo.client import KazooClient
 
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
 
-from zkserver import TCPProxy, ZooKeeperServerProcess  # noqa: E402
+from zkserver import TCPProxy, ZooKeeperServerProcess  # noqa: E402  (tools/)
 from zuul import FakeZuul  # noqa: E402
 
 from nodepool.zk.client import ZooKeeperClient  # noqa: E402

@@ -20,6 +20,7 @@ import logging
 import struct
 import threading
 import time
+import warnings
 from collections import namedtuple
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
@@ -153,6 +154,7 @@ class ZooKeeperClient:
         self._persistent: dict[str, Callable] = {}
         self._persistent_lock = threading.Lock()
         self._was_disconnected = False
+        self._closing = False
         # Counts session losses; callers compare it to notice re-registration.
         self.session_generation = 0
 
@@ -181,7 +183,10 @@ class ZooKeeperClient:
             try:
                 attempt = 1.0 if deadline is None else max(
                     0.1, min(1.0, deadline - time.monotonic()))
-                self.kazoo.start(timeout=attempt)
+                with warnings.catch_warnings():
+                    # kazoo warns when the chroot is missing; we create it.
+                    warnings.simplefilter("ignore", UserWarning)
+                    self.kazoo.start(timeout=attempt)
                 break
             except Exception as exc:
                 try:
@@ -201,17 +206,33 @@ class ZooKeeperClient:
                     last_warning = now
                 time.sleep(0.2)
         self._connected.set()
+        if self.kazoo.chroot and not self.read_only:
+            self._ensure_chroot()
         log.debug("Connected to ZooKeeper at %s", self.hosts)
+
+    def _ensure_chroot(self) -> None:
+        """Create the chroot itself (kazoo only prefixes paths with it)."""
+        chroot = self.kazoo.chroot
+        if self.kazoo.exists("/") is not None:
+            return
+        # Nothing else uses the client yet: address the real root briefly.
+        self.kazoo.chroot = ""
+        try:
+            self.kazoo.ensure_path(chroot)
+        finally:
+            self.kazoo.chroot = chroot
 
     def disconnect(self) -> None:
         if self.kazoo is None:
             return
+        self._closing = True
         try:
             self.kazoo.stop()
             self.kazoo.close()
         finally:
             self.kazoo = None
             self._connected.clear()
+            self._closing = False
 
     def reset_hosts(self, hosts: str | Sequence[ZooKeeperServer]) -> None:
         """Apply a changed server list to the live connection."""
@@ -257,7 +278,9 @@ class ZooKeeperClient:
         else:
             self._connected.clear()
             self._was_disconnected = True
-            if state == KazooState.LOST:
+            if self._closing:
+                pass
+            elif state == KazooState.LOST:
                 self.session_generation += 1
                 log.warning("ZooKeeper session lost")
             else:

@@ -271,3 +271,11 @@ def test_pool_component_registration_update_and_unregister(store, zk_client):
     assert store.components("pool")[0].paused is True
     registration.unregister()
     assert store.components("pool") == []
+
+
+def test_missing_chroot_is_created_on_connect(make_zk_client, zk_hosts, zk_admin,
+                                              zk_chroot):
+    client = make_zk_client(hosts=f"{zk_hosts}/nested/deeper")
+    Store(client).create_node(Node(provider="p", type=["a"]))
+    assert zk_admin.get_children(f"{zk_chroot}/nested/deeper/nodepool/nodes") == \
+        ["0000000000"]

@@ -1,4 +1,6 @@
-"""A real ZooKeeper server for the tests (Debian's ``zookeeper`` package).
+"""A real ZooKeeper server for tests, demos and benchmarks.
+
+Uses Debian's ``zookeeper`` package (installed by tools/install-deps.sh).
 
 Started as a child process on a free loopback port with a throw-away data
 directory; optionally with a TLS port (certificates made here with
@@ -290,3 +292,30 @@ class TCPProxy:
     @property
     def hosts(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+
+def main() -> int:
+    """Run a throw-away server in the foreground: ``python tools/zkserver.py``."""
+    import argparse
+    import signal
+    import tempfile
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, default=0, help="client port (0: free)")
+    parser.add_argument("--workdir", default=None)
+    args = parser.parse_args()
+    server = ZooKeeperServerProcess(args.workdir or tempfile.mkdtemp(prefix="zk-"))
+    if args.port:
+        server.port = args.port
+    server.start()
+    print(f"ZooKeeper listening on {server.hosts} (data in {server.data_dir})",
+          flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    signal.signal(signal.SIGINT, lambda *a: stop.set())
+    stop.wait()
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Install everything nodepool and its test suite need on a Debian machine
+# (bookworm, Python 3.11): system packages, then a virtualenv in .venv with
+# nodepool and its test dependencies. Safe to run again; skips what is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+# zookeeper: the real server the tests and the quickstart run.
+# openssh-server: real sshd hosts for the static driver's tests.
+# openssl, qemu-utils: image formats and TLS material for the builder.
+PACKAGES="zookeeper openssh-server openssl qemu-utils procps"
+missing=""
+for pkg in $PACKAGES; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+        || missing="$missing $pkg"
+done
+PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+if ! "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null; then
+    missing="$missing python3-venv"
+fi
+if [ -n "$missing" ]; then
+    echo "Installing Debian packages:$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq $missing >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -m pip install -q -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -c 'import nodepool.zk.client, kazoo, voluptuous, openstack, paramiko'
+echo "Dependencies installed; nodepool is in .venv"
