@@ -26,8 +26,8 @@ from kazoo.protocol.states import EventType
 from nodepool.zk import paths
 from nodepool.zk.client import RESYNC, ZooKeeperClient
 from nodepool.zk.records import (
-    CorruptRecord, ImageBuild, ImageFlags, ImageUpload, Node, NodeRequest,
-    UploadState,
+    Component, CorruptRecord, ImageBuild, ImageFlags, ImageUpload, Node,
+    NodeRequest, PoolComponent, UploadState,
 )
 
 log = logging.getLogger("nodepool.zk.cache")
@@ -540,3 +540,47 @@ class ImageCache(TreeCache):
         """The upload the launcher boots: newest ``ready`` one across builds."""
         ready = self.uploads(image_name, provider, states=[UploadState.READY])
         return ready[0] if ready else None
+
+
+class ComponentCache(TreeCache):
+    """Registered launchers, pool workers and builders."""
+
+    def __init__(self, client: ZooKeeperClient):
+        super().__init__(client, paths.COMPONENTS, "component")
+        self._components: dict[tuple[str, str], Component] = {}
+
+    def wants_data(self, path: str) -> bool:
+        return len(paths.split(path)) == 3
+
+    def wants_children(self, path: str) -> bool:
+        return len(paths.split(path)) < 3
+
+    def on_data(self, path, data, stat):
+        parts = paths.split(path)
+        key = (parts[1], parts[2])
+        try:
+            component = Component.from_json(parts[2], data, stat.version)
+        except CorruptRecord as exc:
+            log.warning("Skipping corrupt component record %s: %s", path, exc)
+            component = None
+        if component is None:
+            self._components.pop(key, None)
+        else:
+            self._components[key] = component
+        self.notify("changed", key, component)
+
+    def on_deleted(self, path):
+        parts = paths.split(path)
+        if len(parts) == 3:
+            old = self._components.pop((parts[1], parts[2]), None)
+            if old is not None:
+                self.notify("deleted", (parts[1], parts[2]), old)
+
+    def pools(self) -> list[PoolComponent]:
+        with self._lock:
+            return [c for (kind, _), c in self._components.items()
+                    if kind == "pool" and isinstance(c, PoolComponent)]
+
+    def of_kind(self, kind: str) -> list[Component]:
+        with self._lock:
+            return [c for (k, _), c in self._components.items() if k == kind]

@@ -171,10 +171,26 @@ class Store:
         self.delete_node_znode(node.id)
 
     def delete_node_znode(self, node_id: str) -> None:
+        """Remove a node znode with its lock directory in one transaction."""
+        lock_dir = paths.node_lock(node_id)
         try:
-            self.kazoo.delete(paths.node(node_id), recursive=True)
+            contenders = self.kazoo.get_children(lock_dir)
         except NoNodeError:
-            pass
+            contenders = None
+        tx = self.kazoo.transaction()
+        for name in contenders or ():
+            tx.delete(f"{lock_dir}/{name}")
+        if contenders is not None:
+            tx.delete(lock_dir)
+        tx.delete(paths.node(node_id))
+        results = tx.commit()
+        if any(isinstance(r, Exception) for r in results):
+            # Something changed underneath (a contender came or went): fall
+            # back to kazoo's child-by-child removal.
+            try:
+                self.kazoo.delete(paths.node(node_id), recursive=True)
+            except NoNodeError:
+                pass
 
     def node_ids(self) -> list[str]:
         try:

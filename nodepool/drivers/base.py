@@ -1,0 +1,196 @@
+"""The contract between the launcher and a cloud driver.
+
+A driver only talks to its cloud. The launcher owns ZooKeeper, locking, quota
+and node state; it asks the driver's :class:`Adapter` for state machines that
+create and delete instances and advances them from a shared runner, so
+``advance()`` must never block for long: slow cloud calls belong on the
+adapter's own executor, with ``advance()`` checking their futures.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from nodepool.config.model import PoolLabel, Provider
+from nodepool.launcher.quota import Resources
+
+# Metadata keys that mark an instance (or image) as nodepool's.
+META_PROVIDER = "nodepool_provider_name"
+META_NODE_ID = "nodepool_node_id"
+META_POOL = "nodepool_pool_name"
+META_IMAGE = "nodepool_image_name"
+META_BUILD_ID = "nodepool_build_id"
+META_UPLOAD_ID = "nodepool_upload_id"
+
+
+class DriverError(Exception):
+    """Base of the errors a driver raises; ``statsd_key`` names the result."""
+
+    statsd_key = "error.unknown"
+
+
+class QuotaError(DriverError):
+    """The cloud refused for lack of quota: retry later, not a failure."""
+
+    statsd_key = "error.quota"
+
+
+class NotFound(DriverError):
+    """The instance or resource does not exist (a delete counts it as done)."""
+
+
+class RuntimeConfigurationError(DriverError):
+    """The label can never work in this provider (e.g. unknown flavor)."""
+
+    statsd_key = "error.nodepool"
+
+
+class LaunchError(DriverError):
+    statsd_key = "error.unknown"
+
+
+class LaunchStatusError(LaunchError):
+    """The instance went to an error state."""
+
+    statsd_key = "error.status"
+
+
+class LaunchNetworkError(LaunchError):
+    statsd_key = "error.network"
+
+
+class LaunchKeyscanError(LaunchError):
+    statsd_key = "error.keyscan"
+
+
+class LaunchTimeout(LaunchError):
+    statsd_key = "error.servercreatetimeout"
+
+
+class ImageUnavailable(LaunchError):
+    statsd_key = "error.nodepool"
+
+
+@dataclass
+class Instance:
+    """What a completed create reports about the instance."""
+
+    external_id: Any
+    interface_ip: str | None = None
+    public_ipv4: str | None = None
+    public_ipv6: str | None = None
+    private_ipv4: str | None = None
+    private_ipv6: str | None = None
+    cloud: str | None = None
+    region: str | None = None
+    az: str | None = None
+    host_id: str | None = None
+    driver_data: Any = None
+    slot: int | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    resources: dict[str, float] | None = None
+    # Rarely set: overrides of what the image config says.
+    username: str | None = None
+    python_path: str | None = None
+    shell_type: str | None = None
+    connection_port: int | None = None
+    connection_type: str | None = None
+    host_keys: list[str] | None = None
+    ready: bool = True
+    deleted: bool = False
+
+
+@dataclass
+class Resource:
+    """Something in the cloud that nodepool may have to delete when leaked."""
+
+    type: str                # alphanumeric, used in metric names
+    id: Any
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def plural_metric_name(self) -> str:
+        return self.type + "s"
+
+
+class StateMachine:
+    """A create or delete in progress. ``advance()`` must not block.
+
+    After each ``advance()`` the runner waits ``poll_delay`` seconds (or until
+    the adapter wakes it) before advancing again.
+    """
+
+    def __init__(self):
+        self.state = "start"
+        self.external_id: Any = None
+        self.complete = False
+        self.start_time = time.monotonic()
+        self.poll_delay = 0.0
+
+    def advance(self) -> Instance | None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class Adapter:
+    """One instance per configured provider."""
+
+    # Whether a pool at quota should keep a request and wait (cloud drivers)
+    # rather than hand it back (static driver).
+    pause_at_quota = True
+
+    def __init__(self, provider: Provider):
+        self.provider = provider
+
+    # -- required ----------------------------------------------------------
+
+    def create_state_machine(self, hostname: str, label: PoolLabel,
+                             image_external_id: str | None, metadata: dict[str, str],
+                             request, az: str | None) -> StateMachine:
+        raise NotImplementedError
+
+    def delete_state_machine(self, external_id) -> StateMachine:
+        raise NotImplementedError
+
+    def list_instances(self) -> list[Instance]:
+        """Every instance the credentials can see, ours or not."""
+        raise NotImplementedError
+
+    def list_resources(self) -> list[Resource]:
+        """Every deletable resource, for leak detection."""
+        return []
+
+    def delete_resource(self, resource: Resource) -> None:
+        raise NotImplementedError
+
+    # -- optional ------------------------------------------------------------
+
+    def quota_limits(self) -> Resources:
+        return Resources(default=float("inf"))
+
+    def quota_for_label(self, label: PoolLabel) -> Resources:
+        return Resources({"instances": 1})
+
+    def azs(self) -> list[str]:
+        return []
+
+    def label_ready(self, label: PoolLabel) -> bool:
+        return True
+
+    def console_log(self, external_id) -> str | None:
+        return None
+
+    def upload_image(self, image_name: str, filename: str, image_format: str,
+                     metadata: dict[str, str]) -> str:
+        raise NotImplementedError
+
+    def delete_image(self, external_id: str) -> None:
+        raise NotImplementedError
+
+    def reconfigure(self, provider: Provider) -> None:
+        """Accept a changed provider config that needs no new connection."""
+        self.provider = provider
+
+    def stop(self) -> None:
+        pass

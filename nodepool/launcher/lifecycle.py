@@ -1,0 +1,522 @@
+"""Node launch and delete, driven by state machines without blocking.
+
+Each provider has one :class:`Runner` thread. It keeps the launches and
+deletes in progress in a time-ordered heap and advances each one when it is
+due - right away for a new task, later when the driver asked to be polled
+later. One slow cloud never delays work that is ready to move, and a new
+launch starts within microseconds instead of at the next one-second tick.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import random
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable
+
+from kazoo.exceptions import KazooException
+
+from nodepool.config.model import Pool, PoolLabel, Provider
+from nodepool.drivers.base import (
+    META_IMAGE, META_NODE_ID, META_POOL, META_PROVIDER, Adapter, DriverError,
+    ImageUnavailable, Instance, LaunchKeyscanError, LaunchTimeout, NotFound,
+    QuotaError,
+)
+from nodepool.zk.cache import ImageCache
+from nodepool.zk.locks import Lock
+from nodepool.zk.records import Node, NodeState
+from nodepool.zk.store import RecordNotFound, Store
+
+log = logging.getLogger("nodepool.launcher.lifecycle")
+
+DELETE_TIMEOUT = 600.0
+
+
+class Task:
+    """Something the runner advances; ``step()`` returns the next delay or None."""
+
+    def step(self) -> float | None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def abandon(self) -> None:
+        """The runner is stopping."""
+
+
+class Runner:
+    """Advances tasks of one provider, each when it is due."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._heap: list[tuple[float, int, Task]] = []
+        self._counter = itertools.count()
+        self._cv = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name=f"runner-{name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def add(self, task: Task, delay: float = 0.0) -> None:
+        with self._cv:
+            heapq.heappush(self._heap, (time.monotonic() + delay,
+                                        next(self._counter), task))
+            self._cv.notify()
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stopped:
+                    if self._heap:
+                        wait = self._heap[0][0] - time.monotonic()
+                        if wait <= 0:
+                            break
+                        self._cv.wait(wait)
+                    else:
+                        self._cv.wait()
+                if self._stopped:
+                    tasks = [t for _, _, t in self._heap]
+                    self._heap.clear()
+                    break
+                _, _, task = heapq.heappop(self._heap)
+            try:
+                delay = task.step()
+            except Exception:
+                log.exception("%s: task %r failed unexpectedly", self.name, task)
+                delay = None
+            if delay is not None:
+                self.add(task, delay)
+        for task in tasks:
+            try:
+                task.abandon()
+            except Exception:
+                log.exception("%s: abandoning %r failed", self.name, task)
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopped = True
+            self._cv.notify()
+        self._thread.join(timeout=10)
+
+
+# -- nodescan -------------------------------------------------------------------
+
+_scan_pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="nodescan")
+
+
+def scan_host_keys(ip: str, port: int, timeout: float, connection_type: str,
+                   gather_keys: bool = True) -> list[str]:
+    """Wait for the host to answer, then collect its SSH host keys.
+
+    Blocking; runs on the nodescan executor.
+    """
+    import socket
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((ip, port), timeout=min(
+                    10.0, max(0.1, deadline - time.monotonic()))):
+                pass
+            break
+        except OSError as exc:
+            last_error = exc
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+    else:
+        raise LaunchKeyscanError(f"{ip}:{port} did not answer within {timeout}s: "
+                                 f"{last_error}")
+    if not gather_keys or connection_type not in ("ssh", "network_cli"):
+        return []
+    import paramiko
+    keys = []
+    for key_type in ("ssh-ed25519", "ecdsa-sha2-nistp256", "rsa-sha2-512"):
+        sock = None
+        transport = None
+        try:
+            sock = socket.create_connection((ip, port), timeout=10)
+            transport = paramiko.Transport(sock)
+            opts = transport.get_security_options()
+            opts.key_types = [key_type]
+            transport.start_client(timeout=max(1.0, deadline - time.monotonic()))
+            key = transport.get_remote_server_key()
+            keys.append(f"{key.get_name()} {key.get_base64()}")
+        except Exception as exc:
+            log.debug("No %s host key from %s:%s: %s", key_type, ip, port, exc)
+        finally:
+            if transport is not None:
+                transport.close()
+            if sock is not None:
+                sock.close()
+    if not keys:
+        raise LaunchKeyscanError(f"no SSH host key could be read from {ip}:{port}")
+    return keys
+
+
+# -- launch -------------------------------------------------------------------
+
+# What the launch reports back: (node, result) with result in
+# "ready", "failed", "aborted".
+LaunchCallback = Callable[[Node, str], None]
+
+
+class NodeLaunch(Task):
+    """One node from ``building`` to ``ready`` (or failed/aborted), with retries."""
+
+    def __init__(self, *, node: Node, lock: Lock, store: Store, adapter: Adapter,
+                 provider: Provider, pool: Pool, label: PoolLabel, images: ImageCache,
+                 request, callback: LaunchCallback, stats=None):
+        self.node = node
+        self.lock = lock
+        self.store = store
+        self.adapter = adapter
+        self.provider = provider
+        self.pool = pool
+        self.label = label
+        self.images = images
+        self.request = request
+        self.callback = callback
+        self.stats = stats
+        self.attempts = 0
+        self.machine = None
+        self.cleanup = None
+        self.scan: Future | None = None
+        self.scan_deadline = 0.0
+        self.image_external_id: str | None = None
+        self.image_name: str | None = None
+        self.started = time.monotonic()
+        self.finished = False
+
+    def __repr__(self) -> str:
+        return f"<NodeLaunch {self.node.id} {self.label.name}>"
+
+    # -- helpers -------------------------------------------------------------
+
+    def _save(self) -> None:
+        self.store.update_node(self.node)
+
+    def _choose_image(self) -> None:
+        """Newest ready upload of the diskimage, or the configured cloud image."""
+        label = self.label
+        if label.diskimage:
+            upload = self.images.latest_ready_upload(label.diskimage, self.provider.name)
+            if upload is None or not upload.external_id:
+                raise ImageUnavailable(f"no ready upload of {label.diskimage} in "
+                                       f"{self.provider.name}")
+            self.node.image_id = upload.path
+            self.image_external_id = upload.external_id
+            self.image_name = label.diskimage
+            image = self.provider.diskimages.get(label.diskimage)
+            self.node.username = upload.username
+            self.node.python_path = upload.python_path
+            self.node.shell_type = upload.shell_type
+            if image is not None:
+                self.node.connection_type = image.connection_type
+                self.node.connection_port = image.connection_port
+        else:
+            cloud_image = self.provider.cloud_images[label.cloud_image]
+            self.node.image_id = cloud_image.name
+            self.image_external_id = None
+            self.image_name = cloud_image.name
+            self.node.username = cloud_image.username or "zuul"
+            self.node.python_path = cloud_image.python_path
+            self.node.shell_type = cloud_image.shell_type
+            self.node.connection_type = cloud_image.connection_type
+            self.node.connection_port = cloud_image.connection_port
+
+    def _metadata(self) -> dict[str, str]:
+        meta = {"groups": f"{self.provider.name},{self.image_name},{self.label.name}"}
+        meta.update({k: str(v) for k, v in self.label.instance_properties.items()})
+        for key, template in self.label.dynamic_instance_properties.items():
+            try:
+                meta[key] = template.format(request=self.request)
+            except Exception as exc:
+                log.warning("Node %s: cannot render dynamic property %s=%r: %s",
+                            self.node.id, key, template, exc)
+        meta[META_NODE_ID] = self.node.id
+        meta[META_POOL] = self.pool.name
+        meta[META_PROVIDER] = self.provider.name
+        if self.image_name:
+            meta[META_IMAGE] = self.image_name
+        return meta
+
+    def _start_attempt(self) -> None:
+        self.attempts += 1
+        self._choose_image()
+        self.machine = self.adapter.create_state_machine(
+            f"np{self.node.id}", self.label, self.image_external_id,
+            self._metadata(), self.request, self.node.az)
+
+    def _apply_instance(self, instance: Instance) -> None:
+        node = self.node
+        node.external_id = instance.external_id
+        node.interface_ip = instance.interface_ip or instance.private_ipv4
+        node.public_ipv4 = instance.public_ipv4
+        node.private_ipv4 = instance.private_ipv4
+        node.public_ipv6 = instance.public_ipv6
+        node.host_id = instance.host_id
+        node.cloud = instance.cloud
+        node.region = instance.region
+        node.az = instance.az or node.az
+        node.driver_data = instance.driver_data
+        if instance.slot is not None:
+            node.slot = instance.slot
+        if instance.resources:
+            node.resources = dict(instance.resources)
+        for attr in ("username", "python_path", "shell_type", "connection_port",
+                     "connection_type"):
+            value = getattr(instance, attr)
+            if value is not None:
+                setattr(node, attr, value)
+        if instance.host_keys is not None:
+            node.host_keys = list(instance.host_keys)
+
+    def _start_scan(self) -> None:
+        node = self.node
+        ip = node.interface_ip or ""
+        self.scan_deadline = time.monotonic() + self.provider.boot_timeout
+        if not self.label.host_key_checking:
+            self.scan = None
+            return
+        if "fake" in ip:
+            # The simulated cloud's address: nothing listens; keys are fixed.
+            gather = node.connection_type in ("ssh", "network_cli")
+            node.host_keys = ["ssh-rsa FAKEKEY"] if gather else []
+            self.scan = None
+            return
+        port = node.connection_port if isinstance(node.connection_port, int) else 22
+        self.scan = _scan_pool.submit(scan_host_keys, ip, port,
+                                      float(self.provider.boot_timeout),
+                                      node.connection_type or "ssh")
+
+    def _finish(self, result: str) -> None:
+        self.finished = True
+        if self.stats is not None:
+            self.stats.launch_result(self.node, self.request, result,
+                                     time.monotonic() - self.started)
+        try:
+            self.callback(self.node, result)
+        except Exception:
+            log.exception("Launch callback for node %s failed", self.node.id)
+
+    # -- the task --------------------------------------------------------------
+
+    def step(self) -> float | None:
+        try:
+            return self._step()
+        except KazooException as exc:
+            log.error("Node %s: ZooKeeper error during launch: %s", self.node.id, exc)
+            self._finish("failed")
+            return None
+
+    def _step(self) -> float | None:
+        if self.cleanup is not None:
+            return self._step_cleanup()
+        if self.scan is not None:
+            return self._step_scan()
+        try:
+            if self.machine is None:
+                self._start_attempt()
+            if time.monotonic() - self.machine.start_time > self.provider.launch_timeout:
+                raise LaunchTimeout(f"not active after {self.provider.launch_timeout}s")
+            known = self.machine.external_id
+            instance = self.machine.advance()
+            if self.machine.external_id is not None and \
+                    self.machine.external_id != known and \
+                    self.node.external_id != self.machine.external_id:
+                # Record the cloud id at once, so a crash leaves a deletable node.
+                self.node.external_id = self.machine.external_id
+                self._save()
+            if not self.machine.complete:
+                return self.machine.poll_delay
+            self._apply_instance(instance)
+            self._start_scan()
+            if self.scan is None:
+                return self._ready()
+            return 0.05
+        except QuotaError as exc:
+            log.info("Node %s: cloud quota exceeded, aborting launch: %s",
+                     self.node.id, exc)
+            self._record_error(exc)
+            return self._abort()
+        except KazooException:
+            raise
+        except Exception as exc:
+            return self._attempt_failed(exc)
+
+    def _step_scan(self) -> float | None:
+        if not self.scan.done():
+            if time.monotonic() > self.scan_deadline + 5:
+                self.scan.cancel()
+                self.scan = None
+                return self._attempt_failed(LaunchKeyscanError(
+                    f"host key scan of {self.node.interface_ip} timed out"))
+            return 0.05
+        scan, self.scan = self.scan, None
+        try:
+            keys = scan.result()
+        except Exception as exc:
+            return self._attempt_failed(exc)
+        if keys:
+            self.node.host_keys = keys
+        return self._ready()
+
+    def _ready(self) -> None:
+        self.node.set_state(NodeState.READY)
+        self._save()
+        log.info("Node %s is ready (%s in %s, %s)", self.node.id, self.label.name,
+                 self.provider.name, self.node.interface_ip)
+        self._finish("ready")
+        return None
+
+    def _record_error(self, exc: Exception) -> None:
+        if self.stats is not None:
+            key = getattr(exc, "statsd_key", "error.unknown")
+            self.stats.launch_result(self.node, self.request, key,
+                                     time.monotonic() - self.started)
+
+    def _abort(self) -> None:
+        # The instance (if any) is deleted by the delete worker with the node.
+        if self.machine is not None and self.machine.external_id:
+            self.node.external_id = self.machine.external_id
+        self.node.set_state(NodeState.ABORTED)
+        self._save()
+        self._finish("aborted")
+        return None
+
+    def _attempt_failed(self, exc: Exception) -> float | None:
+        external_id = self.machine.external_id if self.machine else None
+        self._record_error(exc)
+        if self.attempts >= self.provider.launch_retries or \
+                isinstance(exc, ImageUnavailable) and self.attempts >= 1 and \
+                self.attempts >= self.provider.launch_retries:
+            log.error("Node %s: launch attempt %s/%s failed, giving up: %s",
+                      self.node.id, self.attempts, self.provider.launch_retries, exc)
+            if external_id:
+                self.node.external_id = external_id
+            self.node.set_state(NodeState.FAILED)
+            self._save()
+            self._finish("failed")
+            return None
+        log.warning("Node %s: launch attempt %s/%s failed, retrying: %s",
+                    self.node.id, self.attempts, self.provider.launch_retries, exc)
+        self.machine = None
+        if external_id:
+            self.cleanup = self.adapter.delete_state_machine(external_id)
+            self.cleanup_started = time.monotonic()
+            return 0.0
+        return 0.0
+
+    def _step_cleanup(self) -> float | None:
+        try:
+            self.cleanup.advance()
+        except NotFound:
+            self.cleanup.complete = True
+        except Exception as exc:
+            log.warning("Node %s: deleting the failed attempt's instance: %s",
+                        self.node.id, exc)
+            if time.monotonic() - self.cleanup_started > DELETE_TIMEOUT:
+                # Give up waiting; leak cleanup will find it by its metadata.
+                self.cleanup = None
+                return 0.0
+            self.cleanup = self.adapter.delete_state_machine(self.cleanup.external_id)
+            return 1.0
+        if not self.cleanup.complete:
+            return self.cleanup.poll_delay
+        self.cleanup = None
+        self.node.external_id = None
+        return 0.0
+
+    def abandon(self) -> None:
+        """The launcher is stopping: the node stays as it is, and unlocked it
+        will be reclaimed (by us after a restart, or by another launcher)."""
+        if not self.finished:
+            self.lock.release()
+
+
+# -- delete ---------------------------------------------------------------------
+
+
+class NodeDelete(Task):
+    """Delete one locked node's instance, then its record."""
+
+    def __init__(self, *, node: Node, lock: Lock, store: Store, adapter: Adapter,
+                 on_done: Callable[[Node, bool], None] | None = None):
+        self.node = node
+        self.lock = lock
+        self.store = store
+        self.adapter = adapter
+        self.on_done = on_done
+        self.machine = None
+        self.started = time.monotonic()
+        self.failures = 0
+
+    def __repr__(self) -> str:
+        return f"<NodeDelete {self.node.id}>"
+
+    def step(self) -> float | None:
+        node = self.node
+        try:
+            if self.machine is None:
+                if node.state != NodeState.DELETING:
+                    node.set_state(NodeState.DELETING)
+                    self.store.update_node(node)
+                if node.external_id is None or node.provider is None:
+                    return self._done()
+                self.machine = self.adapter.delete_state_machine(node.external_id)
+            try:
+                self.machine.advance()
+            except NotFound:
+                return self._done()
+            if self.machine.complete:
+                return self._done()
+            return self.machine.poll_delay
+        except RecordNotFound:
+            self.lock.release()
+            self._notify(False)
+            return None
+        except KazooException as exc:
+            log.error("Node %s: ZooKeeper error while deleting: %s", node.id, exc)
+            self.lock.release()
+            self._notify(False)
+            return None
+        except DriverError as exc:
+            return self._retry(exc)
+        except Exception as exc:
+            log.exception("Node %s: unexpected error while deleting", node.id)
+            return self._retry(exc)
+
+    def _retry(self, exc: Exception) -> float | None:
+        self.failures += 1
+        if time.monotonic() - self.started > DELETE_TIMEOUT:
+            log.error("Node %s: could not delete instance %s for %ss, leaving it "
+                      "for a later attempt: %s", self.node.id, self.node.external_id,
+                      DELETE_TIMEOUT, exc)
+            self.lock.release()
+            self._notify(False)
+            return None
+        log.warning("Node %s: delete failed (attempt %s), retrying: %s",
+                    self.node.id, self.failures, exc)
+        self.machine = None
+        return min(30.0, 0.5 * 2 ** min(self.failures, 6)) * (0.5 + random.random())
+
+    def _done(self) -> None:
+        self.store.delete_node(self.node)
+        self.lock.node = None  # the contender went with the node's znode
+        log.info("Node %s deleted (instance %s)", self.node.id, self.node.external_id)
+        self._notify(True)
+        return None
+
+    def _notify(self, deleted: bool) -> None:
+        if self.on_done is not None:
+            try:
+                self.on_done(self.node, deleted)
+            except Exception:
+                log.exception("Delete callback for node %s failed", self.node.id)
+
+    def abandon(self) -> None:
+        self.lock.release()

@@ -1,0 +1,93 @@
+"""Quota arithmetic: resources used, needed and allowed (spec 4.10).
+
+A :class:`Resources` maps resource names (``cores``, ``instances``, ``ram``
+in MiB, ``volumes``, ``volume-gb`` and driver-specific keys) to amounts. A
+missing key is 0 in a usage or need, and unlimited in a limit.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Mapping
+
+from nodepool.config.model import Pool, TenantLimits
+from nodepool.zk.records import Node
+
+UNLIMITED = math.inf
+
+
+class Resources(dict):
+    """Amounts by resource name; ``default`` answers for missing keys."""
+
+    def __init__(self, values: Mapping[str, float] | None = None,
+                 default: float = 0):
+        super().__init__(values or {})
+        self.default = default
+
+    def get_amount(self, key: str) -> float:
+        return self.get(key, self.default)
+
+    def add(self, other: Mapping[str, float]) -> "Resources":
+        for key, value in other.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self[key] = self.get_amount(key) + value
+        return self
+
+    def subtract(self, other: Mapping[str, float]) -> "Resources":
+        for key, value in other.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self[key] = self.get_amount(key) - value
+        return self
+
+    def copy(self) -> "Resources":
+        return Resources(dict(self), self.default)
+
+    def fits(self, need: Mapping[str, float]) -> bool:
+        """Whether ``need`` can be taken from what this (remaining) allows."""
+        return all(self.get_amount(k) - v >= 0 for k, v in need.items()
+                   if isinstance(v, (int, float)) and v > 0)
+
+    def non_negative(self) -> bool:
+        return all(v >= 0 for v in self.values())
+
+    def exceeded(self, need: Mapping[str, float]) -> list[str]:
+        return sorted(k for k, v in need.items()
+                      if isinstance(v, (int, float)) and v > 0
+                      and self.get_amount(k) - v < 0)
+
+
+def limits(values: Mapping[str, float | None]) -> Resources:
+    """A limit object: keys with None are unlimited (left out)."""
+    return Resources({k: v for k, v in values.items() if v is not None},
+                     default=UNLIMITED)
+
+
+def pool_limits(pool: Pool) -> Resources:
+    values: dict[str, float | None] = {
+        "instances": pool.max_servers,
+        "cores": pool.max_cores,
+        "ram": pool.max_ram,
+        "volumes": pool.max_volumes,
+        "volume-gb": pool.max_volume_gb,
+    }
+    values.update(pool.max_resources)
+    return limits(values)
+
+
+def tenant_limits(tenant: TenantLimits) -> Resources:
+    return limits(dict(tenant.limits))
+
+
+def sum_resources(nodes: Iterable[Node]) -> Resources:
+    total = Resources()
+    for node in nodes:
+        if node.resources:
+            total.add(node.resources)
+    return total
+
+
+def total_need(needs: Iterable[Mapping[str, float]]) -> Resources:
+    total = Resources()
+    for need in needs:
+        total.add(need)
+    return total

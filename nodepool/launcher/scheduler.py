@@ -1,0 +1,92 @@
+"""Which pool takes which request: ordering, candidates, declines (spec 4.5-4.6).
+
+Pure decisions over snapshots, so they can be tested without ZooKeeper and
+computed once per pass instead of once per request.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Callable, Iterable
+
+from nodepool.config.model import Pool, Provider
+from nodepool.launcher.quota import Resources, pool_limits, total_need
+from nodepool.zk.records import NodeRequest, PoolComponent, RequestState
+
+
+def order_requests(requests: Iterable[NodeRequest]) -> list[NodeRequest]:
+    """Priority order, fair between requestors.
+
+    Upstream orders by (precedence, relative_priority, sequence). We keep that
+    order for each requestor, but interleave requestors that share a
+    precedence and relative priority, so one requestor's burst cannot starve
+    another's requests (for Zuul alone, which is one requestor, the order is
+    exactly upstream's).
+    """
+    groups: dict[tuple, list[NodeRequest]] = defaultdict(list)
+    for request in requests:
+        groups[(request.priority, request.relative_priority,
+                request.requestor or "")].append(request)
+    keyed = []
+    for (priority, relative, _), members in groups.items():
+        members.sort(key=lambda r: r.sequence)
+        for rank, request in enumerate(members):
+            keyed.append(((priority, relative, rank, request.sequence), request))
+    keyed.sort(key=lambda item: item[0])
+    return [request for _, request in keyed]
+
+
+def candidate_pools(request: NodeRequest, components: list[PoolComponent]
+                    ) -> list[PoolComponent]:
+    """Registered pools that offer every label and have not declined."""
+    wanted = set(request.node_types)
+    declined = set(request.declined_by)
+    return [c for c in components
+            if c.id not in declined and wanted <= set(c.supported_labels)]
+
+
+def skip_reason(request: NodeRequest, me: PoolComponent, my_labels: set[str],
+                candidates: list[PoolComponent]) -> str | None:
+    """Why this pool should leave the request to others (None: consider it)."""
+    if request.provider and request.provider != me.provider_name and any(
+            c.provider_name == request.provider for c in candidates):
+        return f"prefers provider {request.provider}"
+    if any(c.priority < me.priority and not c.paused and c.id != me.id
+           for c in candidates):
+        return "a higher-priority pool can serve it"
+    if not set(request.node_types) <= my_labels and candidates:
+        return "another pool offers all its labels"
+    return None
+
+
+def decline_reason(request: NodeRequest, provider: Provider, pool: Pool,
+                   image_available: Callable[[str], bool],
+                   label_quota: Callable[[str], Resources | None],
+                   cloud_limits: Resources | None) -> str | None:
+    """Why this pool can never serve the request (None: it can, some day)."""
+    if pool.max_servers is not None and pool.max_servers <= 0:
+        return "pool is disabled by max-servers"
+    missing = sorted({t for t in request.node_types if t not in pool.labels})
+    if missing:
+        return f"node type(s) {missing} not available"
+    broken = sorted({t for t in request.node_types if label_quota(t) is None})
+    if broken:
+        return f"node type(s) {broken} not available (provider configuration)"
+    if not all(image_available(t) for t in set(request.node_types)):
+        return "images are not available"
+    need = total_need(label_quota(t) for t in request.node_types)
+    if not pool_limits(pool).fits(need):
+        return "it would exceed the pool's quota"
+    if cloud_limits is not None and not pool.ignore_provider_quota \
+            and not cloud_limits.fits(need):
+        return "it would exceed the cloud's quota"
+    return None
+
+
+def all_declined(request: NodeRequest, components: list[PoolComponent]) -> bool:
+    """Upstream's rule: fail once every registered pool has declined."""
+    return {c.id for c in components} <= set(request.declined_by)
+
+
+def is_open(request: NodeRequest, my_id: str) -> bool:
+    return request.state == RequestState.REQUESTED and my_id not in request.declined_by
