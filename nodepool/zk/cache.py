@@ -96,6 +96,21 @@ class TreeCache:
     def wait_synced(self, timeout: float = 30.0) -> bool:
         return self.synced.wait(timeout)
 
+    def barrier(self, timeout: float = 10.0) -> bool:
+        """Wait until the cache reflects every change committed before now.
+
+        A read sent after a sync is answered after the watch events of all
+        earlier changes (ZooKeeper's ordering guarantee), and this cache
+        applies replies and events in arrival order.
+        """
+        try:
+            self.client.kazoo.sync(self.root)
+        except Exception:
+            return False
+        done = threading.Event()
+        self._send(("barrier", done), "get", self.root)
+        return done.wait(timeout)
+
     @property
     def queue_size(self) -> int:
         return self._queue.qsize()
@@ -175,7 +190,9 @@ class TreeCache:
                 log.error("%s cache: addWatch on %s failed: %r (ZooKeeper >= 3.6 "
                           "is required)", self.name, tag[1], exc)
             return
-        if kind == "get":
+        if kind == "barrier":
+            tag[1].set()
+        elif kind == "get":
             self._got_data(tag[1], value, exc)
         elif kind == "resync":
             _, what, path, generation = tag

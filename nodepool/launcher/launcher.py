@@ -1,0 +1,384 @@
+"""The launcher daemon: wires configuration, ZooKeeper, providers and workers.
+
+One :class:`Launcher` per process. It loads the configuration, connects to
+ZooKeeper, starts the watch-driven caches, and runs one
+:class:`ProviderManager` per provider (its adapter, its runner thread and one
+:class:`~nodepool.launcher.pool.PoolWorker` per pool), plus the delete
+worker, min-ready and the periodic cleanup. Cache listeners wake exactly the
+workers a change concerns. The configuration file is checked every second;
+a valid new file is applied without a restart, an invalid one is reported
+and the last good configuration keeps running.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from nodepool.config import ConfigError, config_files_changed, load_config
+from nodepool.config.model import Config, PoolLabel, Provider
+from nodepool.drivers import connection_fields, make_adapter
+from nodepool.drivers.base import RuntimeConfigurationError
+from nodepool.launcher.lifecycle import NodeDelete, NodeLaunch, Runner
+from nodepool.launcher.maintenance import Cleanup, DeleteWorker, MinReady
+from nodepool.launcher.pool import PoolWorker
+from nodepool.launcher.quota import Resources
+from nodepool.stats import Stats
+from nodepool.zk.cache import ComponentCache, ImageCache, NodeCache, RequestCache
+from nodepool.zk.client import ZooKeeperClient, client_from_config
+from nodepool.zk.records import Component, ComponentState, Node
+from nodepool.zk.store import ComponentRegistration, Store
+
+log = logging.getLogger("nodepool.launcher")
+
+QUOTA_CACHE_SECONDS = 60.0
+
+
+class ProviderManager:
+    """One provider's adapter, runner and pool workers."""
+
+    def __init__(self, launcher: "Launcher", provider: Provider):
+        self.launcher = launcher
+        self.provider = provider
+        self.adapter = make_adapter(provider)
+        self.runner = Runner(provider.name)
+        self.workers: dict[str, PoolWorker] = {}
+        self._launches = 0
+        self._mutex = threading.Lock()
+        self._label_quota: dict[str, Resources | None] = {}
+        self._cloud_limits: tuple[float, Resources | None] | None = None
+        self._azs: list[str] | None = None
+
+    def start(self) -> None:
+        for pool in self.provider.pools.values():
+            self._start_worker(pool)
+        if hasattr(self.adapter, "start"):
+            self.adapter.start(self)
+
+    def _start_worker(self, pool) -> None:
+        worker = PoolWorker(self.launcher, self, pool)
+        self.workers[pool.name] = worker
+        worker.start()
+
+    def stop(self) -> None:
+        for worker in list(self.workers.values()):
+            worker.stop()
+        self.workers.clear()
+        self.runner.stop()
+        self.adapter.stop()
+
+    def reconfigure(self, provider: Provider) -> None:
+        old = self.provider
+        self.provider = provider
+        self.adapter.reconfigure(provider)
+        self._label_quota.clear()
+        self._cloud_limits = None
+        for name in list(self.workers):
+            if name not in provider.pools:
+                log.info("Pool %s/%s was removed from the configuration",
+                         provider.name, name)
+                self.workers.pop(name).stop()
+        for name, pool in provider.pools.items():
+            if name not in self.workers:
+                log.info("Pool %s/%s was added to the configuration",
+                         provider.name, name)
+                self._start_worker(pool)
+            elif old.pools.get(name) != pool or old != provider:
+                self.workers[name].reconfigure(pool)
+
+    # -- launches and deletes --------------------------------------------------
+
+    def launch(self, task: NodeLaunch) -> None:
+        callback = task.callback
+
+        def done(node: Node, result: str) -> None:
+            with self._mutex:
+                self._launches -= 1
+            if result == "aborted":
+                self._cloud_limits = None  # the cloud disagreed with our estimate
+            callback(node, result)
+
+        task.callback = done
+        with self._mutex:
+            self._launches += 1
+        self.runner.add(task)
+
+    def delete(self, task: NodeDelete) -> None:
+        self.runner.add(task)
+
+    def active_launches(self) -> int:
+        return self._launches
+
+    @property
+    def can_launch(self) -> bool:
+        return getattr(self.adapter, "can_launch", True)
+
+    # -- what the pool workers ask about the provider ---------------------------
+
+    def label_quota(self, label_name: str) -> Resources | None:
+        """Resources one node of the label uses; None if it can never work."""
+        if label_name in self._label_quota:
+            return self._label_quota[label_name]
+        label = None
+        for pool in self.provider.pools.values():
+            label = pool.labels.get(label_name) or label
+        if label is None:
+            return None
+        try:
+            quota = self.adapter.quota_for_label(label)
+        except RuntimeConfigurationError as exc:
+            log.error("Provider %s: label %s cannot be launched: %s",
+                      self.provider.name, label_name, exc)
+            quota = None
+        self._label_quota[label_name] = quota
+        return quota
+
+    def label_available(self, label: PoolLabel) -> bool:
+        if label.diskimage:
+            image = self.provider.diskimages.get(label.diskimage)
+            if image is None:
+                return False
+            return self.launcher.images.latest_ready_upload(
+                label.diskimage, self.provider.name) is not None
+        return self.adapter.label_ready(label)
+
+    def serves_label(self, label_name: str) -> bool:
+        for pool in self.provider.pools.values():
+            label = pool.labels.get(label_name)
+            if label is not None and (pool.max_servers is None or pool.max_servers > 0) \
+                    and self.label_available(label):
+                return True
+        return False
+
+    def cloud_limits(self) -> Resources | None:
+        """Cloud limits minus what instances not managed by us use."""
+        now = time.monotonic()
+        cached = self._cloud_limits
+        if cached is not None and now - cached[0] < QUOTA_CACHE_SECONDS:
+            return cached[1].copy() if cached[1] is not None else None
+        try:
+            limits = self.adapter.quota_limits()
+            if all(v == float("inf") for v in limits.values()) and \
+                    limits.default == float("inf"):
+                result = None
+            else:
+                ours = {n.id for n in self.launcher.nodes.nodes()
+                        if n.provider == self.provider.name}
+                result = limits.copy()
+                for instance in self.adapter.list_instances():
+                    meta = instance.metadata or {}
+                    if meta.get("nodepool_provider_name") == self.provider.name and \
+                            meta.get("nodepool_node_id") in ours:
+                        continue
+                    if meta.get("nodepool_provider_name") == self.provider.name:
+                        continue  # a leak: the cleanup removes it
+                    result.subtract(instance.resources or {"instances": 1})
+        except Exception as exc:
+            log.warning("Provider %s: cannot read cloud quota: %s",
+                        self.provider.name, exc)
+            return cached[1].copy() if cached and cached[1] is not None else None
+        self._cloud_limits = (now, result)
+        return result.copy() if result is not None else None
+
+    def azs(self) -> list[str]:
+        if self._azs is None:
+            try:
+                self._azs = list(self.adapter.azs())
+            except Exception as exc:
+                log.warning("Provider %s: cannot list AZs: %s", self.provider.name, exc)
+                return []
+        return self._azs
+
+    def wake(self) -> None:
+        for worker in list(self.workers.values()):
+            worker.wake.set()
+
+
+class Launcher:
+    """A nodepool-launcher process."""
+
+    def __init__(self, config_path: str, secure_path: str | None = None, *,
+                 idle_interval: float = 5.0, cleanup_interval: float = 60.0,
+                 delete_sweep_interval: float = 10.0,
+                 min_ready_interval: float = 5.0,
+                 config_check_interval: float = 1.0,
+                 accept_threads: int = 16, stats: Stats | None = None):
+        self.config_path = config_path
+        self.secure_path = secure_path
+        self.idle_interval = idle_interval
+        self.config_check_interval = config_check_interval
+        self.config: Config = load_config(config_path, secure_path)
+        self.stats = stats or Stats()
+        self.client: ZooKeeperClient = client_from_config(self.config)
+        self.store = Store(self.client)
+        self.executor = ThreadPoolExecutor(max_workers=accept_threads,
+                                           thread_name_prefix="accept")
+        self.managers: dict[str, ProviderManager] = {}
+        self.delete_worker = DeleteWorker(self, delete_sweep_interval)
+        self.min_ready = MinReady(self, min_ready_interval)
+        self.cleanup = Cleanup(self, cleanup_interval)
+        self.ready = threading.Event()
+        self._stopped = threading.Event()
+        self._config_thread = threading.Thread(target=self._watch_config,
+                                               daemon=True, name="config-watch")
+        self._failed_mtimes: dict | None = None
+        self.registration: ComponentRegistration | None = None
+        self.config_errors = 0
+
+    # -- start and stop ----------------------------------------------------
+
+    def start(self, connect_timeout: float | None = None) -> None:
+        self.client.connect(timeout=connect_timeout)
+        self.nodes = NodeCache(self.client)
+        self.requests = RequestCache(self.client)
+        self.images = ImageCache(self.client)
+        self.components = ComponentCache(self.client)
+        for cache in (self.nodes, self.requests, self.images, self.components):
+            cache.start()
+        for cache in (self.nodes, self.requests, self.images, self.components):
+            cache.wait_synced(60)
+        self.registration = ComponentRegistration(
+            self.client, Component(kind="launcher", state=ComponentState.INITIALIZING))
+        self.registration.register()
+        self.nodes.add_listener(self._on_node)
+        self.requests.add_listener(self._on_request)
+        self.images.add_listener(self._on_other)
+        self.components.add_listener(self._on_other)
+        for provider in self.config.providers.values():
+            self._start_provider(provider)
+        self.delete_worker.start()
+        self.min_ready.start()
+        self.cleanup.start()
+        self._config_thread.start()
+        self.registration.update(state=ComponentState.RUNNING)
+        self.min_ready.wake.set()
+        self.ready.set()
+        log.info("Launcher running with providers %s", ", ".join(self.managers) or
+                 "(none)")
+
+    def _start_provider(self, provider: Provider) -> None:
+        try:
+            manager = ProviderManager(self, provider)
+            manager.start()
+        except Exception:
+            log.exception("Provider %s failed to start; it is left out until the "
+                          "next configuration change", provider.name)
+            return
+        self.managers[provider.name] = manager
+
+    def stop(self) -> None:
+        log.info("Launcher stopping")
+        self._stopped.set()
+        self.ready.clear()
+        for part in (self.min_ready, self.cleanup, self.delete_worker):
+            part.stop()
+        for manager in list(self.managers.values()):
+            manager.stop()
+        self.managers.clear()
+        self.executor.shutdown(wait=True, cancel_futures=False)
+        if self.registration is not None:
+            self.registration.unregister()
+        for cache in (self.nodes, self.requests, self.images, self.components):
+            cache.stop()
+        self.client.disconnect()
+        log.info("Launcher stopped")
+
+    # -- events --------------------------------------------------------------
+
+    def _on_node(self, kind: str, node_id, node: Node) -> None:
+        if kind == "deleted" or node.state != "building" or kind == "unlocked":
+            self._wake_provider(node.provider)
+        if kind != "deleted":
+            self.delete_worker.consider(node)
+        if kind == "deleted" or node.state == "ready":
+            self.min_ready.wake.set()
+
+    def _on_request(self, kind: str, request_id, request) -> None:
+        if kind == "deleted":
+            for manager in list(self.managers.values()):
+                for worker in list(manager.workers.values()):
+                    worker.cancel(request_id)
+            self.min_ready.wake.set()
+        elif request.is_min_ready and request.state in ("fulfilled", "failed"):
+            self.min_ready.wake.set()
+        self._wake_all()
+
+    def _on_other(self, kind, key, record) -> None:
+        self._wake_all()
+
+    def _wake_provider(self, provider_name) -> None:
+        manager = self.managers.get(provider_name or "")
+        if manager is not None:
+            manager.wake()
+        else:
+            self._wake_all()
+
+    def _wake_all(self) -> None:
+        for manager in list(self.managers.values()):
+            manager.wake()
+
+    def node_deleted(self, node: Node) -> None:
+        manager = self.managers.get(node.provider or "")
+        if manager is not None and hasattr(manager.adapter, "node_deleted"):
+            manager.adapter.node_deleted(manager, node)
+
+    # -- configuration reload ----------------------------------------------------
+
+    def _watch_config(self) -> None:
+        while not self._stopped.wait(self.config_check_interval):
+            try:
+                self.check_config()
+            except Exception:
+                log.exception("Configuration check failed")
+
+    def check_config(self) -> bool:
+        """Reload if the files changed; returns True if a new config was applied."""
+        if not config_files_changed(self.config):
+            return False
+        try:
+            new = load_config(self.config_path, self.secure_path)
+        except ConfigError as exc:
+            import os
+            mtimes = {}
+            for path in (self.config_path, self.secure_path):
+                if path:
+                    try:
+                        mtimes[path] = os.stat(path).st_mtime_ns
+                    except OSError:
+                        mtimes[path] = None
+            if mtimes != self._failed_mtimes:
+                self._failed_mtimes = mtimes
+                self.config_errors += 1
+                log.error("The new configuration is invalid; still running on the "
+                          "last good one:\n%s", exc)
+            return False
+        self._failed_mtimes = None
+        self.apply_config(new)
+        return True
+
+    def apply_config(self, new: Config) -> None:
+        old = self.config
+        log.info("Applying a changed configuration")
+        self.config = new
+        if new.zookeeper_servers != old.zookeeper_servers:
+            from nodepool.zk.client import connection_string
+            self.client.reset_hosts(connection_string(new.zookeeper_servers))
+        for name in list(self.managers):
+            if name not in new.providers:
+                log.info("Provider %s was removed from the configuration", name)
+                self.managers.pop(name).stop()
+        for name, provider in new.providers.items():
+            manager = self.managers.get(name)
+            if manager is None:
+                log.info("Provider %s was added to the configuration", name)
+                self._start_provider(provider)
+            elif connection_fields(manager.provider) != connection_fields(provider):
+                log.info("Provider %s changed its connection; restarting it", name)
+                self.managers.pop(name).stop()
+                self._start_provider(provider)
+            elif manager.provider != provider:
+                manager.reconfigure(provider)
+        self.min_ready.wake.set()
+        self._wake_all()

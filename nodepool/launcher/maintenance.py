@@ -1,0 +1,500 @@
+"""Housekeeping: deleting nodes, min-ready, leaks, lost requests, ages.
+
+* :class:`DeleteWorker` reacts to node changes: a node that becomes ``used``
+  (or failed, aborted, abandoned) and is unlocked is deleted at once, not at
+  the next sweep. A slow sweep over the cache catches anything missed.
+* :class:`MinReady` keeps ``min-ready`` ready nodes per label. The deficit is
+  computed under a cluster-wide lock after a cache barrier, so several
+  launchers sharing a label never over-provision it.
+* :class:`Cleanup` runs the periodic tasks, each isolated from the others'
+  errors: leaked instances and images, lost requests, max-ready-age,
+  max-hold-age, lock directories of finished requests, empty node znodes.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from kazoo.exceptions import KazooException, NoNodeError, NotEmptyError
+
+from nodepool.drivers.base import META_BUILD_ID, META_NODE_ID, META_PROVIDER, \
+    META_UPLOAD_ID
+from nodepool.launcher.lifecycle import NodeDelete
+from nodepool.zk import paths
+from nodepool.zk.locks import Lock
+from nodepool.zk.records import (
+    MIN_READY_REQUESTOR, Node, NodeRequest, NodeState, RequestState,
+)
+from nodepool.zk.store import RecordNotFound
+
+if TYPE_CHECKING:  # pragma: no cover
+    from nodepool.launcher.launcher import Launcher
+
+log = logging.getLogger("nodepool.launcher.maintenance")
+
+# States in which an unlocked node is reclaimed (spec 4.11.2), plus failed
+# launches we store (upstream leaves them "building").
+DELETABLE = {NodeState.USED, NodeState.IN_USE, NodeState.BUILDING, NodeState.FAILED,
+             NodeState.DELETING, NodeState.DELETED, NodeState.ABORTED}
+# An unlocked init node older than this was abandoned between its creation
+# and its lock (upstream only reclaims these through lost requests).
+INIT_GRACE = 60.0
+# Lock directories of vanished requests older than this are removed.
+REQUEST_LOCK_AGE = 300.0
+LOCK_TIMEOUT = 10.0
+MIN_READY_LOCK = f"{paths.ELECTIONS}/min-ready"
+
+
+class DeleteWorker:
+    """Deletes reclaimable nodes and releases ready nodes of vanished requests."""
+
+    def __init__(self, launcher: "Launcher", sweep_interval: float):
+        self.launcher = launcher
+        self.sweep_interval = sweep_interval
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queued: set[str] = set()
+        self._deleting: set[str] = set()
+        self._mutex = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name="delete-worker")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def consider(self, node: Node) -> None:
+        """Cache listener hook: queue the node if it may need action."""
+        if node.state in DELETABLE or node.state == NodeState.INIT or (
+                node.state == NodeState.READY and node.allocated_to):
+            with self._mutex:
+                if node.id in self._queued or node.id in self._deleting:
+                    return
+                self._queued.add(node.id)
+            self._queue.put(node.id)
+
+    def _run(self) -> None:
+        last_sweep = time.monotonic()
+        while not self._stopped.is_set():
+            timeout = max(0.0, last_sweep + self.sweep_interval - time.monotonic())
+            try:
+                node_id = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                node_id = ""
+            if self._stopped.is_set():
+                return
+            if node_id:
+                with self._mutex:
+                    self._queued.discard(node_id)
+                self._safe_handle(node_id)
+            if time.monotonic() - last_sweep >= self.sweep_interval:
+                last_sweep = time.monotonic()
+                for node in self.launcher.nodes.nodes():
+                    self.consider(node)
+
+    def _safe_handle(self, node_id: str) -> None:
+        if not self.launcher.client.connected:
+            return
+        try:
+            self._handle(node_id)
+        except KazooException as exc:
+            log.warning("Node %s: ZooKeeper error in the delete worker: %s",
+                        node_id, exc)
+        except Exception:
+            log.exception("Node %s: delete worker failed", node_id)
+
+    def _handle(self, node_id: str) -> None:
+        launcher = self.launcher
+        node = launcher.nodes.get(node_id)
+        if node is None or node_id in self._deleting:
+            return
+        manager = launcher.managers.get(node.provider or "")
+        if manager is None and node.provider is not None:
+            return
+        if launcher.nodes.is_locked(node_id):
+            return
+        if node.state == NodeState.READY and node.allocated_to:
+            self._release_if_orphaned(node)
+            return
+        if node.state == NodeState.INIT and time.time() - node.state_time < INIT_GRACE:
+            return
+        if node.state not in DELETABLE and node.state != NodeState.INIT:
+            return
+        store = launcher.store
+        lock = store.lock_node(node_id)
+        if lock is None:
+            return
+        fresh = store.get_node(node_id)
+        if fresh is None:
+            lock.release()
+            return
+        if fresh.state not in DELETABLE and not (
+                fresh.state == NodeState.INIT
+                and time.time() - fresh.state_time >= INIT_GRACE):
+            lock.release()
+            return
+        if fresh.state == NodeState.DELETED or fresh.provider is None:
+            store.delete_node_znode(node_id)
+            return
+        log.info("Deleting node %s (%s, %s)", node_id, fresh.state,
+                 fresh.external_id)
+        with self._mutex:
+            self._deleting.add(node_id)
+        manager.delete(NodeDelete(node=fresh, lock=lock, store=store,
+                                  adapter=manager.adapter, on_done=self._deleted))
+
+    def _deleted(self, node: Node, deleted: bool) -> None:
+        with self._mutex:
+            self._deleting.discard(node.id)
+        if deleted:
+            self.launcher.node_deleted(node)
+
+    def _release_if_orphaned(self, node: Node) -> None:
+        """A ready node allocated to a request that no longer exists is free."""
+        launcher = self.launcher
+        if launcher.requests.get(node.allocated_to) is not None:
+            return
+        if launcher.store.get_request(node.allocated_to) is not None:
+            return
+        lock = launcher.store.lock_node(node.id)
+        if lock is None:
+            return
+        try:
+            fresh = launcher.store.get_node(node.id)
+            if (fresh is not None and fresh.state == NodeState.READY
+                    and fresh.allocated_to
+                    and launcher.store.get_request(fresh.allocated_to) is None):
+                log.info("Node %s: request %s is gone; the node is free again",
+                         node.id, fresh.allocated_to)
+                fresh.allocated_to = None
+                launcher.store.update_node(fresh)
+        finally:
+            lock.release()
+
+
+class MinReady:
+    """Keeps ``min-ready`` ready, unallocated nodes of each label."""
+
+    def __init__(self, launcher: "Launcher", interval: float):
+        self.launcher = launcher
+        self.interval = interval
+        self.submitted: set[str] = set()
+        self.wake = threading.Event()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="min-ready")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.wake.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            self.wake.wait(self.interval)
+            self.wake.clear()
+            if self._stopped.is_set() or not self.launcher.client.connected:
+                continue
+            # Let a burst of changes settle before counting.
+            self._stopped.wait(0.05)
+            try:
+                self.tidy()
+                self.top_up()
+            except KazooException as exc:
+                log.warning("min-ready: ZooKeeper error: %s", exc)
+            except Exception:
+                log.exception("min-ready check failed")
+
+    def tidy(self) -> None:
+        """Hand the nodes of our fulfilled min-ready requests to the pool."""
+        launcher = self.launcher
+        for request_id in list(self.submitted):
+            request = launcher.requests.get(request_id)
+            if request is None:
+                if launcher.store.get_request(request_id) is None:
+                    self.submitted.discard(request_id)
+                continue
+            if request.state == RequestState.FULFILLED:
+                for node_id in request.nodes:
+                    lock = launcher.store.lock_node(node_id, blocking=True,
+                                                    timeout=LOCK_TIMEOUT)
+                    if lock is None:
+                        break
+                    try:
+                        node = launcher.store.get_node(node_id)
+                        if node is not None and node.allocated_to == request_id:
+                            node.allocated_to = None
+                            launcher.store.update_node(node)
+                    finally:
+                        lock.release()
+                else:
+                    launcher.store.delete_request(request_id)
+                    self.submitted.discard(request_id)
+            elif request.state == RequestState.FAILED:
+                launcher.store.delete_request(request_id)
+                self.submitted.discard(request_id)
+
+    def _wanted(self) -> dict[str, int]:
+        config = self.launcher.config
+        wanted = {}
+        for label in config.labels.values():
+            if label.min_ready <= 0:
+                continue
+            servable = any(manager.serves_label(label.name)
+                           for manager in self.launcher.managers.values())
+            if servable:
+                wanted[label.name] = label.min_ready
+        return wanted
+
+    def top_up(self) -> None:
+        wanted = self._wanted()
+        if not wanted:
+            return
+        launcher = self.launcher
+        lock = Lock(launcher.client, MIN_READY_LOCK)
+        if not lock.acquire(blocking=True, timeout=5):
+            return
+        try:
+            launcher.requests.barrier()
+            launcher.nodes.barrier()
+            ready: dict[str, int] = {}
+            for node in launcher.nodes.nodes():
+                if node.state == NodeState.READY and not node.allocated_to:
+                    for label in node.type:
+                        ready[label] = ready.get(label, 0) + 1
+            outstanding: dict[str, int] = {}
+            for request in launcher.requests.requests():
+                if request.requestor == MIN_READY_REQUESTOR and \
+                        request.state != RequestState.FAILED:
+                    for label in request.node_types:
+                        outstanding[label] = outstanding.get(label, 0) + 1
+            for label, target in sorted(wanted.items()):
+                deficit = target - ready.get(label, 0) - outstanding.get(label, 0)
+                for _ in range(max(0, deficit)):
+                    request = NodeRequest(node_types=[label], reuse=False,
+                                          requestor=MIN_READY_REQUESTOR)
+                    launcher.store.submit_request(request, priority="900",
+                                                  ephemeral=True)
+                    self.submitted.add(request.id)
+                if deficit > 0:
+                    log.info("min-ready: requested %d %s node(s) (%d ready, %d "
+                             "requested, %d wanted)", deficit, label,
+                             ready.get(label, 0), outstanding.get(label, 0), target)
+            # Make our requests visible to the next lock holder's barrier.
+            launcher.requests.barrier()
+        finally:
+            lock.release()
+
+
+class Cleanup:
+    """The periodic housekeeping tasks."""
+
+    def __init__(self, launcher: "Launcher", interval: float):
+        self.launcher = launcher
+        self.interval = interval
+        self._suspects: dict[tuple[str, str, str], float] = {}
+        self._stopped = threading.Event()
+        self.wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="cleanup")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.wake.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            self.wake.wait(self.interval)
+            self.wake.clear()
+            if self._stopped.is_set() or not self.launcher.client.connected:
+                continue
+            self.run_once()
+
+    def run_once(self) -> None:
+        for task in (self.lost_requests, self.max_ready_age, self.max_hold_age,
+                     self.leaked_resources, self.request_lock_dirs, self.empty_nodes):
+            try:
+                task()
+            except Exception:
+                log.exception("Cleanup task %s failed", task.__name__)
+
+    def lost_requests(self) -> None:
+        """Pending requests nobody holds (their launcher died): back to the queue."""
+        launcher = self.launcher
+        store = launcher.store
+        for request in launcher.requests.requests():
+            if request.state != RequestState.PENDING:
+                continue
+            lock = store.lock_request(request.id)
+            if lock is None:
+                continue
+            try:
+                fresh = store.get_request(request.id)
+                if fresh is None or fresh.state != RequestState.PENDING:
+                    continue
+                for node in launcher.nodes.nodes():
+                    if node.allocated_to == request.id:
+                        self._free_node(node.id, request.id)
+                fresh.nodes = []
+                fresh.set_state(RequestState.REQUESTED)
+                store.update_request(fresh)
+                log.info("Request %s was lost by its launcher; it is requested "
+                         "again", request.id)
+            finally:
+                lock.release()
+
+    def _free_node(self, node_id: str, request_id: str) -> None:
+        store = self.launcher.store
+        # Bounded wait: one hung lock holder must not stall the cleanup.
+        lock = store.lock_node(node_id, blocking=True, timeout=LOCK_TIMEOUT)
+        if lock is None:
+            return
+        try:
+            node = store.get_node(node_id)
+            if node is None or node.allocated_to != request_id:
+                return
+            if node.state == NodeState.INIT:
+                node.set_state(NodeState.DELETING)
+            node.allocated_to = None
+            store.update_node(node)
+        finally:
+            lock.release()
+
+    def _expire(self, node: Node, state: str, why: str) -> None:
+        store = self.launcher.store
+        lock = store.lock_node(node.id)
+        if lock is None:
+            return
+        try:
+            fresh = store.get_node(node.id)
+            if fresh is None or fresh.state != state or (
+                    state == NodeState.READY and fresh.allocated_to):
+                return
+            log.info("Node %s: %s; deleting it", node.id, why)
+            fresh.set_state(NodeState.DELETING)
+            store.update_node(fresh)
+        except RecordNotFound:
+            pass
+        finally:
+            lock.release()
+
+    def max_ready_age(self) -> None:
+        launcher = self.launcher
+        now = time.time()
+        for node in launcher.nodes.nodes():
+            if node.state != NodeState.READY or node.allocated_to \
+                    or node.provider not in launcher.managers:
+                continue
+            ages = [launcher.config.labels[t].max_ready_age for t in node.type
+                    if t in launcher.config.labels]
+            limit = min((a for a in ages if a > 0), default=0)
+            if limit and now - node.state_time >= limit \
+                    and not launcher.nodes.is_locked(node.id):
+                self._expire(node, NodeState.READY, f"ready for more than {limit}s")
+
+    def max_hold_age(self) -> None:
+        launcher = self.launcher
+        now = time.time()
+        max_hold = launcher.config.max_hold_age or 0
+        for node in launcher.nodes.nodes():
+            if node.state != NodeState.HOLD or node.provider not in launcher.managers:
+                continue
+            limits = [x for x in (node.hold_expiration, max_hold) if x and x > 0]
+            if limits and now - node.state_time >= min(limits) \
+                    and not launcher.nodes.is_locked(node.id):
+                self._expire(node, NodeState.HOLD,
+                             f"held for more than {min(limits)}s")
+
+    def leaked_resources(self) -> None:
+        """Cloud resources carrying our metadata that no record accounts for.
+
+        A resource is deleted when it was already suspect on the previous
+        pass, so a record still on its way into the cache is never mistaken
+        for a leak.
+        """
+        launcher = self.launcher
+        known_nodes = {(n.provider, n.id) for n in launcher.nodes.nodes()}
+        known_uploads = {(u.provider_name, u.build_id, u.id)
+                         for u in launcher.images.uploads()}
+        now = time.time()
+        suspects = {}
+        for name, manager in list(launcher.managers.items()):
+            try:
+                resources = manager.adapter.list_resources()
+            except Exception as exc:
+                log.warning("Provider %s: cannot list resources: %s", name, exc)
+                continue
+            for resource in resources:
+                meta = resource.metadata or {}
+                if meta.get(META_PROVIDER) != name:
+                    continue
+                if META_NODE_ID in meta:
+                    leaked = (name, meta[META_NODE_ID]) not in known_nodes
+                elif META_BUILD_ID in meta and META_UPLOAD_ID in meta:
+                    leaked = (name, meta[META_BUILD_ID],
+                              meta[META_UPLOAD_ID]) not in known_uploads
+                else:
+                    continue
+                if not leaked:
+                    continue
+                key = (name, resource.type, str(resource.id))
+                if key in self._suspects:
+                    log.warning("Provider %s: deleting leaked %s %s (%s)", name,
+                                resource.type, resource.id, meta)
+                    try:
+                        manager.adapter.delete_resource(resource)
+                        launcher.stats.leaked(name, resource.plural_metric_name)
+                    except Exception as exc:
+                        log.warning("Provider %s: cannot delete leaked %s %s: %s",
+                                    name, resource.type, resource.id, exc)
+                        suspects[key] = self._suspects[key]
+                else:
+                    suspects[key] = now
+        self._suspects = suspects
+
+    def request_lock_dirs(self) -> None:
+        """Remove lock directories whose request is gone."""
+        launcher = self.launcher
+        kazoo = launcher.client.kazoo
+        try:
+            names = kazoo.get_children(paths.REQUEST_LOCKS)
+        except NoNodeError:
+            return
+        orphans = [n for n in names if launcher.requests.get(n) is None]
+        stats = [kazoo.exists_async(paths.request_lock(n)) for n in orphans]
+        now = time.time()
+        for name, pending in zip(orphans, stats):
+            stat = pending.get(timeout=30)
+            if stat is None or now - stat.mtime / 1000.0 < REQUEST_LOCK_AGE:
+                continue
+            if launcher.store.get_request(name) is not None:
+                continue
+            try:
+                kazoo.delete(paths.request_lock(name))
+            except (NoNodeError, NotEmptyError):
+                pass
+
+    def empty_nodes(self) -> None:
+        """Node znodes without data (a lock attempt raced a deletion)."""
+        launcher = self.launcher
+        for node_id in list(launcher.nodes.empty_ids):
+            try:
+                data, _ = launcher.client.kazoo.get(paths.node(node_id))
+            except NoNodeError:
+                continue
+            if not data:
+                log.info("Removing empty node znode %s", node_id)
+                launcher.store.delete_node_znode(node_id)

@@ -1,0 +1,630 @@
+"""One worker per provider pool: take requests, reuse or launch nodes, fulfil.
+
+The worker thread wakes on every change to requests, nodes, components or
+images (cache listeners set ``wake``) and decides, in one pass over the
+ordered open requests, which to take now, which to decline and which to
+defer. Decisions use snapshots and running quota arithmetic, so a pass costs
+O(requests + nodes), never O(requests x nodes). The ZooKeeper work of
+accepting, fulfilling and declining runs on the launcher's executor, so round
+trips overlap instead of queueing behind each other.
+
+A pool at quota defers only what it cannot serve now: requests that ready
+nodes can satisfy are still served, and impossible ones still declined.
+Deferred requests keep their claim on the quota freed next, so a big request
+is not starved by a stream of small ones behind it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from typing import TYPE_CHECKING
+
+from kazoo.exceptions import KazooException, NoNodeError, NotEmptyError
+
+from nodepool.config.model import Pool, Provider
+from nodepool.launcher import scheduler
+from nodepool.launcher.lifecycle import NodeLaunch
+from nodepool.launcher.quota import Resources, pool_limits, sum_resources, tenant_limits
+from nodepool.zk import paths
+from nodepool.zk.locks import Lock
+from nodepool.zk.records import Node, NodeRequest, NodeState, RequestState
+from nodepool.zk.store import ComponentRegistration, RecordNotFound, new_pool_component
+
+if TYPE_CHECKING:  # pragma: no cover
+    from nodepool.launcher.launcher import Launcher, ProviderManager
+
+log = logging.getLogger("nodepool.launcher.pool")
+
+
+class RequestHandler:
+    """One accepted request: its node slots, in ``node_types`` order."""
+
+    def __init__(self, worker: "PoolWorker", request: NodeRequest, lock: Lock):
+        self.worker = worker
+        self.request = request
+        self.lock = lock
+        count = len(request.node_types)
+        self.nodes: list[Node | None] = [None] * count
+        self.node_locks: list[Lock | None] = [None] * count
+        self.results: list[str | None] = [None] * count
+        self.launching: set[int] = set()
+        self.cancelled = False
+        self.finishing = False
+        # Set while an executor thread creates nodes for missing slots.
+        self.filling = True
+        self.az: str | None = None
+        self.mutex = threading.Lock()
+
+    @property
+    def id(self) -> str:
+        return self.request.id
+
+    def missing(self) -> list[int]:
+        with self.mutex:
+            return [i for i, node in enumerate(self.nodes) if node is None]
+
+    def node_ids(self) -> list[str]:
+        with self.mutex:
+            return [n.id for n in self.nodes if n is not None and n.id]
+
+    def on_launch_result(self, index: int, node: Node, result: str) -> None:
+        """Called by the provider's runner when a launch ends."""
+        with self.mutex:
+            current = self.nodes[index]
+            if current is None or current.id != node.id:
+                return  # a slot reassigned meanwhile; not ours any more
+            self.results[index] = result
+            self.launching.discard(index)
+        self.worker.wake.set()
+
+    def evaluate(self) -> str:
+        """What the handler needs next: waiting, needs, fulfil, decline, cancel."""
+        with self.mutex:
+            if self.finishing or self.filling:
+                return "busy"
+            if self.launching:
+                return "waiting"
+            if self.cancelled:
+                return "cancel"
+            if "failed" in self.results:
+                return "decline"
+            for index, result in enumerate(self.results):
+                if result == "aborted":
+                    # Cloud quota: forget the node (the delete worker removes
+                    # it once unlocked) and launch this slot again later.
+                    lock = self.node_locks[index]
+                    self.nodes[index] = None
+                    self.node_locks[index] = None
+                    self.results[index] = None
+                    if lock is not None:
+                        lock.release()
+            if any(node is None for node in self.nodes):
+                return "needs"
+            return "fulfil"
+
+
+class PoolWorker:
+    """Serves requests for one (provider, pool) of this launcher."""
+
+    def __init__(self, launcher: "Launcher", manager: "ProviderManager", pool: Pool):
+        self.launcher = launcher
+        self.manager = manager
+        self.pool = pool
+        self.component = new_pool_component(
+            manager.provider.name, pool.name, pool.labels,
+            manager.provider.pool_priority(pool))
+        self.registration = ComponentRegistration(launcher.client, self.component)
+        self.handlers: dict[str, RequestHandler] = {}
+        # Requests being accepted right now, with the quota reserved for them.
+        self.in_flight: dict[str, Resources] = {}
+        self.claimed: set[str] = set()
+        self.mutex = threading.Lock()
+        self.wake = threading.Event()
+        self._stopped = threading.Event()
+        self._generation = launcher.client.session_generation
+        self.deferred = 0
+        self.thread = threading.Thread(
+            target=self._run, daemon=True,
+            name=f"pool-{manager.provider.name}-{pool.name}")
+
+    @property
+    def id(self) -> str:
+        return self.component.id
+
+    @property
+    def provider(self) -> Provider:
+        return self.manager.provider
+
+    def __repr__(self) -> str:
+        return f"<PoolWorker {self.provider.name}/{self.pool.name}>"
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        self.registration.register()
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Stop taking requests; hand back the ones held, unregister."""
+        self._stopped.set()
+        self.wake.set()
+        if self.thread.is_alive() and threading.current_thread() is not self.thread:
+            self.thread.join(timeout=30)
+        for handler in list(self.handlers.values()):
+            self._hand_back(handler)
+        self.registration.unregister()
+
+    def reconfigure(self, pool: Pool) -> None:
+        self.pool = pool
+        self.wake.set()
+
+    def _run(self) -> None:
+        interval = self.launcher.idle_interval
+        while not self._stopped.is_set():
+            self.wake.wait(interval)
+            self.wake.clear()
+            if self._stopped.is_set():
+                break
+            if not self.launcher.client.connected:
+                self.launcher.client.wait_until_connected(1.0)
+                continue
+            try:
+                self.run_pass()
+            except KazooException as exc:
+                log.warning("%r: ZooKeeper error during a pass: %s", self, exc)
+                self.wake.set()
+                self._stopped.wait(0.5)
+            except Exception:
+                log.exception("%r: pass failed", self)
+                self._stopped.wait(0.5)
+
+    def run_pass(self) -> None:
+        self._check_session()
+        self._update_component()
+        self._poll_handlers()
+        self._assign()
+
+    def _check_session(self) -> None:
+        generation = self.launcher.client.session_generation
+        if generation == self._generation:
+            return
+        # Every lock we held vanished with the old session: drop the work
+        # without writing; whoever sees it next reclaims it.
+        log.warning("%r: ZooKeeper session was lost; dropping %d requests in "
+                    "progress", self, len(self.handlers))
+        self._generation = generation
+        with self.mutex:
+            self.handlers.clear()
+            self.in_flight.clear()
+            self.claimed.clear()
+
+    def _update_component(self) -> None:
+        self.registration.update(
+            supported_labels=sorted(self.pool.labels),
+            priority=self.provider.pool_priority(self.pool),
+            paused=self.deferred > 0)
+
+    # -- handler completion ------------------------------------------------
+
+    def _poll_handlers(self) -> None:
+        for handler in list(self.handlers.values()):
+            action = handler.evaluate()
+            if action in ("fulfil", "decline", "cancel"):
+                handler.finishing = True
+                self.launcher.executor.submit(self._finish, handler, action)
+
+    def _finish(self, handler: RequestHandler, action: str) -> None:
+        try:
+            if action == "fulfil":
+                self._fulfil(handler)
+            elif action == "decline":
+                self._decline_handler(handler, "a node launch failed")
+            else:
+                self._release(handler)
+        except Exception:
+            log.exception("Request %s: finishing (%s) failed", handler.id, action)
+            self._release_node_locks(handler, clear=False)
+            handler.lock.release()
+        finally:
+            with self.mutex:
+                self.handlers.pop(handler.id, None)
+            self.wake.set()
+
+    def _fulfil(self, handler: RequestHandler) -> None:
+        request = handler.request
+        request.nodes = [n.id for n in handler.nodes]
+        request.set_state(RequestState.FULFILLED)
+        # As upstream: unlock the nodes, then publish the fulfilment.
+        self._release_node_locks(handler, clear=False)
+        try:
+            self.launcher.store.update_request(request)
+        except RecordNotFound:
+            log.info("Request %s vanished before fulfilment; its nodes will be "
+                     "released", request.id)
+        else:
+            log.info("Request %s fulfilled with nodes %s", request.id,
+                     ",".join(request.nodes))
+            self.launcher.stats.request_done(request, "fulfilled")
+        self._unlock_request(handler)
+
+    def _release(self, handler: RequestHandler) -> None:
+        """The request was cancelled: nodes become free, ready ones reusable."""
+        log.info("Request %s was cancelled; releasing %s", handler.id,
+                 handler.node_ids() or "no nodes")
+        self._release_node_locks(handler, clear=True)
+        self._unlock_request(handler)
+
+    def _release_node_locks(self, handler: RequestHandler, clear: bool) -> None:
+        with handler.mutex:
+            pairs = list(zip(handler.nodes, handler.node_locks, handler.results))
+            handler.node_locks = [None] * len(handler.nodes)
+        for node, lock, result in pairs:
+            if lock is None:
+                continue
+            try:
+                if clear and node is not None and node.state == NodeState.READY:
+                    node.allocated_to = None
+                    self.launcher.store.update_node(node)
+            except RecordNotFound:
+                pass
+            except KazooException as exc:
+                log.warning("Node %s: cannot release: %s", node.id, exc)
+            finally:
+                lock.release()
+
+    def _unlock_request(self, handler: RequestHandler) -> None:
+        handler.lock.release()
+        # Nobody needs the lock directory of a finished request (Zuul only
+        # locks requests to revise them while they are requested).
+        try:
+            self.launcher.client.kazoo.delete(paths.request_lock(handler.id))
+        except (NoNodeError, NotEmptyError):
+            pass
+        except KazooException as exc:
+            log.debug("Request %s: lock directory not removed: %s", handler.id, exc)
+
+    def _decline_handler(self, handler: RequestHandler, reason: str) -> None:
+        self._release_node_locks(handler, clear=True)
+        request = handler.request
+        try:
+            self._decline(request, reason)
+        except RecordNotFound:
+            pass
+        self._unlock_request(handler)
+
+    def _decline(self, request: NodeRequest, reason: str) -> None:
+        """Add our id to declined_by; fail if every registered pool has."""
+        if self.id not in request.declined_by:
+            request.declined_by.append(self.id)
+        request.nodes = []
+        components = self._components()
+        if scheduler.all_declined(request, components):
+            request.set_state(RequestState.FAILED)
+            log.info("Request %s failed: declined by every pool (%s: %s)",
+                     request.id, self.id, reason)
+            self.launcher.stats.request_done(request, "failed")
+        else:
+            request.set_state(RequestState.REQUESTED)
+            log.info("Request %s declined by %s: %s", request.id, self.id, reason)
+        self.launcher.store.update_request(request)
+
+    def _hand_back(self, handler: RequestHandler) -> None:
+        """Return a held request to the queue (we are stopping)."""
+        self._release_node_locks(handler, clear=True)
+        request = handler.request
+        try:
+            request.nodes = []
+            request.set_state(RequestState.REQUESTED)
+            self.launcher.store.update_request(request)
+        except (RecordNotFound, KazooException):
+            pass
+        handler.lock.release()
+
+    def cancel(self, request_id: str) -> None:
+        handler = self.handlers.get(request_id)
+        if handler is not None:
+            handler.cancelled = True
+            self.wake.set()
+
+    # -- assignment ----------------------------------------------------------
+
+    def _components(self):
+        components = self.launcher.components.pools()
+        if not any(c.id == self.id for c in components):
+            # Our own registration may not have reached the cache yet.
+            components = components + [self.component]
+        return components
+
+    def _usage(self, nodes: list[Node]) -> tuple[Resources, Resources]:
+        """Resources used in this pool and in the whole provider (any state)."""
+        provider_name = self.provider.name
+        pool_used = Resources()
+        provider_used = Resources()
+        seen = set()
+        for node in nodes:
+            if node.provider != provider_name:
+                continue
+            seen.add(node.id)
+            need = node.resources or self._label_need(node.type[0] if node.type else "")
+            if need:
+                provider_used.add(need)
+                if node.pool == self.pool.name:
+                    pool_used.add(need)
+        for handler in list(self.handlers.values()):
+            for node in list(handler.nodes):
+                if node is not None and node.id not in seen and node.resources:
+                    pool_used.add(node.resources)
+                    provider_used.add(node.resources)
+        for reserved in list(self.in_flight.values()):
+            pool_used.add(reserved)
+            provider_used.add(reserved)
+        return pool_used, provider_used
+
+    def _label_need(self, label: str) -> Resources | None:
+        return self.manager.label_quota(label)
+
+    def _image_available(self, label_name: str) -> bool:
+        label = self.pool.labels.get(label_name)
+        if label is None:
+            return False
+        return self.manager.label_available(label)
+
+    def _assign(self) -> None:
+        provider = self.provider
+        if provider.max_concurrency == 0:
+            return
+        pool = self.pool
+        launcher = self.launcher
+        my_labels = set(pool.labels)
+        components = self._components()
+        me = next(c for c in components if c.id == self.id)
+        nodes = launcher.nodes.nodes()
+        pool_used, provider_used = self._usage(nodes)
+        pool_room = pool_limits(pool).subtract(pool_used)
+        cloud_limits = None if pool.ignore_provider_quota else self.manager.cloud_limits()
+        cloud_room = cloud_limits.copy().subtract(provider_used) \
+            if cloud_limits is not None else None
+        can_launch = self.manager.can_launch
+        reusable = self._reusable_nodes(nodes)
+        tenants = self._tenant_usage(nodes) if launcher.config.tenant_resource_limits \
+            else {}
+        launches = self.manager.active_launches()
+        deferred = 0
+
+        def fits(need: Resources) -> bool:
+            return pool_room.fits(need) and (cloud_room is None or cloud_room.fits(need))
+
+        def take(need: Resources) -> None:
+            pool_room.subtract(need)
+            if cloud_room is not None:
+                cloud_room.subtract(need)
+
+        # Requests we already hold come first: they wait for relaunches.
+        for handler in sorted(self.handlers.values(),
+                              key=lambda h: h.request.sort_key()):
+            if handler.finishing or handler.cancelled or handler.filling:
+                continue
+            missing = handler.missing()
+            if not missing or handler.launching:
+                continue
+            need = Resources()
+            for index in missing:
+                need.add(self._label_need(handler.request.node_types[index]) or {})
+            if not fits(need):
+                take(need)
+                deferred += 1
+                continue
+            take(need)
+            launches += len(missing)
+            self._submit_fill(handler, missing, need)
+
+        requests = [r for r in launcher.requests.requests()
+                    if scheduler.is_open(r, self.id) and r.id not in self.handlers
+                    and r.id not in self.in_flight]
+        for request in scheduler.order_requests(requests):
+            candidates = scheduler.candidate_pools(request, components)
+            if scheduler.skip_reason(request, me, my_labels, candidates):
+                continue
+            reason = scheduler.decline_reason(
+                request, provider, pool, self._image_available, self._label_need,
+                cloud_limits)
+            claims: list[Node | None] = []
+            need = Resources()
+            if reason is None:
+                available = reusable if request.reuse else {}
+                for label in request.node_types:
+                    candidates_nodes = available.get(label, [])
+                    node = candidates_nodes.pop() if candidates_nodes else None
+                    claims.append(node)
+                    if node is None:
+                        need.add(self._label_need(label) or {})
+                to_launch = sum(1 for node in claims if node is None)
+                blocked = (to_launch and not can_launch) \
+                    or not self._tenant_fits(request, need, tenants) \
+                    or (to_launch and not fits(need)) \
+                    or (to_launch and provider.max_concurrency > 0
+                        and launches + to_launch > provider.max_concurrency)
+                if blocked:
+                    # Defer: give the claimed nodes back, keep the quota claim
+                    # so requests behind this one cannot overtake it.
+                    for label, node in zip(request.node_types, claims):
+                        if node is not None:
+                            available.setdefault(label, []).append(node)
+                    if can_launch:
+                        take(need)
+                    deferred += 1
+                    continue
+                take(need)
+                launches += to_launch
+                if request.tenant_name in tenants:
+                    tenants[request.tenant_name].add(need)
+            with self.mutex:
+                self.in_flight[request.id] = need
+                self.claimed.update(n.id for n in claims if n is not None)
+            launcher.executor.submit(self._accept, request, reason, claims, need)
+        self.deferred = deferred
+
+    def _reusable_nodes(self, nodes: list[Node]) -> dict[str, list[Node]]:
+        by_label: dict[str, list[Node]] = {}
+        provider_name = self.provider.name
+        cache = self.launcher.nodes
+        for node in nodes:
+            if (node.state == NodeState.READY and not node.allocated_to
+                    and node.provider == provider_name and node.pool == self.pool.name
+                    and node.id not in self.claimed and not cache.is_locked(node.id)):
+                for label in node.type:
+                    by_label.setdefault(label, []).append(node)
+        for members in by_label.values():
+            # Oldest last, so pop() hands out the oldest ready node first.
+            members.sort(key=lambda n: n.state_time, reverse=True)
+        return by_label
+
+    def _tenant_usage(self, nodes: list[Node]) -> dict[str, Resources]:
+        usage: dict[str, Resources] = {}
+        limits = self.launcher.config.tenant_resource_limits
+        for node in nodes:
+            if node.tenant_name in limits and node.resources:
+                usage.setdefault(node.tenant_name, Resources()).add(node.resources)
+        for name in limits:
+            usage.setdefault(name, Resources())
+        return usage
+
+    def _tenant_fits(self, request: NodeRequest, need: Resources,
+                     usage: dict[str, Resources]) -> bool:
+        tenant = self.launcher.config.tenant_resource_limits.get(request.tenant_name or "")
+        if tenant is None:
+            return True
+        room = tenant_limits(tenant).subtract(usage.get(tenant.tenant_name, Resources()))
+        return room.fits(need)
+
+    # -- accepting (executor threads) ------------------------------------------
+
+    def _accept(self, request: NodeRequest, reason: str | None,
+                claims: list[Node | None], need: Resources) -> None:
+        store = self.launcher.store
+        lock = None
+        try:
+            lock = store.lock_request(request.id)
+            if lock is None:
+                return
+            fresh = store.get_request(request.id)
+            if fresh is None or not scheduler.is_open(fresh, self.id):
+                lock.release()
+                return
+            if reason is not None:
+                try:
+                    self._decline(fresh, reason)
+                finally:
+                    lock.release()
+                return
+            handler = RequestHandler(self, fresh, lock)
+            fresh.set_state(RequestState.PENDING)
+            store.update_request(fresh)
+            log.debug("Request %s accepted by %s (%s)", fresh.id, self.id,
+                      ",".join(fresh.node_types))
+            with self.mutex:
+                self.handlers[fresh.id] = handler
+            try:
+                for index, node in enumerate(claims):
+                    if node is not None:
+                        self._reuse(handler, index, node)
+                self._fill(handler, handler.missing())
+            finally:
+                handler.filling = False
+        except KazooException as exc:
+            log.warning("Request %s: ZooKeeper error while accepting: %s",
+                        request.id, exc)
+            if lock is not None and request.id not in self.handlers:
+                lock.release()
+        except Exception:
+            log.exception("Request %s: accepting failed", request.id)
+            if lock is not None and request.id not in self.handlers:
+                lock.release()
+        finally:
+            with self.mutex:
+                self.in_flight.pop(request.id, None)
+                self.claimed.difference_update(n.id for n in claims if n is not None)
+            self.wake.set()
+
+    def _reuse(self, handler: RequestHandler, index: int, node: Node) -> None:
+        store = self.launcher.store
+        lock = store.lock_node(node.id)
+        if lock is None:
+            return
+        fresh = store.get_node(node.id)
+        if (fresh is None or fresh.state != NodeState.READY or fresh.allocated_to
+                or (handler.az and fresh.az and fresh.az != handler.az)):
+            lock.release()
+            return
+        request = handler.request
+        fresh.allocated_to = request.id
+        fresh.tenant_name = request.tenant_name
+        fresh.requestor = request.requestor
+        store.update_node(fresh)
+        log.debug("Request %s: reusing ready node %s", request.id, fresh.id)
+        with handler.mutex:
+            handler.nodes[index] = fresh
+            handler.node_locks[index] = lock
+            handler.results[index] = "ready"
+            handler.az = handler.az or fresh.az
+
+    def _submit_fill(self, handler: RequestHandler, missing: list[int],
+                     need: Resources) -> None:
+        with self.mutex:
+            self.in_flight[handler.id] = need
+        handler.filling = True
+
+        def fill():
+            try:
+                self._fill(handler, missing)
+            except Exception:
+                log.exception("Request %s: relaunching failed", handler.id)
+            finally:
+                handler.filling = False
+                with self.mutex:
+                    self.in_flight.pop(handler.id, None)
+                self.wake.set()
+
+        self.launcher.executor.submit(fill)
+
+    def _choose_az(self, handler: RequestHandler) -> str | None:
+        if handler.az is None:
+            zones = self.pool.availability_zones or self.manager.azs()
+            handler.az = random.choice(zones) if zones else None
+        return handler.az
+
+    def _fill(self, handler: RequestHandler, missing: list[int]) -> None:
+        """Create and start launching a node for each missing slot."""
+        store = self.launcher.store
+        request = handler.request
+        for index in missing:
+            label_name = request.node_types[index]
+            label = self.pool.labels[label_name]
+            node = Node(state=NodeState.INIT, provider=self.provider.name,
+                        pool=self.pool.name, type=[label_name], launcher=self.id,
+                        allocated_to=request.id, tenant_name=request.tenant_name,
+                        requestor=request.requestor,
+                        attributes=self.pool.node_attributes,
+                        az=self._choose_az(handler),
+                        resources=dict(self._label_need(label_name) or {}))
+            store.create_node(node)
+            lock = store.lock_node(node.id)
+            if lock is None:  # pragma: no cover - a fresh node nobody knows of
+                raise RuntimeError(f"cannot lock new node {node.id}")
+            node.set_state(NodeState.BUILDING)
+            store.update_node(node)
+            with handler.mutex:
+                handler.nodes[index] = node
+                handler.node_locks[index] = lock
+                handler.results[index] = None
+                handler.launching.add(index)
+            log.debug("Request %s: launching node %s (%s)", request.id, node.id,
+                      label_name)
+            self.manager.launch(NodeLaunch(
+                node=node, lock=lock, store=store, adapter=self.manager.adapter,
+                provider=self.provider, pool=self.pool, label=label,
+                images=self.launcher.images, request=request,
+                callback=lambda n, r, i=index: handler.on_launch_result(i, n, r),
+                stats=self.launcher.stats))
