@@ -125,6 +125,7 @@ class PoolWorker:
         self._stopped = threading.Event()
         self._generation = launcher.client.session_generation
         self.deferred = 0
+        self.making_room = False
         self.thread = threading.Thread(
             target=self._run, daemon=True,
             name=f"pool-{manager.provider.name}-{pool.name}")
@@ -392,6 +393,7 @@ class PoolWorker:
             else {}
         launches = self.manager.active_launches()
         deferred = 0
+        short_of_quota = False
 
         def fits(need: Resources) -> bool:
             return pool_room.fits(need) and (cloud_room is None or cloud_room.fits(need))
@@ -415,6 +417,7 @@ class PoolWorker:
             if not fits(need):
                 take(need)
                 deferred += 1
+                short_of_quota = True
                 continue
             take(need)
             launches += len(missing)
@@ -453,6 +456,7 @@ class PoolWorker:
                         if node is not None:
                             available.setdefault(label, []).append(node)
                     if can_launch:
+                        short_of_quota = short_of_quota or not fits(need)
                         take(need)
                     deferred += 1
                     continue
@@ -465,6 +469,48 @@ class PoolWorker:
                 self.claimed.update(n.id for n in claims if n is not None)
             launcher.executor.submit(self._accept, request, reason, claims, need)
         self.deferred = deferred
+        if short_of_quota:
+            self._make_room(nodes, reusable)
+
+    def _make_room(self, nodes: list[Node], reusable: dict[str, list[Node]]) -> None:
+        """At quota: delete the oldest unused ready node of this pool.
+
+        Only one at a time: while a node of this pool is being deleted, its
+        quota is about to come back, and deleting more would only waste nodes.
+        """
+        if self.making_room:
+            return
+        if any(n.state == NodeState.DELETING and n.provider == self.provider.name
+               and n.pool == self.pool.name for n in nodes):
+            return
+        idle = {n.id: n for members in reusable.values() for n in members}
+        if not idle:
+            return
+        oldest = min(idle.values(), key=lambda n: n.state_time)
+        self.making_room = True
+
+        def delete():
+            store = self.launcher.store
+            try:
+                lock = store.lock_node(oldest.id)
+                if lock is None:
+                    return
+                try:
+                    fresh = store.get_node(oldest.id)
+                    if fresh is not None and fresh.state == NodeState.READY \
+                            and not fresh.allocated_to:
+                        log.info("%r is at quota; deleting unused node %s to make "
+                                 "room", self, fresh.id)
+                        fresh.set_state(NodeState.DELETING)
+                        store.update_node(fresh)
+                finally:
+                    lock.release()
+            except Exception:
+                log.exception("%r: making room failed", self)
+            finally:
+                self.making_room = False
+
+        self.launcher.executor.submit(delete)
 
     def _reusable_nodes(self, nodes: list[Node]) -> dict[str, list[Node]]:
         by_label: dict[str, list[Node]] = {}

@@ -20,7 +20,7 @@ from typing import Any
 
 from nodepool.config.model import PoolLabel, Provider
 from nodepool.drivers.base import (
-    META_BUILD_ID, META_NODE_ID, META_PROVIDER, META_UPLOAD_ID, Adapter,
+    META_BUILD_ID, Adapter,
     Instance, LaunchError, LaunchStatusError, NotFound, QuotaError, Resource,
     RuntimeConfigurationError, StateMachine,
 )
@@ -52,6 +52,9 @@ class Settings:
     fail_deletes: int = 0
     fail_uploads: int = 0
     never_active: bool = False
+    # Address reported for servers; "fake" short-cuts the host-key scan, a
+    # real loopback address makes the launcher scan it.
+    interface_ip: str = "fake"
 
     @classmethod
     def from_config(cls, simulation: dict[str, Any]) -> "Settings":
@@ -305,8 +308,9 @@ class FakeAdapter(Adapter):
     def instance(self, server: FakeServer) -> Instance:
         flavor = FLAVORS[server.flavor]
         return Instance(
-            external_id=server.id, interface_ip="fake", public_ipv4="fake",
-            private_ipv4="fake", cloud=self.cloud.name, region=self.cloud.region,
+            external_id=server.id, interface_ip=self.cloud.settings.interface_ip,
+            public_ipv4=self.cloud.settings.interface_ip,
+            private_ipv4=self.cloud.settings.interface_ip, cloud=self.cloud.name, region=self.cloud.region,
             az=server.az, host_id="fake-host", metadata=dict(server.metadata),
             resources={"cores": flavor["vcpus"], "instances": 1, "ram": flavor["ram"]},
             ready=server.status == "ACTIVE")
@@ -370,8 +374,3 @@ class FakeAdapter(Adapter):
     def delete_image(self, external_id: str) -> None:
         self.cloud.delete_image(external_id)
 
-    def is_ours(self, metadata: dict[str, str]) -> bool:
-        return metadata.get(META_PROVIDER) == self.provider.name
-
-    def leak_keys(self) -> tuple[str, str, str]:
-        return META_NODE_ID, META_BUILD_ID, META_UPLOAD_ID

@@ -1,0 +1,87 @@
+"""Running launchers in tests: configuration files and fast intervals."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from nodepool.drivers.fake.adapter import FakeCloud
+from nodepool.launcher.launcher import Launcher
+from nodepool.zk.records import ImageBuild, ImageUpload
+
+# Intervals short enough that timer-driven housekeeping happens within a test.
+FAST = dict(idle_interval=1.0, cleanup_interval=0.3, delete_sweep_interval=0.5,
+            min_ready_interval=0.5, config_check_interval=0.1)
+
+
+class LauncherEnv:
+    def __init__(self, tmp_path, zk_server, zk_chroot):
+        self.tmp_path = tmp_path
+        self.zk_server = zk_server
+        self.chroot = zk_chroot
+        self.launchers: list[Launcher] = []
+
+    def config(self, body: str, name: str = "nodepool.yaml") -> str:
+        """Write a config; the ZooKeeper section is filled in."""
+        path = self.tmp_path / name
+        text = (f"zookeeper-servers:\n  - host: 127.0.0.1\n"
+                f"    port: {self.zk_server.port}\n    chroot: {self.chroot}\n"
+                + body)
+        path.write_text(text)
+        return str(path)
+
+    def rewrite(self, path: str, body: str) -> None:
+        """Replace a config file's body, making sure its mtime changes."""
+        before = os.stat(path).st_mtime_ns
+        self.config(body, name=os.path.basename(path))
+        if os.stat(path).st_mtime_ns == before:
+            os.utime(path, ns=(before + 1_000_000, before + 1_000_000))
+
+    def start(self, path: str, **kwargs) -> Launcher:
+        options = dict(FAST)
+        options.update(kwargs)
+        launcher = Launcher(path, **options)
+        launcher.start(connect_timeout=15)
+        self.launchers.append(launcher)
+        return launcher
+
+    def stop_all(self) -> None:
+        for launcher in self.launchers:
+            try:
+                if launcher.client.kazoo is not None:
+                    launcher.stop()
+            except Exception:
+                pass
+
+
+def crash(launcher: Launcher) -> None:
+    """End a launcher as a SIGKILL would: its session and locks vanish first."""
+    launcher.client.kazoo.stop()
+    launcher.stop()
+
+
+def add_upload(store, image: str, provider: str, external_id: str = "fake-image-id",
+               age: float = 0.0) -> ImageUpload:
+    """Record a ready build and upload, as a builder would."""
+    build = ImageBuild(image_name=image, state="ready", formats=["qcow2"],
+                       username="zuul", python_path="auto",
+                       state_time=time.time() - age)
+    store.store_build(build)
+    upload = ImageUpload(image_name=image, build_id=build.id, provider_name=provider,
+                         state="ready", external_id=external_id,
+                         external_name=f"{image}-{build.id[:8]}", format="qcow2",
+                         username="zuul", python_path="auto",
+                         state_time=time.time() - age)
+    store.store_upload(upload)
+    return upload
+
+
+@pytest.fixture
+def env(tmp_path, zk_server, zk_chroot):
+    FakeCloud.reset_all()
+    environment = LauncherEnv(tmp_path, zk_server, zk_chroot)
+    yield environment
+    environment.stop_all()
+    FakeCloud.reset_all()

@@ -1,0 +1,452 @@
+"""The launcher against a real ZooKeeper, driven as Zuul drives it."""
+
+import time
+
+import pytest
+
+from conftest import wait_until
+from launcher_fixtures import FAST, add_upload, crash, env  # noqa: F401
+from nodepool.drivers.fake.adapter import FakeCloud
+from nodepool.zk.records import Node, NodeState
+
+BASE = """
+labels:
+  - name: small
+{small_options}
+  - name: large
+providers:
+  - name: fake-cloud
+    cloud: fake
+    region-name: r1
+    rate: 0.001
+    launch-retries: {retries}
+    boot-timeout: {boot_timeout}
+    cloud-images:
+      - name: precise
+        image-name: Fake Precise
+{provider_extra}
+    pools:
+      - name: main
+        max-servers: {max_servers}
+        node-attributes: {{executor-zone: z1}}
+        availability-zones: [az1]
+        labels:
+          - name: small
+            cloud-image: precise
+            min-ram: 1024
+            instance-properties: {{prop1: foo}}
+            dynamic-instance-properties:
+              dynamic-tenant: "Tenant is {{request.tenant_name}}"
+          - name: large
+            cloud-image: precise
+            flavor-name: Unreal
+{extra}
+"""
+
+
+def body(max_servers=10, retries=3, boot_timeout=60, extra="", provider_extra="",
+         small_options="", tail=""):
+    """The configuration text; small_options are extra keys of label 'small'."""
+    options = "\n".join(f"    {line}" for line in small_options.splitlines())
+    return BASE.format(max_servers=max_servers, retries=retries,
+                       boot_timeout=boot_timeout, extra=extra,
+                       provider_extra=provider_extra, small_options=options) + tail
+
+
+def config(env, name="nodepool.yaml", **kwargs):
+    return env.config(body(**kwargs), name=name)
+
+
+def cloud():
+    return FakeCloud.get("fake", "r1")
+
+
+def test_fulfil_single_request_like_zuul(env, zuul):
+    env.start(config(env))
+    request_id = zuul.submit(["small"], tenant="acme")
+    request = zuul.wait_for_request(request_id)
+    assert request["state"] == "fulfilled"
+    [node_id] = request["nodes"]
+    node = zuul.get_node(node_id)
+    # What Zuul needs from a fulfilled node (spec 8.5 item 4).
+    assert node["state"] == "ready" and node["allocated_to"] == request_id
+    assert node["type"] == ["small"] and node["provider"] == "fake-cloud"
+    assert node["interface_ip"] == "fake" and node["host_keys"] == ["ssh-rsa FAKEKEY"]
+    assert node["connection_port"] == 22 and node["connection_type"] == "ssh"
+    assert node["username"] == "zuul" and node["python_path"] == "auto"
+    assert node["attributes"] == {"executor-zone": "z1"}
+    assert node["resources"] == {"cores": 4, "instances": 1, "ram": 8192}
+    assert node["tenant_name"] == "acme" and node["requestor"] == zuul.system_id
+    assert node["cloud"] == "fake" and node["region"] == "r1" and node["az"] == "az1"
+    assert node["image_id"] == "precise" and node["external_id"]
+    # Every request key survives, requestor_data verbatim.
+    assert request["requestor_data"]["pipeline_name"] == "check"
+    # The instance carries the metadata leak detection depends on.
+    server = cloud().servers[node["external_id"]]
+    assert server.metadata["nodepool_node_id"] == node_id
+    assert server.metadata["nodepool_provider_name"] == "fake-cloud"
+    assert server.metadata["nodepool_pool_name"] == "main"
+    assert server.metadata["groups"] == "fake-cloud,precise,small"
+    assert server.metadata["prop1"] == "foo"
+    assert server.metadata["dynamic-tenant"] == "Tenant is acme"
+    assert server.name == f"np{node_id}"
+    # Zuul takes, uses and returns the node; the launcher deletes it.
+    nodes = zuul.accept(request_id)
+    zuul.use(nodes)
+    assert zuul.get_node(node_id)["state"] == "in-use"
+    zuul.release(nodes)
+    wait_until(lambda: zuul.get_node(node_id) is None, message="node deletion")
+    wait_until(lambda: node["external_id"] not in cloud().servers,
+               message="instance deletion")
+
+
+def test_multi_node_request_keeps_node_types_order(env, zuul):
+    env.start(config(env))
+    labels = ["large", "small", "large"]
+    request = zuul.wait_for_request(zuul.submit(labels))
+    assert request["state"] == "fulfilled"
+    types = [zuul.get_node(n)["type"] for n in request["nodes"]]
+    assert types == [["large"], ["small"], ["large"]]
+    assert len(set(request["nodes"])) == 3
+    azs = {zuul.get_node(n)["az"] for n in request["nodes"]}
+    assert len(azs) == 1  # one request, one AZ
+
+
+def test_ready_nodes_are_reused(env, zuul, store):
+    launcher = env.start(config(env, small_options="min-ready: 1"))
+    ready = wait_until(lambda: [n for n in launcher.nodes.nodes()
+                                if n.state == NodeState.READY and not n.allocated_to],
+                       message="min-ready node")
+    launched = len(cloud().servers)
+    request = zuul.wait_for_request(zuul.submit(["small"]))
+    assert request["nodes"] == [ready[0].id]
+    assert len(cloud().servers) >= launched  # min-ready replaces it afterwards
+    # A request with reuse: false never takes a ready node.
+    other = zuul.wait_for_request(zuul.submit(["small"], reuse=False))
+    assert other["state"] == "fulfilled" and other["nodes"] != request["nodes"]
+
+
+def test_unknown_label_fails_when_every_pool_declined(env, zuul):
+    launcher = env.start(config(env))
+    wait_until(lambda: launcher.components.pools(), message="pool registered")
+    request = zuul.wait_for_request(zuul.submit(["gpu"]))
+    assert request["state"] == "failed"
+    [pool] = launcher.components.pools()
+    assert request["declined_by"] == [pool.id]
+    assert request["nodes"] == []
+
+
+def test_decline_leaves_request_for_other_pools(env, zuul):
+    # Pool "big" declines "small" it does not offer but another pool can serve.
+    extra = """      - name: big
+        max-servers: 5
+        labels:
+          - name: large
+            cloud-image: precise
+            flavor-name: Unreal
+"""
+    launcher = env.start(config(env, extra=extra))
+    wait_until(lambda: len(launcher.components.pools()) == 2, message="two pools")
+    request = zuul.wait_for_request(zuul.submit(["small"]))
+    assert request["state"] == "fulfilled"
+    assert zuul.get_node(request["nodes"][0])["pool"] == "main"
+
+
+def test_max_servers_zero_disables_the_pool(env, zuul):
+    env.start(config(env, max_servers=0))
+    request = zuul.wait_for_request(zuul.submit(["small"]))
+    assert request["state"] == "failed"
+    assert cloud().servers == {}
+
+
+def test_cancelled_request_releases_its_nodes_for_reuse(env, zuul):
+    env.start(config(env, provider_extra="    simulation: {boot-delay: 0.5}"))
+    request_id = zuul.submit(["small"])
+    wait_until(lambda: (zuul.get_request(request_id) or {}).get("state") == "pending",
+               message="pending")
+    zuul.cancel(request_id)
+    launcher = env.launchers[0]
+    node = wait_until(lambda: [n for n in launcher.nodes.nodes()
+                               if n.state == NodeState.READY and not n.allocated_to
+                               and not launcher.nodes.is_locked(n.id)],
+                      timeout=10, message="released ready node")[0]
+    # The next request reuses it.
+    request = zuul.wait_for_request(zuul.submit(["small"]))
+    assert request["nodes"] == [node.id]
+
+
+def test_quota_defers_instead_of_failing_and_serves_in_order(env, zuul):
+    launcher = env.start(config(env, max_servers=1))
+    first = zuul.submit(["small"])
+    zuul.wait_for_request(first)
+    held = zuul.accept(first)
+    zuul.use(held)
+    low = zuul.submit(["small"], relative_priority=5)
+    high = zuul.submit(["large"], relative_priority=1)
+    time.sleep(0.5)
+    assert zuul.get_request(low)["state"] == "requested"
+    assert zuul.get_request(high)["state"] == "requested"
+    [pool] = launcher.components.pools()
+    assert pool.paused  # deferring for quota is visible to other launchers
+    zuul.release(held)
+    # The higher relative priority is served first when quota frees.
+    served = zuul.wait_for_request(high)
+    assert served["state"] == "fulfilled"
+    assert zuul.get_request(low)["state"] == "requested"
+    zuul.release(zuul.accept(high))
+    assert zuul.wait_for_request(low)["state"] == "fulfilled"
+
+
+def test_pool_at_quota_still_serves_ready_nodes(env, zuul):
+    path = config(env, max_servers=1, small_options="min-ready: 1")
+    first = env.start(path)
+    ready = wait_until(lambda: [n for n in first.nodes.nodes()
+                                if n.state == NodeState.READY and not n.allocated_to],
+                       message="min-ready")[0]
+    first.stop()
+    # The pool is full (one ready node). A large request comes first, then a
+    # small one; the large one must wait, the small one is served at once.
+    large = zuul.submit(["large"], relative_priority=0)
+    small = zuul.submit(["small"], relative_priority=1)
+    env.start(path)
+    served = zuul.wait_for_request(small, timeout=5)
+    assert served["state"] == "fulfilled" and served["nodes"] == [ready.id]
+    assert zuul.get_request(large)["state"] == "requested"
+    # Once the small node is used and gone, the large request gets its turn.
+    nodes = zuul.accept(small)
+    zuul.use(nodes)
+    zuul.release(nodes)
+    assert zuul.wait_for_request(large)["state"] == "fulfilled"
+
+
+def test_pool_at_quota_deletes_an_idle_node_of_another_label(env, zuul):
+    launcher = env.start(config(env, max_servers=1, small_options="min-ready: 1"))
+    idle = wait_until(lambda: [n for n in launcher.nodes.nodes()
+                               if n.state == NodeState.READY], message="min-ready")[0]
+    request = zuul.wait_for_request(zuul.submit(["large"]))
+    assert request["state"] == "fulfilled"
+    assert launcher.nodes.get(idle.id) is None or \
+        launcher.nodes.get(idle.id).state != NodeState.READY
+
+
+def test_revised_priority_is_respected(env, zuul):
+    launcher = env.start(config(env, max_servers=1))
+    first = zuul.submit(["small"])
+    zuul.wait_for_request(first)
+    held = zuul.accept(first)
+    a = zuul.submit(["small"], relative_priority=1)
+    b = zuul.submit(["small"], relative_priority=2)
+    time.sleep(0.2)
+    assert zuul.revise(b, 0)  # Zuul moves b ahead of a
+    wait_until(lambda: launcher.requests.get(b).relative_priority == 0,
+               message="revision seen")
+    zuul.release(held)
+    assert zuul.wait_for_request(b)["state"] == "fulfilled"
+    assert zuul.get_request(a)["state"] == "requested"
+
+
+def test_tenant_limits(env, zuul):
+    env.start(config(env, tail="""
+tenant-resource-limits:
+  - tenant-name: acme
+    max-servers: 1
+"""))
+    first = zuul.submit(["small"], tenant="acme")
+    zuul.wait_for_request(first)
+    blocked = zuul.submit(["small"], tenant="acme")
+    other = zuul.submit(["small"], tenant="other")
+    assert zuul.wait_for_request(other)["state"] == "fulfilled"
+    assert zuul.get_request(blocked)["state"] == "requested"
+    zuul.release(zuul.accept(first))
+    assert zuul.wait_for_request(blocked)["state"] == "fulfilled"
+
+
+def test_launch_retry_then_success(env, zuul):
+    env.start(config(env, retries=3, provider_extra="    simulation: {fail-creates: 2}"))
+    request = zuul.wait_for_request(zuul.submit(["small"]))
+    assert request["state"] == "fulfilled"
+    assert cloud().settings.fail_creates == 0
+
+
+def test_launch_fails_after_retries_and_nothing_leaks(env, zuul):
+    env.start(config(env, retries=2,
+                      provider_extra="    simulation: {error-servers: 2}"))
+    request = zuul.wait_for_request(zuul.submit(["small"]))
+    assert request["state"] == "failed"
+    # Both errored instances are removed: the retry deleted the first, the
+    # delete worker the second (the failed node).
+    wait_until(lambda: cloud().servers == {}, message="no instance left")
+    launcher = env.launchers[0]
+    wait_until(lambda: launcher.nodes.nodes() == [], message="no node left")
+
+
+def test_cloud_quota_error_aborts_and_relaunches(env, zuul):
+    env.start(config(env, provider_extra="    simulation: {quota-error-servers: 1}"))
+    request = zuul.wait_for_request(zuul.submit(["small"]))
+    assert request["state"] == "fulfilled"
+    wait_until(lambda: len(cloud().servers) == 1, message="aborted instance removed")
+
+
+def test_boot_timeout_fails_the_launch(env, zuul):
+    from zkserver import free_port
+    port = free_port()  # nothing listens there
+    path = config(env, retries=1, boot_timeout=1,
+                  provider_extra="    simulation: {interface-ip: 127.0.0.1}")
+    path_text = open(path).read().replace(
+        "        image-name: Fake Precise\n",
+        f"        image-name: Fake Precise\n        connection-port: {port}\n")
+    open(path, "w").write(path_text)
+    env.start(path)
+    start = time.monotonic()
+    request = zuul.wait_for_request(zuul.submit(["small"]), timeout=20)
+    assert request["state"] == "failed"
+    assert time.monotonic() - start >= 1.0
+    wait_until(lambda: cloud().servers == {}, message="instance removed")
+
+
+def test_leaked_instance_is_removed(env, zuul):
+    launcher = env.start(config(env))
+    leaked = cloud().create_server("np9999", "Fake Flavor", "fake-image-id", "az1", {
+        "nodepool_provider_name": "fake-cloud", "nodepool_node_id": "0000009999",
+        "nodepool_pool_name": "main"})
+    foreign = cloud().create_server("someone-else", "Fake Flavor", "fake-image-id",
+                                    "az1", {"owner": "not nodepool"})
+    launcher.cleanup.wake.set()
+    wait_until(lambda: leaked.id not in cloud().servers, timeout=10,
+               message="leak removed")
+    assert foreign.id in cloud().servers
+
+
+def test_held_node_expires(env, zuul):
+    env.start(config(env))
+    request_id = zuul.submit(["small"])
+    node_id = zuul.wait_for_request(request_id)["nodes"][0]
+    nodes = zuul.accept(request_id)
+    zuul.use(nodes)
+    zuul.hold(nodes, "acme project job .*", "debugging", expiration=1)
+    zuul.unlock_node(node_id)
+    assert zuul.get_node(node_id)["state"] == "hold"
+    wait_until(lambda: zuul.get_node(node_id) is None, timeout=10,
+               message="held node deleted after expiry")
+
+
+def test_max_hold_age(env, zuul):
+    env.start(config(env, tail="max-hold-age: 1\n"))
+    request_id = zuul.submit(["small"])
+    node_id = zuul.wait_for_request(request_id)["nodes"][0]
+    nodes = zuul.accept(request_id)
+    zuul.hold(nodes, "job", "no expiration of its own")
+    zuul.unlock_node(node_id)
+    wait_until(lambda: zuul.get_node(node_id) is None, timeout=10,
+               message="held node deleted by max-hold-age")
+
+
+def test_max_ready_age(env, zuul):
+    launcher = env.start(config(env, small_options="min-ready: 1\nmax-ready-age: 1"))
+    first = wait_until(lambda: [n.id for n in launcher.nodes.nodes()
+                                if n.state == NodeState.READY], message="ready")[0]
+    wait_until(lambda: launcher.nodes.get(first) is None, timeout=10,
+               message="old ready node deleted")
+    wait_until(lambda: any(n.state == NodeState.READY for n in launcher.nodes.nodes()),
+               message="replaced by min-ready")
+
+
+def test_min_ready_is_met_exactly(env, zuul):
+    launcher = env.start(config(env, small_options="min-ready: 3"))
+
+    def ready():
+        return [n for n in launcher.nodes.nodes()
+                if n.state == NodeState.READY and not n.allocated_to]
+    wait_until(lambda: len(ready()) == 3, message="three ready nodes")
+    time.sleep(1.0)
+    assert len(launcher.nodes.nodes()) == 3  # no over-provisioning
+    assert not [r for r in launcher.requests.requests()]  # min-ready requests tidied
+
+
+def test_config_reload_applies_changes_and_survives_bad_files(env, zuul):
+    path = config(env, max_servers=1)
+    launcher = env.start(path)
+    first = zuul.submit(["small"])
+    zuul.wait_for_request(first)
+    waiting = zuul.submit(["small"])
+    time.sleep(0.3)
+    assert zuul.get_request(waiting)["state"] == "requested"
+    # A broken file is reported and the old configuration keeps running.
+    env.rewrite(path, "labels: [oops\n")
+    wait_until(lambda: launcher.config_errors >= 1, message="error noticed")
+    assert launcher.managers["fake-cloud"].provider.pools["main"].max_servers == 1
+    # Raising max-servers lets the waiting request through, without a restart.
+    text = body(max_servers=5)
+    env.rewrite(path, text)
+    assert zuul.wait_for_request(waiting, timeout=10)["state"] == "fulfilled"
+    # Adding a pool registers it; removing it unregisters it.
+    extra = """      - name: second
+        max-servers: 2
+        labels:
+          - name: large
+            cloud-image: precise
+            flavor-name: Unreal
+"""
+    env.rewrite(path, body(max_servers=5, extra=extra))
+    wait_until(lambda: {c.name for c in launcher.components.pools()} ==
+               {"main", "second"}, message="pool added")
+    env.rewrite(path, text)
+    wait_until(lambda: {c.name for c in launcher.components.pools()} == {"main"},
+               message="pool removed")
+
+
+def test_lowering_max_servers_to_zero_stops_launches(env, zuul):
+    path = config(env)
+    launcher = env.start(path)
+    zuul.wait_for_request(zuul.submit(["small"]))
+    env.rewrite(path, body(max_servers=0))
+    wait_until(lambda: launcher.managers["fake-cloud"].provider.pools["main"]
+               .max_servers == 0, message="reloaded")
+    request = zuul.wait_for_request(zuul.submit(["small"]))
+    assert request["state"] == "failed"
+
+
+def test_two_launchers_share_work_without_double_allocation(env, zuul):
+    path = config(env, max_servers=40, small_options="min-ready: 2",
+                  provider_extra="    simulation: {max-instances: 100, max-cores: 1000}")
+    first = env.start(path)
+    second = env.start(path)
+    requests = [zuul.submit(["small"] if i % 3 else ["small", "large"])
+                for i in range(30)]
+    results = [zuul.wait_for_request(r, timeout=30) for r in requests]
+    assert all(r["state"] == "fulfilled" for r in results)
+    allocated = [n for r in results for n in r["nodes"]]
+    assert len(allocated) == len(set(allocated)), "a node went to two requests"
+    for request_id, result in zip(requests, results):
+        for node_id in result["nodes"]:
+            assert zuul.get_node(node_id)["allocated_to"] == request_id
+    launcher_ids = {zuul.get_node(n)["launcher"] for n in allocated}
+    pools = {c.id for c in first.components.pools()}
+    assert launcher_ids <= pools and len(pools) == 2
+
+    def spare():
+        return [n for n in first.nodes.nodes()
+                if n.state == NodeState.READY and not n.allocated_to]
+    wait_until(lambda: len(spare()) >= 2, message="min-ready")
+    time.sleep(1.0)
+    assert len(spare()) == 2, "min-ready met once, not once per launcher"
+    assert second.nodes.ids() == first.nodes.ids()
+
+
+def test_launcher_killed_mid_launch_leaks_nothing(env, zuul, store):
+    path = config(env, provider_extra="    simulation: {boot-delay: 30}")
+    first = env.start(path)
+    request_id = zuul.submit(["small"])
+    wait_until(lambda: any(n.external_id for n in first.nodes.nodes()),
+               message="instance created")
+    [server_id] = list(cloud().servers)
+    crash(first)
+    second = env.start(config(env, name="restarted.yaml"))
+    cloud().settings.boot_delay = 0.0
+    # The lost request is served again; the abandoned node and its instance go.
+    request = zuul.wait_for_request(request_id, timeout=20)
+    assert request["state"] == "fulfilled"
+    wait_until(lambda: server_id not in cloud().servers, timeout=20,
+               message="abandoned instance deleted")
+    live = {s.metadata["nodepool_node_id"] for s in cloud().servers.values()}
+    assert live == {n.id for n in second.nodes.nodes()}
