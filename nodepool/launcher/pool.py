@@ -456,7 +456,10 @@ class PoolWorker:
                         if node is not None:
                             available.setdefault(label, []).append(node)
                     if can_launch:
-                        short_of_quota = short_of_quota or not fits(need)
+                        # Deleting a ready node to launch one for min-ready
+                        # would only churn: min-ready never makes room.
+                        short_of_quota = short_of_quota or (
+                            not fits(need) and not request.is_min_ready)
                         take(need)
                     deferred += 1
                     continue

@@ -219,6 +219,15 @@ def test_pool_at_quota_still_serves_ready_nodes(env, zuul):
     assert zuul.wait_for_request(large)["state"] == "fulfilled"
 
 
+def test_min_ready_does_not_churn_at_quota(env, zuul):
+    launcher = env.start(config(env, max_servers=1, small_options="min-ready: 2"))
+    first = wait_until(lambda: [n.id for n in launcher.nodes.nodes()
+                                if n.state == NodeState.READY], message="ready")[0]
+    time.sleep(1.0)
+    # The second min-ready node cannot fit; the first is not sacrificed for it.
+    assert [n.id for n in launcher.nodes.nodes()] == [first]
+
+
 def test_pool_at_quota_deletes_an_idle_node_of_another_label(env, zuul):
     launcher = env.start(config(env, max_servers=1, small_options="min-ready: 1"))
     idle = wait_until(lambda: [n for n in launcher.nodes.nodes()
@@ -407,7 +416,8 @@ def test_lowering_max_servers_to_zero_stops_launches(env, zuul):
 
 
 def test_two_launchers_share_work_without_double_allocation(env, zuul):
-    path = config(env, max_servers=40, small_options="min-ready: 2",
+    # 30 requests take 40 nodes; min-ready wants 2 more.
+    path = config(env, max_servers=50, small_options="min-ready: 2",
                   provider_extra="    simulation: {max-instances: 100, max-cores: 1000}")
     first = env.start(path)
     second = env.start(path)
