@@ -31,7 +31,14 @@ fi
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -m pip install -q -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+# Re-install only when the declared dependencies changed.
+stamp=".venv/.nodepool-installed"
+wanted="$(cat setup.cfg requirements.txt test-requirements.txt | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+    .venv/bin/python -m pip install -q -e '.[test]' > .venv/pip-install.log 2>&1 \
+        || { cat .venv/pip-install.log; exit 1; }
+    echo "$wanted" > "$stamp"
+fi
 .venv/bin/python -c 'import nodepool.zk.client, kazoo, voluptuous, openstack, paramiko'
 echo "Dependencies installed; nodepool is in .venv"

@@ -1,13 +1,21 @@
-"""Run ZooKeeper and nodepool on doc/examples/quickstart.yaml; show the pool."""
+"""The main job: ZooKeeper and nodepool on doc/examples/quickstart.yaml.
+
+Starts a throw-away ZooKeeper server, validates the bundled configuration,
+runs nodepool-launcher as a real daemon process (the in-memory fake cloud
+lives inside it), waits until every label's min-ready nodes are ready and
+prints the pool with ``nodepool list``. Ctrl-C (or SIGTERM) stops everything.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from zkserver import ZooKeeperServerProcess, free_port  # noqa: E402
@@ -15,6 +23,20 @@ from zkserver import ZooKeeperServerProcess, free_port  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "doc", "examples", "quickstart.yaml")
 BIN = os.path.join(ROOT, ".venv", "bin")
+
+
+def nodepool(*args, env, **kwargs):
+    return subprocess.run([os.path.join(BIN, "nodepool"), "-c", CONFIG, *args],
+                          env=env, **kwargs)
+
+
+def wanted_ready(env) -> dict[str, int]:
+    import yaml
+    from nodepool.config.loader import substitute_env
+    with open(CONFIG) as handle:
+        text, _ = substitute_env(handle.read(), env)
+    return {label["name"]: label.get("min-ready", 0)
+            for label in yaml.safe_load(text).get("labels", [])}
 
 
 def main() -> int:
@@ -26,22 +48,57 @@ def main() -> int:
     env = dict(os.environ, NODEPOOL_ZK_PORT=str(zookeeper.port),
                NODEPOOL_WEB_PORT=str(free_port()), NODEPOOL_STATE_DIR=state,
                NODEPOOL_FAKE_DIB=os.path.join(ROOT, "tools", "fake-image-create"))
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *a: stop.set())
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    launcher = None
     try:
-        subprocess.run([os.path.join(BIN, "nodepool"), "-c", CONFIG,
-                        "config-validate"], env=env, check=True)
-        print("ZooKeeper is running on", zookeeper.hosts,
-              "- the launcher and builder arrive with the next issues; "
-              "press Ctrl-C to stop.", flush=True)
-        stop = threading.Event()
-        signal.signal(signal.SIGINT, lambda *a: stop.set())
-        signal.signal(signal.SIGTERM, lambda *a: stop.set())
+        nodepool("config-validate", env=env, check=True)
+        log_path = os.path.join(state, "launcher.log")
+        print(f"Starting nodepool-launcher (log in {log_path}) ...", flush=True)
+        with open(log_path, "ab") as log:
+            launcher = subprocess.Popen(
+                [os.path.join(BIN, "nodepool-launcher"), "-f", "-c", CONFIG],
+                env=env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL)
+        wanted = wanted_ready(env)
+        print(f"Waiting for min-ready nodes: {wanted} ...", flush=True)
+        deadline = time.monotonic() + 120
+        while not stop.is_set():
+            if launcher.poll() is not None:
+                print(f"nodepool-launcher exited with {launcher.returncode}; "
+                      f"see {log_path}", file=sys.stderr)
+                return 1
+            result = nodepool("list", "--json", env=env, capture_output=True,
+                              text=True)
+            if result.returncode == 0:
+                ready = {}
+                for node in json.loads(result.stdout):
+                    if node["state"] == "ready":
+                        for label in node["label"]:
+                            ready[label] = ready.get(label, 0) + 1
+                if all(ready.get(k, 0) >= v for k, v in wanted.items()):
+                    break
+            if time.monotonic() > deadline:
+                print("min-ready was not met within 120 s", file=sys.stderr)
+                return 1
+            stop.wait(0.5)
+        nodepool("list", env=env)
         if os.environ.get("NODEPOOL_QUICKSTART_ONCE"):
             stop.set()
+        else:
+            print("The pool is ready. Press Ctrl-C to stop.", flush=True)
         stop.wait()
+        return 0
     finally:
         print("Stopping ...", flush=True)
+        if launcher is not None and launcher.poll() is None:
+            launcher.send_signal(signal.SIGTERM)
+            try:
+                launcher.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                launcher.kill()
         zookeeper.stop()
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,105 @@
+"""What both daemons share: detaching, the pid file, signals, debugging aids.
+
+* ``-d``/``-f`` keep the process in the foreground; otherwise it detaches with
+  python-daemon (umask 022) holding a pid lock file, and a stale pid file
+  (its process is gone) is broken first.
+* SIGINT and SIGTERM stop cleanly.
+* SIGUSR2 logs every thread's stack and toggles yappi: the first signal starts
+  profiling, the next one logs the statistics and stops it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import traceback
+from typing import Callable
+
+log = logging.getLogger("nodepool.daemon")
+
+
+def dump_stacks() -> str:
+    frames = sys._current_frames()
+    names = {t.ident: t.name for t in threading.enumerate()}
+    out = []
+    for ident, frame in frames.items():
+        out.append(f"Thread {ident} ({names.get(ident, '?')}):")
+        out.append("".join(traceback.format_stack(frame)))
+    return "\n".join(out)
+
+
+class DebugSignal:
+    """SIGUSR2: stack dump, then start or stop-and-report yappi profiling."""
+
+    def __init__(self):
+        self.profiling = False
+
+    def __call__(self, signum, frame) -> None:
+        log.warning("Thread stacks:\n%s", dump_stacks())
+        try:
+            import yappi
+        except ImportError:  # pragma: no cover - a declared dependency
+            return
+        if not self.profiling:
+            yappi.start()
+            self.profiling = True
+            log.warning("yappi profiling started")
+            return
+        yappi.stop()
+        self.profiling = False
+        import io
+        buffer = io.StringIO()
+        yappi.get_func_stats().print_all(
+            out=buffer, columns={0: ("name", 80), 1: ("ncall", 10), 2: ("tsub", 8),
+                                 3: ("ttot", 8), 4: ("tavg", 8)})
+        yappi.get_thread_stats().print_all(out=buffer)
+        yappi.clear_stats()
+        log.warning("yappi profile:\n%s", buffer.getvalue())
+
+
+def run(main: Callable[[threading.Event], int], *, foreground: bool,
+        pidfile: str | None, setup_logging: Callable[[], None]) -> int:
+    """Run ``main(stop_event)`` in the foreground or detached."""
+    if foreground:
+        setup_logging()
+        return _serve(main)
+    import daemon
+    import daemon.pidfile
+    path = os.path.abspath(pidfile)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    lock = daemon.pidfile.TimeoutPIDLockFile(path, 10)
+    if lock.is_locked():
+        pid = lock.read_pid()
+        try:
+            if pid:
+                os.kill(pid, 0)
+        except ProcessLookupError:
+            lock.break_lock()
+        except PermissionError:
+            pass
+    # Surface "already running" or an unwritable directory on the terminal.
+    try:
+        lock.acquire()
+        lock.release()
+    except Exception as exc:
+        print(f"cannot take the pid file {path}: {exc}", file=sys.stderr)
+        return 1
+    with daemon.DaemonContext(pidfile=lock, umask=0o022, working_directory="/"):
+        setup_logging()
+        return _serve(main)
+
+
+def _serve(main: Callable[[threading.Event], int]) -> int:
+    stop = threading.Event()
+
+    def on_stop(signum, frame):
+        log.info("Received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGUSR2, DebugSignal())
+    return main(stop)

@@ -1,0 +1,111 @@
+"""Tables and JSON of nodes, requests and labels, shared by the CLI and the web.
+
+Column keys and headers follow upstream's output (spec section 6), so scripts
+that parse either keep working.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Iterable
+
+from nodepool.zk.records import Node, NodeRequest
+
+# (key, header); the first NODE_COLUMNS_SHORT are shown without --detail.
+NODE_COLUMNS = [
+    ("id", "ID"), ("provider", "Provider"), ("label", "Label"),
+    ("server_id", "Server ID"), ("public_ipv4", "Public IPv4"), ("ipv6", "IPv6"),
+    ("state", "State"), ("age", "Age"), ("locked", "Locked"),
+    ("pool", "Pool"), ("hostname", "Hostname"), ("private_ipv4", "Private IPv4"),
+    ("AZ", "AZ"), ("username", "Username"), ("connection_port", "Port"),
+    ("launcher", "Launcher"), ("allocated_to", "Allocated To"),
+    ("hold_job", "Hold Job"), ("comment", "Comment"), ("user_data", "User Data"),
+    ("driver_data", "Driver Data"),
+]
+NODE_COLUMNS_SHORT = 9
+
+REQUEST_COLUMNS = [
+    ("id", "Request ID"), ("relative_priority", "Priority"), ("state", "State"),
+    ("requestor", "Requestor"), ("node_types", "Node Types"), ("nodes", "Nodes"),
+    ("declined_by", "Declined By"), ("event_id", "Event ID"),
+]
+
+LABEL_COLUMNS = [("label", "Label")]
+
+
+def format_age(timestamp: float | None, now: float | None = None) -> str:
+    """Elapsed time since ``timestamp`` as DD:HH:MM:SS."""
+    if timestamp is None:
+        return ""
+    seconds = max(0, int((now or time.time()) - timestamp))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{days:02d}:{hours:02d}:{minutes:02d}:{seconds:02d}"
+
+
+def node_row(node: Node, locked: bool, now: float | None = None) -> dict[str, Any]:
+    port = node.connection_port
+    return {
+        "id": node.id, "provider": node.provider, "label": list(node.type),
+        "server_id": node.external_id, "public_ipv4": node.public_ipv4,
+        "ipv6": node.public_ipv6, "state": node.state,
+        "age": format_age(node.state_time, now),
+        "locked": "locked" if locked else "unlocked", "pool": node.pool,
+        "hostname": node.hostname, "private_ipv4": node.private_ipv4, "AZ": node.az,
+        "username": node.username,
+        # Kubernetes-style drivers keep credentials here: never print them.
+        "connection_port": port if isinstance(port, int) else "redacted",
+        "launcher": node.launcher, "allocated_to": node.allocated_to,
+        "hold_job": node.hold_job, "comment": node.comment,
+        "user_data": node.user_data, "driver_data": node.driver_data,
+    }
+
+
+def request_row(request: NodeRequest) -> dict[str, Any]:
+    return {
+        "id": request.id, "relative_priority": request.relative_priority,
+        "state": request.state, "requestor": request.requestor,
+        "node_types": list(request.node_types), "nodes": list(request.nodes),
+        "declined_by": list(request.declined_by), "event_id": request.event_id,
+    }
+
+
+def _cell(key: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    if (key == "age" or key.endswith("_age")) and isinstance(value, (int, float)) \
+            and not isinstance(value, bool):
+        return format_age(value)
+    return str(value)
+
+
+def render_table(columns: list[tuple[str, str]], rows: Iterable[dict[str, Any]],
+                 fields: list[str] | None = None) -> str:
+    """A left-aligned ASCII table in PrettyTable's style."""
+    if fields:
+        wanted = set(fields)
+        columns = [c for c in columns if c[0] in wanted]
+    cells = [[_cell(key, row.get(key)) for key, _ in columns] for row in rows]
+    widths = [len(header) for _, header in columns]
+    for line in cells:
+        for index, text in enumerate(line):
+            if len(text) > widths[index]:
+                widths[index] = len(text)
+    border = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+    out = [border,
+           "| " + " | ".join(h.ljust(w) for (_, h), w in zip(columns, widths)) + " |",
+           border]
+    out += ["| " + " | ".join(t.ljust(w) for t, w in zip(line, widths)) + " |"
+            for line in cells]
+    out.append(border)
+    return "\n".join(out)
+
+
+def render_json(rows: list[dict[str, Any]]) -> str:
+    return json.dumps(rows, indent=2, sort_keys=False)
