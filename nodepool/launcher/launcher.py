@@ -24,7 +24,7 @@ from nodepool.drivers.base import RuntimeConfigurationError
 from nodepool.launcher.lifecycle import NodeDelete, NodeLaunch, Runner
 from nodepool.launcher.maintenance import Cleanup, DeleteWorker, MinReady
 from nodepool.launcher.pool import PoolWorker
-from nodepool.launcher.quota import Resources
+from nodepool.launcher.quota import Resources, UsageIndex
 from nodepool.stats import Stats
 from nodepool.zk.cache import ComponentCache, ImageCache, NodeCache, RequestCache
 from nodepool.zk.client import ZooKeeperClient, client_from_config
@@ -216,6 +216,7 @@ class Launcher:
         self.executor = ThreadPoolExecutor(max_workers=accept_threads,
                                            thread_name_prefix="accept")
         self.managers: dict[str, ProviderManager] = {}
+        self.usage = UsageIndex(label_need=self._label_need)
         self.delete_worker = DeleteWorker(self, delete_sweep_interval)
         self.min_ready = MinReady(self, min_ready_interval)
         self.cleanup = Cleanup(self, cleanup_interval)
@@ -235,6 +236,8 @@ class Launcher:
         self.requests = RequestCache(self.client)
         self.images = ImageCache(self.client)
         self.components = ComponentCache(self.client)
+        # Before the caches load, so the index sees every node.
+        self.nodes.add_listener(self._index_node)
         for cache in (self.nodes, self.requests, self.images, self.components):
             cache.start()
         for cache in (self.nodes, self.requests, self.images, self.components):
@@ -286,6 +289,14 @@ class Launcher:
         log.info("Launcher stopped")
 
     # -- events --------------------------------------------------------------
+
+    def _label_need(self, provider_name: str, label: str):
+        manager = self.managers.get(provider_name)
+        return manager.label_quota(label) if manager is not None else None
+
+    def _index_node(self, kind: str, node_id, node: Node) -> None:
+        if kind in ("changed", "deleted"):
+            self.usage.update(node if kind == "changed" else None, node_id)
 
     def _on_node(self, kind: str, node_id, node: Node) -> None:
         if kind == "deleted" or node.state != "building" or kind == "unlocked":

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from kazoo.exceptions import KazooException, NoNodeError, NotEmptyError
@@ -26,7 +27,7 @@ from kazoo.exceptions import KazooException, NoNodeError, NotEmptyError
 from nodepool.config.model import Pool, Provider
 from nodepool.launcher import scheduler
 from nodepool.launcher.lifecycle import NodeLaunch
-from nodepool.launcher.quota import Resources, pool_limits, sum_resources, tenant_limits
+from nodepool.launcher.quota import Resources, pool_limits, tenant_limits
 from nodepool.zk import paths
 from nodepool.zk.locks import Lock
 from nodepool.zk.records import Node, NodeRequest, NodeState, RequestState
@@ -36,6 +37,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from nodepool.launcher.launcher import Launcher, ProviderManager
 
 log = logging.getLogger("nodepool.launcher.pool")
+
+# Shortest time between two passes of one worker: events arriving meanwhile
+# are handled together instead of one pass each.
+MIN_PASS_GAP = 0.01
 
 
 class RequestHandler:
@@ -163,8 +168,13 @@ class PoolWorker:
 
     def _run(self) -> None:
         interval = self.launcher.idle_interval
+        last_pass = 0.0
         while not self._stopped.is_set():
             self.wake.wait(interval)
+            # Let a burst of events coalesce into one pass.
+            gap = last_pass + MIN_PASS_GAP - time.monotonic()
+            if gap > 0:
+                self._stopped.wait(gap)
             self.wake.clear()
             if self._stopped.is_set():
                 break
@@ -173,6 +183,7 @@ class PoolWorker:
                 continue
             try:
                 self.run_pass()
+                last_pass = time.monotonic()
             except KazooException as exc:
                 log.warning("%r: ZooKeeper error during a pass: %s", self, exc)
                 self.wake.set()
@@ -183,9 +194,10 @@ class PoolWorker:
 
     def run_pass(self) -> None:
         self._check_session()
-        self._update_component()
         self._poll_handlers()
         self._assign()
+        # After the pass: it decides whether we are deferring (paused).
+        self._update_component()
 
     def _check_session(self) -> None:
         generation = self.launcher.client.session_generation
@@ -237,18 +249,18 @@ class PoolWorker:
         request = handler.request
         request.nodes = [n.id for n in handler.nodes]
         request.set_state(RequestState.FULFILLED)
-        # As upstream: unlock the nodes, then publish the fulfilment.
-        self._release_node_locks(handler, clear=False)
-        try:
-            self.launcher.store.update_request(request)
-        except RecordNotFound:
-            log.info("Request %s vanished before fulfilment; its nodes will be "
-                     "released", request.id)
-        else:
+        with handler.mutex:
+            locks = [lock for lock in handler.node_locks if lock is not None]
+            handler.node_locks = [None] * len(handler.nodes)
+        # Nodes unlocked (as upstream, before the request says fulfilled) and
+        # the request stored and unlocked, atomically.
+        if self.launcher.store.fulfil_request(request, locks, handler.lock):
             log.info("Request %s fulfilled with nodes %s", request.id,
                      ",".join(request.nodes))
             self.launcher.stats.request_done(request, "fulfilled")
-        self._unlock_request(handler)
+        else:
+            log.info("Request %s vanished before fulfilment; its nodes will be "
+                     "released", request.id)
 
     def _release(self, handler: RequestHandler) -> None:
         """The request was cancelled: nodes become free, ready ones reusable."""
@@ -338,24 +350,16 @@ class PoolWorker:
             components = components + [self.component]
         return components
 
-    def _usage(self, nodes: list[Node]) -> tuple[Resources, Resources]:
-        """Resources used in this pool and in the whole provider (any state)."""
-        provider_name = self.provider.name
-        pool_used = Resources()
-        provider_used = Resources()
-        seen = set()
-        for node in nodes:
-            if node.provider != provider_name:
-                continue
-            seen.add(node.id)
-            need = node.resources or self._label_need(node.type[0] if node.type else "")
-            if need:
-                provider_used.add(need)
-                if node.pool == self.pool.name:
-                    pool_used.add(need)
+    def _usage(self) -> tuple[Resources, Resources]:
+        """Resources used in this pool and in the whole provider (any state):
+        the cache's index, plus our nodes not yet in the cache, plus what
+        accepts in progress have reserved."""
+        usage = self.launcher.usage
+        pool_used = usage.pool_usage(self.provider.name, self.pool.name)
+        provider_used = usage.provider_usage(self.provider.name)
         for handler in list(self.handlers.values()):
             for node in list(handler.nodes):
-                if node is not None and node.id not in seen and node.resources:
+                if node is not None and node.resources and not usage.contains(node.id):
                     pool_used.add(node.resources)
                     provider_used.add(node.resources)
         for reserved in list(self.in_flight.values()):
@@ -381,16 +385,15 @@ class PoolWorker:
         my_labels = set(pool.labels)
         components = self._components()
         me = next(c for c in components if c.id == self.id)
-        nodes = launcher.nodes.nodes()
-        pool_used, provider_used = self._usage(nodes)
+        pool_used, provider_used = self._usage()
         pool_room = pool_limits(pool).subtract(pool_used)
         cloud_limits = None if pool.ignore_provider_quota else self.manager.cloud_limits()
         cloud_room = cloud_limits.copy().subtract(provider_used) \
             if cloud_limits is not None else None
         can_launch = self.manager.can_launch
-        reusable = self._reusable_nodes(nodes)
-        tenants = self._tenant_usage(nodes) if launcher.config.tenant_resource_limits \
-            else {}
+        reusable = self._reusable_nodes()
+        tenants = launcher.usage.tenant_usage() \
+            if launcher.config.tenant_resource_limits else {}
         launches = self.manager.active_launches()
         deferred = 0
         short_of_quota = False
@@ -404,12 +407,12 @@ class PoolWorker:
                 cloud_room.subtract(need)
 
         # Requests we already hold come first: they wait for relaunches.
-        for handler in sorted(self.handlers.values(),
-                              key=lambda h: h.request.sort_key()):
-            if handler.finishing or handler.cancelled or handler.filling:
-                continue
+        waiting = [h for h in list(self.handlers.values())
+                   if not (h.finishing or h.cancelled or h.filling or h.launching)
+                   and None in h.nodes]
+        for handler in sorted(waiting, key=lambda h: h.request.sort_key()):
             missing = handler.missing()
-            if not missing or handler.launching:
+            if not missing:
                 continue
             need = Resources()
             for index in missing:
@@ -473,9 +476,9 @@ class PoolWorker:
             launcher.executor.submit(self._accept, request, reason, claims, need)
         self.deferred = deferred
         if short_of_quota:
-            self._make_room(nodes, reusable)
+            self._make_room(reusable)
 
-    def _make_room(self, nodes: list[Node], reusable: dict[str, list[Node]]) -> None:
+    def _make_room(self, reusable: dict[str, list[Node]]) -> None:
         """At quota: delete the oldest unused ready node of this pool.
 
         Only one at a time: while a node of this pool is being deleted, its
@@ -484,7 +487,7 @@ class PoolWorker:
         if self.making_room:
             return
         if any(n.state == NodeState.DELETING and n.provider == self.provider.name
-               and n.pool == self.pool.name for n in nodes):
+               and n.pool == self.pool.name for n in self.launcher.nodes.nodes()):
             return
         idle = {n.id: n for members in reusable.values() for n in members}
         if not idle:
@@ -515,30 +518,17 @@ class PoolWorker:
 
         self.launcher.executor.submit(delete)
 
-    def _reusable_nodes(self, nodes: list[Node]) -> dict[str, list[Node]]:
+    def _reusable_nodes(self) -> dict[str, list[Node]]:
         by_label: dict[str, list[Node]] = {}
-        provider_name = self.provider.name
         cache = self.launcher.nodes
-        for node in nodes:
-            if (node.state == NodeState.READY and not node.allocated_to
-                    and node.provider == provider_name and node.pool == self.pool.name
-                    and node.id not in self.claimed and not cache.is_locked(node.id)):
+        for node in self.launcher.usage.idle_nodes(self.provider.name, self.pool.name):
+            if node.id not in self.claimed and not cache.is_locked(node.id):
                 for label in node.type:
                     by_label.setdefault(label, []).append(node)
         for members in by_label.values():
             # Oldest last, so pop() hands out the oldest ready node first.
             members.sort(key=lambda n: n.state_time, reverse=True)
         return by_label
-
-    def _tenant_usage(self, nodes: list[Node]) -> dict[str, Resources]:
-        usage: dict[str, Resources] = {}
-        limits = self.launcher.config.tenant_resource_limits
-        for node in nodes:
-            if node.tenant_name in limits and node.resources:
-                usage.setdefault(node.tenant_name, Resources()).add(node.resources)
-        for name in limits:
-            usage.setdefault(name, Resources())
-        return usage
 
     def _tenant_fits(self, request: NodeRequest, need: Resources,
                      usage: dict[str, Resources]) -> bool:
@@ -659,7 +649,7 @@ class PoolWorker:
                         az=self._choose_az(handler),
                         resources=dict(self._label_need(label_name) or {}))
             store.create_node(node)
-            lock = store.lock_node(node.id)
+            lock = store.lock_node(node.id, new=True)
             if lock is None:  # pragma: no cover - a fresh node nobody knows of
                 raise RuntimeError(f"cannot lock new node {node.id}")
             node.set_state(NodeState.BUILDING)

@@ -25,7 +25,10 @@ from collections import namedtuple
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
+import select as select_module
+
 from kazoo.client import KazooClient
+from kazoo.handlers.threading import SequentialThreadingHandler
 from kazoo.exceptions import NoNodeError
 from kazoo.protocol.serialization import (GetChildren, GetData, Watch,
                                           write_string)
@@ -89,6 +92,41 @@ def connection_string(servers: Sequence[ZooKeeperServer]) -> str:
             chroot = "/" + chroot
         result += chroot.rstrip("/")
     return result
+
+
+class PollingHandler(SequentialThreadingHandler):
+    """kazoo's threading handler with a cheaper ``select``.
+
+    kazoo builds, fills and closes an epoll set on every call (several system
+    calls, thousands of times a second under load); ``poll`` is one.
+    """
+
+    def select(self, rlist, wlist, xlist, timeout=None):
+        poller = select_module.poll()
+        objects: dict[int, object] = {}
+        for fileobj in rlist:
+            fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+            objects[fd] = fileobj
+            poller.register(fd, select_module.POLLIN | select_module.POLLPRI)
+        writers: dict[int, object] = {}
+        for fileobj in wlist:
+            fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+            writers[fd] = fileobj
+            mask = select_module.POLLOUT
+            if fd in objects:
+                mask |= select_module.POLLIN | select_module.POLLPRI
+            poller.register(fd, mask)
+        events = poller.poll(None if timeout is None else timeout * 1000.0)
+        readable, writable = [], []
+        error_bits = select_module.POLLERR | select_module.POLLHUP | \
+            select_module.POLLNVAL
+        for fd, mask in events:
+            if fd in objects and mask & (select_module.POLLIN | select_module.POLLPRI
+                                         | error_bits):
+                readable.append(objects[fd])
+            if fd in writers and mask & (select_module.POLLOUT | error_bits):
+                writable.append(writers[fd])
+        return readable, writable, []
 
 
 class AddWatch(namedtuple("AddWatch", "path mode")):
@@ -162,7 +200,7 @@ class ZooKeeperClient:
 
     def _make_kazoo(self) -> KazooClient:
         kwargs = dict(hosts=self.hosts, timeout=self.timeout,
-                      read_only=self.read_only)
+                      read_only=self.read_only, handler=PollingHandler())
         if self.tls:
             self.tls.check_readable()
             kwargs.update(use_ssl=True, certfile=self.tls.cert,

@@ -31,13 +31,17 @@ class LockError(Exception):
 class Lock:
     """One acquisition of the lock at ``path``; not reusable after release."""
 
-    def __init__(self, client: ZooKeeperClient, path: str, identifier: str = ""):
+    def __init__(self, client: ZooKeeperClient, path: str, identifier: str = "",
+                 new_directory: bool = False):
         self.client = client
         self.path = path
         self.identifier = identifier
         self.prefix = uuid.uuid4().hex + "__lock__"
         self.node: str | None = None
         self.generation = client.session_generation
+        # The caller knows the lock directory does not exist yet (a node it
+        # just created): make it first instead of failing into it.
+        self.new_directory = new_directory
 
     @property
     def is_acquired(self) -> bool:
@@ -47,6 +51,11 @@ class Lock:
         kazoo = self.client.kazoo
         data = self.identifier.encode("utf-8")
         full = f"{self.path}/{self.prefix}"
+        if self.new_directory:
+            try:
+                kazoo.create(self.path, b"", makepath=True)
+            except NodeExistsError:
+                pass
         for _ in range(2):
             try:
                 return kazoo.create(full, data, ephemeral=True, sequence=True)
@@ -75,6 +84,11 @@ class Lock:
         deadline = None if timeout is None else time.monotonic() + timeout
         node = self._create_contender()
         name = node.rsplit("/", 1)[1]
+        if paths.contender_sequence(name) == "0000000000":
+            # The first contender ever in this directory: nobody can be ahead.
+            self.node = node
+            self.generation = self.client.session_generation
+            return True
         try:
             while True:
                 contenders = self._contenders()

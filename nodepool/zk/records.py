@@ -261,7 +261,12 @@ class NodeRequest(Record):
 
     def sort_key(self) -> tuple[str, int, str]:
         """Order among requests: (precedence, relative_priority, sequence)."""
-        return (self.priority, self.relative_priority, self.sequence)
+        # Requests are sorted on every scheduling pass: compute the id parts once.
+        cached = self.__dict__.get("_sort_key")
+        if cached is None or cached[0] != self.id or cached[1] != self.relative_priority:
+            key = (self.priority, self.relative_priority, self.sequence)
+            self.__dict__["_sort_key"] = cached = (self.id, self.relative_priority, key)
+        return cached[2]
 
     @property
     def is_min_ready(self) -> bool:

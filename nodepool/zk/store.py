@@ -101,6 +101,40 @@ class Store:
         lock = Lock(self.client, paths.request_lock(request_id))
         return lock if lock.acquire(blocking=blocking, timeout=timeout) else None
 
+    def fulfil_request(self, request: NodeRequest, node_locks: list[Lock],
+                       request_lock: Lock) -> bool:
+        """Unlock the nodes, store the request, unlock and remove its lock
+        directory - in one transaction. False if the request is gone."""
+        tx = self.kazoo.transaction()
+        for lock in node_locks:
+            if lock.node:
+                tx.delete(lock.node)
+        tx.set_data(paths.request(request.id), request.to_json())
+        if request_lock.node:
+            tx.delete(request_lock.node)
+            tx.delete(paths.request_lock(request.id))
+        results = tx.commit()
+        if not any(isinstance(r, Exception) for r in results):
+            for lock in node_locks:
+                lock.node = None
+            request_lock.node = None
+            return True
+        # Something did not hold (request cancelled, a contender waiting on
+        # the request lock): do it step by step.
+        for lock in node_locks:
+            lock.release()
+        try:
+            self.update_request(request)
+            stored = True
+        except RecordNotFound:
+            stored = False
+        request_lock.release()
+        try:
+            self.kazoo.delete(paths.request_lock(request.id))
+        except Exception:
+            pass
+        return stored
+
     def delete_request_lock_dir(self, request_id: str) -> None:
         try:
             self.kazoo.delete(paths.request_lock(request_id), recursive=True)
@@ -199,8 +233,9 @@ class Store:
             return []
 
     def lock_node(self, node_id: str, blocking: bool = False,
-                  timeout: float | None = None) -> Lock | None:
-        lock = Lock(self.client, paths.node_lock(node_id))
+                  timeout: float | None = None, new: bool = False) -> Lock | None:
+        """Lock a node; ``new`` says we just created it (saves round trips)."""
+        lock = Lock(self.client, paths.node_lock(node_id), new_directory=new)
         return lock if lock.acquire(blocking=blocking, timeout=timeout) else None
 
     # -- images ------------------------------------------------------------

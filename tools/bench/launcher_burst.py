@@ -1,0 +1,246 @@
+"""Benchmark: a burst of single-node requests through a real launcher.
+
+Starts a throw-away ZooKeeper and ``nodepool-launcher`` (a separate process,
+fake cloud, no boot delay), then plays Zuul: submits N requests at once over
+ZooKeeper, and as each is fulfilled takes the node, marks it used and returns
+it. Prints throughput, submit->fulfilled latency percentiles, the latency of
+a single request on an idle launcher, node deletion latency (used -> znode
+gone), and the launcher's CPU seconds per request (from /proc).
+
+    .venv/bin/python tools/bench/launcher_burst.py --requests 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, ROOT)
+
+from zkserver import ZooKeeperServerProcess  # noqa: E402
+from zuul import FakeZuul  # noqa: E402
+
+from nodepool.zk.cache import NodeCache, RequestCache  # noqa: E402
+from nodepool.zk.client import ZooKeeperClient  # noqa: E402
+
+CONFIG = """
+zookeeper-servers:
+  - host: 127.0.0.1
+    port: {port}
+    chroot: /bench
+labels:
+  - name: small
+providers:
+  - name: fake-bench
+    cloud: fake
+    rate: 0.0001
+    simulation:
+      max-instances: 1000000
+      max-cores: 100000000
+      max-ram: 1000000000000
+    cloud-images:
+      - name: precise
+        image-name: Fake Precise
+    pools:
+      - name: main
+        max-servers: {max_servers}
+        labels:
+          - name: small
+            cloud-image: precise
+            min-ram: 1024
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, int(round(pct / 100 * len(ordered))) - 1))
+    return ordered[index]
+
+
+class Observer:
+    """Times fulfilments and node deletions through watch-driven caches."""
+
+    def __init__(self, hosts: str):
+        self.client = ZooKeeperClient(hosts)
+        self.client.connect(timeout=30)
+        self.requests = RequestCache(self.client)
+        self.nodes = NodeCache(self.client)
+        self.fulfilled: dict[str, float] = {}
+        self.deleted: dict[str, float] = {}
+        self.done = threading.Condition()
+        self.requests.add_listener(self._on_request)
+        self.nodes.add_listener(self._on_node)
+        self.requests.start().wait_synced()
+        self.nodes.start().wait_synced()
+
+    def _on_request(self, kind, request_id, request):
+        if kind == "changed" and request.state in ("fulfilled", "failed") \
+                and request_id not in self.fulfilled:
+            with self.done:
+                self.fulfilled[request_id] = time.monotonic()
+                self.done.notify_all()
+
+    def _on_node(self, kind, node_id, node):
+        if kind == "deleted":
+            self.deleted[node_id] = time.monotonic()
+
+    def wait(self, request_ids, timeout):
+        deadline = time.monotonic() + timeout
+        with self.done:
+            while not all(r in self.fulfilled for r in request_ids):
+                if not self.done.wait(max(0.0, deadline - time.monotonic())):
+                    if time.monotonic() > deadline:
+                        return False
+        return True
+
+    def stop(self):
+        self.requests.stop()
+        self.nodes.stop()
+        self.client.disconnect()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--singles", type=int, default=20,
+                        help="single requests on the idle launcher, for latency")
+    parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--profile", action="store_true",
+                        help="yappi-profile the launcher during the burst (SIGUSR2); "
+                        "the profile lands in the launcher log")
+    args = parser.parse_args()
+
+    state = tempfile.mkdtemp(prefix="nodepool-bench-")
+    zookeeper = ZooKeeperServerProcess(os.path.join(state, "zk"))
+    os.makedirs(zookeeper.workdir)
+    zookeeper.start()
+    config = os.path.join(state, "nodepool.yaml")
+    with open(config, "w") as handle:
+        handle.write(CONFIG.format(port=zookeeper.port,
+                                   max_servers=max(args.requests * 2, 100)))
+    log = open(os.path.join(state, "launcher.log"), "wb")
+    launcher = subprocess.Popen(
+        [os.path.join(ROOT, ".venv", "bin", "nodepool-launcher"), "-f", "-c", config],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    hosts = f"{zookeeper.hosts}/bench"
+    observer = Observer(hosts)
+    zuul = FakeZuul(hosts)
+    pool = ThreadPoolExecutor(max_workers=8)
+    used_at: dict[str, float] = {}
+
+    def consume(request_id: str) -> None:
+        nodes = zuul.accept(request_id)
+        zuul.use(nodes)
+        for node in nodes:
+            used_at[node["id"]] = time.monotonic()
+        zuul.release(nodes)
+
+    try:
+        # Wait for the launcher's pool to register.
+        deadline = time.monotonic() + 60
+        while not zuul.kazoo.exists("/nodepool/components/pool") or \
+                not zuul.kazoo.get_children("/nodepool/components/pool"):
+            if time.monotonic() > deadline or launcher.poll() is not None:
+                raise SystemExit("the launcher did not start; see "
+                                 f"{state}/launcher.log")
+            time.sleep(0.1)
+
+        # Single requests on an idle launcher.
+        singles = []
+        for _ in range(args.singles):
+            start = time.monotonic()
+            request_id = zuul.submit(["small"])
+            observer.wait([request_id], 30)
+            singles.append(observer.fulfilled[request_id] - start)
+            consume(request_id)
+            time.sleep(0.2)
+        time.sleep(1.0)
+
+        # The burst.
+        cpu_before = cpu_seconds(launcher.pid)
+        if args.profile:
+            launcher.send_signal(signal.SIGUSR2)
+            time.sleep(0.5)
+        submitted: dict[str, float] = {}
+        burst_start = time.monotonic()
+        for _ in range(args.requests):
+            request_id = zuul.submit(["small"])
+            submitted[request_id] = time.monotonic()
+        submit_done = time.monotonic()
+        pending = set(submitted)
+        futures = []
+        deadline = time.monotonic() + args.timeout
+        while pending and time.monotonic() < deadline:
+            with observer.done:
+                observer.done.wait(0.05)
+            finished = [r for r in pending if r in observer.fulfilled]
+            for request_id in finished:
+                pending.discard(request_id)
+                futures.append(pool.submit(consume, request_id))
+        burst_end = max(observer.fulfilled.get(r, 0) for r in submitted)
+        for future in futures:
+            future.result()
+        # Wait for the used nodes to be deleted.
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline and \
+                not all(n in observer.deleted for n in used_at):
+            time.sleep(0.05)
+        cpu_after = cpu_seconds(launcher.pid)
+        if args.profile:
+            launcher.send_signal(signal.SIGUSR2)
+            time.sleep(2)
+            print(f"profile in {state}/launcher.log")
+
+        latencies = [observer.fulfilled[r] - t for r, t in submitted.items()
+                     if r in observer.fulfilled]
+        deletions = [observer.deleted[n] - t for n, t in used_at.items()
+                     if n in observer.deleted]
+        elapsed = burst_end - burst_start
+        print(f"requests:             {args.requests} single-node, burst submitted in "
+              f"{submit_done - burst_start:.2f} s")
+        print(f"fulfilled:            {len(latencies)} (unfinished: {len(pending)})")
+        print(f"throughput:           {len(latencies) / elapsed:.1f} requests/s "
+              f"(all fulfilled {elapsed:.2f} s after the first submit)")
+        print(f"latency p50/p90/p99:  {percentile(latencies, 50):.3f} / "
+              f"{percentile(latencies, 90):.3f} / {percentile(latencies, 99):.3f} s")
+        print(f"idle single request:  p50 {statistics.median(singles) * 1000:.1f} ms, "
+              f"max {max(singles) * 1000:.1f} ms ({len(singles)} requests)")
+        print(f"node deletion:        p50 {percentile(deletions, 50) * 1000:.1f} ms, "
+              f"p99 {percentile(deletions, 99) * 1000:.1f} ms (used -> znode gone)")
+        cpu = cpu_after - cpu_before
+        print(f"launcher CPU:         {cpu:.2f} s for the burst, "
+              f"{cpu / args.requests * 1000:.2f} ms per request (incl. deletion)")
+        return 0 if not pending else 1
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        launcher.send_signal(signal.SIGTERM)
+        try:
+            launcher.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            launcher.kill()
+        zuul.stop()
+        observer.stop()
+        zookeeper.stop()
+        log.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
