@@ -40,11 +40,15 @@ class FakeZuul:
 
     # -- requests -------------------------------------------------------------
 
+    def submit_async(self, labels: list[str], priority: str = "200", **kwargs):
+        """Like submit, without waiting: returns kazoo's async result (a path)."""
+        return self.submit(labels, priority, _async=True, **kwargs)
+
     def submit(self, labels: list[str], priority: str = "200",
                relative_priority: int = 0, requestor: str | None = None,
                tenant: str | None = None, provider: str | None = None,
                reuse: bool | None = None, ephemeral: bool = False,
-               requestor_data: dict | None = None) -> str:
+               requestor_data: dict | None = None, _async: bool = False):
         now = time.time()
         data = {
             "requestor_data": requestor_data if requestor_data is not None else {
@@ -63,6 +67,10 @@ class FakeZuul:
         }
         if reuse is not None:
             data["reuse"] = reuse
+        if _async:
+            return self.kazoo.create_async(f"{REQUESTS}/{priority}-",
+                                           json.dumps(data).encode(), sequence=True,
+                                           makepath=True, ephemeral=ephemeral)
         path = self.kazoo.create(f"{REQUESTS}/{priority}-", json.dumps(data).encode(),
                                  sequence=True, makepath=True, ephemeral=ephemeral)
         return path.rsplit("/", 1)[1]

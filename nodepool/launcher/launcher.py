@@ -34,6 +34,7 @@ from nodepool.zk.store import ComponentRegistration, Store
 log = logging.getLogger("nodepool.launcher")
 
 QUOTA_CACHE_SECONDS = 60.0
+RUNNERS = 4
 
 
 class ProviderManager:
@@ -43,7 +44,9 @@ class ProviderManager:
         self.launcher = launcher
         self.provider = provider
         self.adapter = make_adapter(provider)
-        self.runner = Runner(provider.name)
+        # Several runners, so one thread's ZooKeeper round trips do not queue
+        # every other launch and delete of the provider behind them.
+        self.runners = [Runner(f"{provider.name}-{i}") for i in range(RUNNERS)]
         self.workers: dict[str, PoolWorker] = {}
         self._launches = 0
         self._mutex = threading.Lock()
@@ -66,7 +69,8 @@ class ProviderManager:
         for worker in list(self.workers.values()):
             worker.stop()
         self.workers.clear()
-        self.runner.stop()
+        for runner in self.runners:
+            runner.stop()
         self.adapter.stop()
 
     def reconfigure(self, provider: Provider) -> None:
@@ -103,10 +107,13 @@ class ProviderManager:
         task.callback = done
         with self._mutex:
             self._launches += 1
-        self.runner.add(task)
+        self._runner_for(task.node.id).add(task)
 
     def delete(self, task: NodeDelete) -> None:
-        self.runner.add(task)
+        self._runner_for(task.node.id).add(task)
+
+    def _runner_for(self, node_id: str | None) -> Runner:
+        return self.runners[int(node_id or 0) % len(self.runners)]
 
     def active_launches(self) -> int:
         return self._launches
@@ -215,6 +222,8 @@ class Launcher:
         self.store = Store(self.client)
         self.executor = ThreadPoolExecutor(max_workers=accept_threads,
                                            thread_name_prefix="accept")
+        # Fulfilling and declining must not wait behind a queue of accepts.
+        self.finisher = ThreadPoolExecutor(max_workers=8, thread_name_prefix="finish")
         self.managers: dict[str, ProviderManager] = {}
         self.usage = UsageIndex(label_need=self._label_need)
         self.delete_worker = DeleteWorker(self, delete_sweep_interval)
@@ -281,6 +290,7 @@ class Launcher:
             manager.stop()
         self.managers.clear()
         self.executor.shutdown(wait=True, cancel_futures=False)
+        self.finisher.shutdown(wait=True, cancel_futures=False)
         if self.registration is not None:
             self.registration.unregister()
         for cache in (self.nodes, self.requests, self.images, self.components):

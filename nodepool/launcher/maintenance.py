@@ -58,6 +58,7 @@ class DeleteWorker:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._queued: set[str] = set()
         self._deleting: set[str] = set()
+        self._working: set[str] = set()
         self._mutex = threading.Lock()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True,
@@ -94,11 +95,35 @@ class DeleteWorker:
             if node_id:
                 with self._mutex:
                     self._queued.discard(node_id)
-                self._safe_handle(node_id)
+                self._dispatch(node_id)
             if time.monotonic() - last_sweep >= self.sweep_interval:
                 last_sweep = time.monotonic()
                 for node in self.launcher.nodes.nodes():
                     self.consider(node)
+
+    def _dispatch(self, node_id: str) -> None:
+        """Cheap checks here; locking and re-reading on the executor, so many
+        nodes are taken in parallel."""
+        node = self.launcher.nodes.get(node_id)
+        if node is None or self.launcher.nodes.is_locked(node_id):
+            return
+        with self._mutex:
+            if node_id in self._deleting or node_id in self._working:
+                return
+            self._working.add(node_id)
+
+        def work():
+            try:
+                self._safe_handle(node_id)
+            finally:
+                with self._mutex:
+                    self._working.discard(node_id)
+
+        try:
+            self.launcher.executor.submit(work)
+        except RuntimeError:  # executor shut down: we are stopping
+            with self._mutex:
+                self._working.discard(node_id)
 
     def _safe_handle(self, node_id: str) -> None:
         if not self.launcher.client.connected:

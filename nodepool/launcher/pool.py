@@ -110,6 +110,33 @@ class RequestHandler:
             return "fulfil"
 
 
+class Reservations:
+    """Quota reserved by accepts in progress, with a running total."""
+
+    def __init__(self):
+        self._items: dict[str, Resources] = {}
+        self.total = Resources()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._items
+
+    def __setitem__(self, key: str, need: Resources) -> None:
+        self.pop(key, None)
+        self._items[key] = need
+        self.total.add(need)
+
+    def pop(self, key: str, default=None):
+        need = self._items.pop(key, None)
+        if need is None:
+            return default
+        self.total.subtract(need)
+        return need
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.total = Resources()
+
+
 class PoolWorker:
     """Serves requests for one (provider, pool) of this launcher."""
 
@@ -123,7 +150,7 @@ class PoolWorker:
         self.registration = ComponentRegistration(launcher.client, self.component)
         self.handlers: dict[str, RequestHandler] = {}
         # Requests being accepted right now, with the quota reserved for them.
-        self.in_flight: dict[str, Resources] = {}
+        self.in_flight = Reservations()
         self.claimed: set[str] = set()
         self.mutex = threading.Lock()
         self.wake = threading.Event()
@@ -226,7 +253,7 @@ class PoolWorker:
             action = handler.evaluate()
             if action in ("fulfil", "decline", "cancel"):
                 handler.finishing = True
-                self.launcher.executor.submit(self._finish, handler, action)
+                self.launcher.finisher.submit(self._finish, handler, action)
 
     def _finish(self, handler: RequestHandler, action: str) -> None:
         try:
@@ -362,9 +389,10 @@ class PoolWorker:
                 if node is not None and node.resources and not usage.contains(node.id):
                     pool_used.add(node.resources)
                     provider_used.add(node.resources)
-        for reserved in list(self.in_flight.values()):
-            pool_used.add(reserved)
-            provider_used.add(reserved)
+        with self.mutex:
+            reserved = self.in_flight.total.copy()
+        pool_used.add(reserved)
+        provider_used.add(reserved)
         return pool_used, provider_used
 
     def _label_need(self, label: str) -> Resources | None:

@@ -28,15 +28,17 @@ class Resources(dict):
         return self.get(key, self.default)
 
     def add(self, other: Mapping[str, float]) -> "Resources":
+        default = self.default
         for key, value in other.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self[key] = self.get_amount(key) + value
+            if value.__class__ in (int, float):
+                self[key] = self.get(key, default) + value
         return self
 
     def subtract(self, other: Mapping[str, float]) -> "Resources":
+        default = self.default
         for key, value in other.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self[key] = self.get_amount(key) - value
+            if value.__class__ in (int, float):
+                self[key] = self.get(key, default) - value
         return self
 
     def copy(self) -> "Resources":

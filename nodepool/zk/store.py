@@ -192,20 +192,26 @@ class Store:
         node.version = stat.version
 
     def delete_node(self, node: Node) -> None:
-        """Mark ``deleted`` then remove the znode and its lock directory.
+        """Remove a node record and its lock directory.
 
-        Whoever manages to lock the node in the window between the two steps
-        sees ``deleted`` and only finishes the removal.
+        Upstream writes ``deleted`` first so that whoever locks the node in
+        the window before its removal knows it is gone; removing everything
+        in one transaction leaves no such window. Only when the transaction
+        cannot be used is ``deleted`` written and the removal done step by step.
         """
+        if self._delete_node_atomically(node.id):
+            return
         node.set_state(NodeState.DELETED)
         try:
             self.update_node(node)
         except RecordNotFound:
             return
-        self.delete_node_znode(node.id)
+        try:
+            self.kazoo.delete(paths.node(node.id), recursive=True)
+        except NoNodeError:
+            pass
 
-    def delete_node_znode(self, node_id: str) -> None:
-        """Remove a node znode with its lock directory in one transaction."""
+    def _delete_node_atomically(self, node_id: str) -> bool:
         lock_dir = paths.node_lock(node_id)
         try:
             contenders = self.kazoo.get_children(lock_dir)
@@ -218,13 +224,16 @@ class Store:
             tx.delete(lock_dir)
         tx.delete(paths.node(node_id))
         results = tx.commit()
-        if any(isinstance(r, Exception) for r in results):
-            # Something changed underneath (a contender came or went): fall
-            # back to kazoo's child-by-child removal.
-            try:
-                self.kazoo.delete(paths.node(node_id), recursive=True)
-            except NoNodeError:
-                pass
+        return not any(isinstance(r, Exception) for r in results)
+
+    def delete_node_znode(self, node_id: str) -> None:
+        """Remove a node znode (already marked deleted, or empty)."""
+        if self._delete_node_atomically(node_id):
+            return
+        try:
+            self.kazoo.delete(paths.node(node_id), recursive=True)
+        except NoNodeError:
+            pass
 
     def node_ids(self) -> list[str]:
         try:

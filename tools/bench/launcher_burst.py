@@ -181,9 +181,11 @@ def main() -> int:
             time.sleep(0.5)
         submitted: dict[str, float] = {}
         burst_start = time.monotonic()
-        for _ in range(args.requests):
-            request_id = zuul.submit(["small"])
-            submitted[request_id] = time.monotonic()
+        # A burst: all creates pipelined, as many schedulers submitting at once.
+        pending_creates = [(zuul.submit_async(["small"]), time.monotonic())
+                           for _ in range(args.requests)]
+        for result, sent in pending_creates:
+            submitted[result.get(timeout=60).rsplit("/", 1)[1]] = sent
         submit_done = time.monotonic()
         pending = set(submitted)
         futures = []
