@@ -25,6 +25,7 @@ from nodepool.launcher.lifecycle import NodeDelete, NodeLaunch, Runner
 from nodepool.launcher.maintenance import Cleanup, DeleteWorker, MinReady
 from nodepool.launcher.pool import PoolWorker
 from nodepool.launcher.quota import Resources, UsageIndex
+from nodepool.launcher.static import StaticRegistrar
 from nodepool.stats import Stats
 from nodepool.zk.cache import ComponentCache, ImageCache, NodeCache, RequestCache
 from nodepool.zk.client import ZooKeeperClient, client_from_config
@@ -53,12 +54,14 @@ class ProviderManager:
         self._label_quota: dict[str, Resources | None] = {}
         self._cloud_limits: tuple[float, Resources | None] | None = None
         self._azs: list[str] | None = None
+        self.registrar = StaticRegistrar(self) if provider.driver == "static" \
+            else None
 
     def start(self) -> None:
         for pool in self.provider.pools.values():
             self._start_worker(pool)
-        if hasattr(self.adapter, "start"):
-            self.adapter.start(self)
+        if self.registrar is not None:
+            self.registrar.start()
 
     def _start_worker(self, pool) -> None:
         worker = PoolWorker(self.launcher, self, pool)
@@ -66,6 +69,8 @@ class ProviderManager:
         worker.start()
 
     def stop(self) -> None:
+        if self.registrar is not None:
+            self.registrar.stop()
         for worker in list(self.workers.values()):
             worker.stop()
         self.workers.clear()
@@ -91,6 +96,18 @@ class ProviderManager:
                 self._start_worker(pool)
             elif old.pools.get(name) != pool or old != provider:
                 self.workers[name].reconfigure(pool)
+        if self.registrar is not None:
+            self.registrar.wake.set()
+
+    def node_deleted(self, node: Node) -> None:
+        if self.registrar is not None:
+            self.registrar.wake.set()
+
+    def reusable(self, node: Node) -> bool:
+        """Whether a ready node may be handed out (static: host alive)."""
+        if self.registrar is not None:
+            return self.registrar.reusable(node)
+        return True
 
     # -- launches and deletes --------------------------------------------------
 
@@ -342,8 +359,8 @@ class Launcher:
 
     def node_deleted(self, node: Node) -> None:
         manager = self.managers.get(node.provider or "")
-        if manager is not None and hasattr(manager.adapter, "node_deleted"):
-            manager.adapter.node_deleted(manager, node)
+        if manager is not None:
+            manager.node_deleted(node)
 
     # -- configuration reload ----------------------------------------------------
 

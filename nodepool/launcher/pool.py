@@ -597,7 +597,15 @@ class PoolWorker:
                 for index, node in enumerate(claims):
                     if node is not None:
                         self._reuse(handler, index, node)
-                self._fill(handler, handler.missing())
+                missing = handler.missing()
+                if missing and not self.manager.can_launch:
+                    # A ready node was taken by someone else meanwhile; a pool
+                    # that cannot launch hands the request back, undeclined.
+                    with self.mutex:
+                        self.handlers.pop(fresh.id, None)
+                    self._hand_back(handler)
+                    return
+                self._fill(handler, missing)
             finally:
                 handler.filling = False
         except KazooException as exc:
@@ -623,6 +631,11 @@ class PoolWorker:
         fresh = store.get_node(node.id)
         if (fresh is None or fresh.state != NodeState.READY or fresh.allocated_to
                 or (handler.az and fresh.az and fresh.az != handler.az)):
+            lock.release()
+            return
+        if not self.manager.reusable(fresh):
+            fresh.set_state(NodeState.DELETING)
+            store.update_node(fresh)
             lock.release()
             return
         request = handler.request

@@ -1,0 +1,160 @@
+"""One behaviour suite, run against every driver (fake cloud, static hosts).
+
+What a Zuul operator relies on whatever the driver: requests are fulfilled
+with complete nodes, multi-node requests work, used nodes go away and their
+capacity comes back, cancelled requests free their nodes, impossible requests
+fail, and requests beyond the capacity of the moment wait instead of failing.
+"""
+
+import os
+import sys
+import tempfile
+import time
+
+import pytest
+
+from conftest import wait_until
+from launcher_fixtures import env  # noqa: F401
+from nodepool.zk.records import NodeState
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
+from sshdserver import SSHServer  # noqa: E402
+
+
+class FakeDriver:
+    name = "fake"
+    capacity = 3
+
+    def config(self):
+        return """
+labels:
+  - name: a
+providers:
+  - name: fake-contract
+    cloud: fake
+    cloud-images:
+      - name: precise
+        image-name: Fake Precise
+    pools:
+      - name: main
+        max-servers: 3
+        labels:
+          - name: a
+            cloud-image: precise
+            min-ram: 1
+"""
+
+    def stop(self):
+        pass
+
+
+class StaticDriver:
+    name = "static"
+    capacity = 3
+
+    def __init__(self):
+        self.servers = [SSHServer(tempfile.mkdtemp(prefix="sshd-")).start()
+                        for _ in range(2)]
+
+    def config(self):
+        first, second = self.servers
+        return f"""
+labels:
+  - name: a
+providers:
+  - name: static-contract
+    driver: static
+    pools:
+      - name: main
+        nodes:
+          - name: 127.0.0.1
+            connection-port: {first.port}
+            labels: [a]
+            max-parallel-jobs: 2
+            timeout: 5
+          - name: 127.0.0.1
+            connection-port: {second.port}
+            labels: a
+            timeout: 5
+"""
+
+    def stop(self):
+        for server in self.servers:
+            server.stop()
+
+
+@pytest.fixture(params=["fake", "static"])
+def driver(request):
+    instance = FakeDriver() if request.param == "fake" else StaticDriver()
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture
+def launcher(env, driver):  # noqa: F811
+    launcher = env.start(env.config(driver.config()))
+    if driver.name == "static":
+        wait_until(lambda: len(ready_nodes(launcher)) == driver.capacity, timeout=20,
+                   message="static hosts registered")
+    return launcher
+
+
+def ready_nodes(launcher):
+    return [n for n in launcher.nodes.nodes()
+            if n.state == NodeState.READY and not n.allocated_to]
+
+
+def test_request_is_fulfilled_with_a_complete_node(launcher, driver, zuul):
+    request = zuul.wait_for_request(zuul.submit(["a"]), timeout=20)
+    assert request["state"] == "fulfilled"
+    node = zuul.get_node(request["nodes"][0])
+    assert node["state"] == "ready" and node["type"] == ["a"]
+    assert node["interface_ip"] and node["username"] == "zuul"
+    assert isinstance(node["connection_port"], int)
+    assert node["connection_type"] == "ssh" and node["host_keys"]
+    assert node["provider"] == f"{driver.name}-contract"
+    assert node["allocated_to"] == zuul.kazoo.get_children("/nodepool/requests")[0]
+    if driver.name == "static":
+        port = node["connection_port"]
+        server = next(s for s in driver.servers if s.port == port)
+        assert set(node["host_keys"]) == set(server.host_keys)
+
+
+def test_multi_node_request(launcher, driver, zuul):
+    request = zuul.wait_for_request(zuul.submit(["a", "a"]), timeout=20)
+    assert request["state"] == "fulfilled" and len(set(request["nodes"])) == 2
+
+
+def test_used_nodes_go_and_capacity_returns(launcher, driver, zuul):
+    ids = [zuul.submit(["a"]) for _ in range(driver.capacity)]
+    results = [zuul.wait_for_request(r, timeout=20) for r in ids]
+    used = {n for r in results for n in r["nodes"]}
+    waiting = zuul.submit(["a"])
+    time.sleep(0.5)
+    assert zuul.get_request(waiting)["state"] == "requested"  # deferred, not failed
+    for request_id in ids:
+        nodes = zuul.accept(request_id)
+        zuul.use(nodes)
+        zuul.release(nodes)
+    assert zuul.wait_for_request(waiting, timeout=30)["state"] == "fulfilled"
+    wait_until(lambda: not any(zuul.get_node(n) for n in used), timeout=20,
+               message="used nodes removed")
+    if driver.name == "static":
+        # Every slot comes back as a fresh node record.
+        wait_until(lambda: len(launcher.nodes.nodes()) == driver.capacity, timeout=20,
+                   message="slots re-registered")
+
+
+def test_cancelled_request_frees_its_nodes(launcher, driver, zuul):
+    request_id = zuul.submit(["a"])
+    node_id = zuul.wait_for_request(request_id, timeout=20)["nodes"][0]
+    zuul.cancel(request_id)
+    wait_until(lambda: (zuul.get_node(node_id) or {}).get("allocated_to") is None,
+               timeout=20, message="node released")
+    again = zuul.wait_for_request(zuul.submit(["a"]), timeout=20)
+    assert again["state"] == "fulfilled"
+
+
+def test_impossible_request_fails(launcher, driver, zuul):
+    wait_until(lambda: launcher.components.pools(), message="registered")
+    assert zuul.wait_for_request(zuul.submit(["nope"]))["state"] == "failed"
