@@ -168,7 +168,7 @@ class ZooKeeperServerProcess:
                              [j for j in EXTRA_JARS if os.path.exists(j)])
         self._log = open(log_path, "ab")
         self.process = subprocess.Popen(
-            [java, "-Xmx256m", "-XX:+UseSerialGC", "-Dzookeeper.jmx.log4j.disable=true",
+            [java, "-Xms512m", "-Xmx1g", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Dzookeeper.jmx.log4j.disable=true",
              "-cp", classpath, "org.apache.zookeeper.server.ZooKeeperServerMain",
              config_path],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

@@ -29,7 +29,7 @@ from nodepool.drivers.base import (
 from nodepool.zk.cache import ImageCache
 from nodepool.zk.locks import Lock
 from nodepool.zk.records import Node, NodeState
-from nodepool.zk.store import RecordNotFound, Store
+from nodepool.zk.store import RecordNotFound, Store, VersionConflict
 
 log = logging.getLogger("nodepool.launcher.lifecycle")
 
@@ -445,8 +445,13 @@ class NodeDelete(Task):
     """Delete one locked node's instance, then its record."""
 
     def __init__(self, *, node: Node, lock: Lock, store: Store, adapter: Adapter,
-                 on_done: Callable[[Node, bool], None] | None = None):
+                 on_done: Callable[[Node, bool], None] | None = None,
+                 still_deletable: Callable[[Node], bool] | None = None):
         self.node = node
+        # Given when ``node`` is a cached copy taken before locking: the first
+        # write is then version-checked, and on a conflict the node is re-read
+        # and re-checked with this predicate.
+        self.still_deletable = still_deletable
         self.lock = lock
         self.store = store
         self.adapter = adapter
@@ -462,7 +467,11 @@ class NodeDelete(Task):
         node = self.node
         try:
             if self.machine is None:
-                if node.state != NodeState.DELETING:
+                if self.still_deletable is not None:
+                    if not self._mark_deleting_checked():
+                        return None
+                    node = self.node
+                elif node.state != NodeState.DELETING:
                     node.set_state(NodeState.DELETING)
                     self.store.update_node(node)
                 if node.external_id is None or node.provider is None:
@@ -489,6 +498,23 @@ class NodeDelete(Task):
         except Exception as exc:
             log.exception("Node %s: unexpected error while deleting", node.id)
             return self._retry(exc)
+
+    def _mark_deleting_checked(self) -> bool:
+        node = self.node
+        node.set_state(NodeState.DELETING)
+        try:
+            self.store.update_node(node, check_version=True)
+        except VersionConflict:
+            fresh = self.store.get_node(node.id)
+            if fresh is None or not self.still_deletable(fresh):
+                self.lock.release()
+                self._notify(False)
+                return False
+            fresh.set_state(NodeState.DELETING)
+            self.store.update_node(fresh)
+            self.node = fresh
+        self.still_deletable = None
+        return True
 
     def _retry(self, exc: Exception) -> float | None:
         self.failures += 1

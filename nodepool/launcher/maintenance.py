@@ -49,6 +49,13 @@ LOCK_TIMEOUT = 10.0
 MIN_READY_LOCK = f"{paths.ELECTIONS}/min-ready"
 
 
+def deletable(node: Node) -> bool:
+    """Whether an unlocked node in this state is to be reclaimed."""
+    if node.state == NodeState.INIT:
+        return time.time() - node.state_time >= INIT_GRACE
+    return node.state in DELETABLE
+
+
 class DeleteWorker:
     """Deletes reclaimable nodes and releases ready nodes of vanished requests."""
 
@@ -149,32 +156,23 @@ class DeleteWorker:
         if node.state == NodeState.READY and node.allocated_to:
             self._release_if_orphaned(node)
             return
-        if node.state == NodeState.INIT and time.time() - node.state_time < INIT_GRACE:
-            return
-        if node.state not in DELETABLE and node.state != NodeState.INIT:
+        if not deletable(node):
             return
         store = launcher.store
         lock = store.lock_node(node_id)
         if lock is None:
             return
-        fresh = store.get_node(node_id)
-        if fresh is None:
-            lock.release()
-            return
-        if fresh.state not in DELETABLE and not (
-                fresh.state == NodeState.INIT
-                and time.time() - fresh.state_time >= INIT_GRACE):
-            lock.release()
-            return
-        if fresh.state == NodeState.DELETED or fresh.provider is None:
+        if node.state == NodeState.DELETED or node.provider is None:
             store.delete_node_znode(node_id)
             return
-        log.info("Deleting node %s (%s, %s)", node_id, fresh.state,
-                 fresh.external_id)
+        log.info("Deleting node %s (%s, %s)", node_id, node.state, node.external_id)
         with self._mutex:
             self._deleting.add(node_id)
-        manager.delete(NodeDelete(node=fresh, lock=lock, store=store,
-                                  adapter=manager.adapter, on_done=self._deleted))
+        # The task's first write is conditioned on the cached version, which
+        # proves the copy current (or re-reads and re-checks).
+        manager.delete(NodeDelete(node=node.copy(), lock=lock, store=store,
+                                  adapter=manager.adapter, on_done=self._deleted,
+                                  still_deletable=deletable))
 
     def _deleted(self, node: Node, deleted: bool) -> None:
         with self._mutex:

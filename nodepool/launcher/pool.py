@@ -31,7 +31,8 @@ from nodepool.launcher.quota import Resources, pool_limits, tenant_limits
 from nodepool.zk import paths
 from nodepool.zk.locks import Lock
 from nodepool.zk.records import Node, NodeRequest, NodeState, RequestState
-from nodepool.zk.store import ComponentRegistration, RecordNotFound, new_pool_component
+from nodepool.zk.store import (ComponentRegistration, RecordNotFound, VersionConflict,
+                                new_pool_component)
 
 if TYPE_CHECKING:  # pragma: no cover
     from nodepool.launcher.launcher import Launcher, ProviderManager
@@ -82,7 +83,7 @@ class RequestHandler:
                 return  # a slot reassigned meanwhile; not ours any more
             self.results[index] = result
             self.launching.discard(index)
-        self.worker.wake.set()
+        self.worker.mark(self)
 
     def evaluate(self) -> str:
         """What the handler needs next: waiting, needs, fulfil, decline, cancel."""
@@ -151,6 +152,10 @@ class PoolWorker:
         self.handlers: dict[str, RequestHandler] = {}
         # Requests being accepted right now, with the quota reserved for them.
         self.in_flight = Reservations()
+        # Handlers with news since the last pass (results, cancels, fills).
+        self.dirty: set[str] = set()
+        # Handlers with empty slots to launch again (after a quota abort).
+        self.needing: set[str] = set()
         self.claimed: set[str] = set()
         self.mutex = threading.Lock()
         self.wake = threading.Event()
@@ -239,6 +244,8 @@ class PoolWorker:
             self.handlers.clear()
             self.in_flight.clear()
             self.claimed.clear()
+            self.dirty.clear()
+            self.needing.clear()
 
     def _update_component(self) -> None:
         self.registration.update(
@@ -248,9 +255,22 @@ class PoolWorker:
 
     # -- handler completion ------------------------------------------------
 
+    def mark(self, handler: RequestHandler) -> None:
+        """Something happened to this handler: evaluate it on the next pass."""
+        with self.mutex:
+            self.dirty.add(handler.id)
+        self.wake.set()
+
     def _poll_handlers(self) -> None:
-        for handler in list(self.handlers.values()):
+        with self.mutex:
+            dirty, self.dirty = self.dirty, set()
+        for request_id in dirty:
+            handler = self.handlers.get(request_id)
+            if handler is None:
+                continue
             action = handler.evaluate()
+            if action == "needs":
+                self.needing.add(request_id)
             if action in ("fulfil", "decline", "cancel"):
                 handler.finishing = True
                 self.launcher.finisher.submit(self._finish, handler, action)
@@ -366,7 +386,7 @@ class PoolWorker:
         handler = self.handlers.get(request_id)
         if handler is not None:
             handler.cancelled = True
-            self.wake.set()
+            self.mark(handler)
 
     # -- assignment ----------------------------------------------------------
 
@@ -435,12 +455,17 @@ class PoolWorker:
                 cloud_room.subtract(need)
 
         # Requests we already hold come first: they wait for relaunches.
-        waiting = [h for h in list(self.handlers.values())
-                   if not (h.finishing or h.cancelled or h.filling or h.launching)
-                   and None in h.nodes]
+        waiting = []
+        for request_id in list(self.needing):
+            handler = self.handlers.get(request_id)
+            if handler is None or handler.finishing or handler.cancelled:
+                self.needing.discard(request_id)
+            elif not (handler.filling or handler.launching):
+                waiting.append(handler)
         for handler in sorted(waiting, key=lambda h: h.request.sort_key()):
             missing = handler.missing()
             if not missing:
+                self.needing.discard(handler.id)
                 continue
             need = Resources()
             for index in missing:
@@ -452,11 +477,13 @@ class PoolWorker:
                 continue
             take(need)
             launches += len(missing)
+            self.needing.discard(handler.id)
             self._submit_fill(handler, missing, need)
 
-        requests = [r for r in launcher.requests.requests()
-                    if scheduler.is_open(r, self.id) and r.id not in self.handlers
-                    and r.id not in self.in_flight]
+        handlers, in_flight, my_id = self.handlers, self.in_flight, self.id
+        requests = [r for r in launcher.requests.open_requests()
+                    if r.id not in handlers and r.id not in in_flight
+                    and my_id not in r.declined_by]
         for request in scheduler.order_requests(requests):
             candidates = scheduler.candidate_pools(request, components)
             if scheduler.skip_reason(request, me, my_labels, candidates):
@@ -576,19 +603,32 @@ class PoolWorker:
             lock = store.lock_request(request.id)
             if lock is None:
                 return
-            fresh = store.get_request(request.id)
-            if fresh is None or not scheduler.is_open(fresh, self.id):
-                lock.release()
-                return
+            # Instead of re-reading after locking, write conditioned on the
+            # version we decided on: success proves our copy was current.
+            fresh = request.copy()
+            fresh.version = request.version
             if reason is not None:
+                fresh = self._fresh_request(fresh)
                 try:
-                    self._decline(fresh, reason)
+                    if fresh is not None:
+                        self._decline(fresh, reason)
                 finally:
                     lock.release()
                 return
-            handler = RequestHandler(self, fresh, lock)
             fresh.set_state(RequestState.PENDING)
-            store.update_request(fresh)
+            try:
+                store.update_request(fresh, check_version=True)
+            except VersionConflict:
+                fresh = self._fresh_request(request)
+                if fresh is None:
+                    lock.release()
+                    return
+                fresh.set_state(RequestState.PENDING)
+                store.update_request(fresh)
+            except RecordNotFound:
+                lock.release()
+                return
+            handler = RequestHandler(self, fresh, lock)
             log.debug("Request %s accepted by %s (%s)", fresh.id, self.id,
                       ",".join(fresh.node_types))
             with self.mutex:
@@ -608,6 +648,7 @@ class PoolWorker:
                 self._fill(handler, missing)
             finally:
                 handler.filling = False
+                self.mark(handler)
         except KazooException as exc:
             log.warning("Request %s: ZooKeeper error while accepting: %s",
                         request.id, exc)
@@ -622,6 +663,13 @@ class PoolWorker:
                 self.in_flight.pop(request.id, None)
                 self.claimed.difference_update(n.id for n in claims if n is not None)
             self.wake.set()
+
+    def _fresh_request(self, request: NodeRequest) -> NodeRequest | None:
+        """Re-read a request we hold locked; None unless still open for us."""
+        fresh = self.launcher.store.get_request(request.id)
+        if fresh is None or not scheduler.is_open(fresh, self.id):
+            return None
+        return fresh
 
     def _reuse(self, handler: RequestHandler, index: int, node: Node) -> None:
         store = self.launcher.store
@@ -663,6 +711,7 @@ class PoolWorker:
                 log.exception("Request %s: relaunching failed", handler.id)
             finally:
                 handler.filling = False
+                self.mark(handler)
                 with self.mutex:
                     self.in_flight.pop(handler.id, None)
                 self.wake.set()

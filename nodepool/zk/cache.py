@@ -368,6 +368,8 @@ class RequestCache(TreeCache):
     def __init__(self, client: ZooKeeperClient):
         super().__init__(client, paths.REQUESTS, "request")
         self._requests: dict[str, NodeRequest] = {}
+        # The ones in state "requested": what schedulers scan on every pass.
+        self._open: dict[str, NodeRequest] = {}
         self.corrupt_ids: set[str] = set()
 
     def wants_data(self, path: str) -> bool:
@@ -388,10 +390,15 @@ class RequestCache(TreeCache):
             self.corrupt_ids.discard(request_id)
         if request is None:
             old = self._requests.pop(request_id, None)
+            self._open.pop(request_id, None)
             if old is not None:
                 self.notify("deleted", request_id, old)
             return
         self._requests[request_id] = request
+        if request.state == "requested":
+            self._open[request_id] = request
+        else:
+            self._open.pop(request_id, None)
         self.notify("changed", request_id, request)
 
     def on_deleted(self, path):
@@ -399,8 +406,14 @@ class RequestCache(TreeCache):
         if len(parts) == 2:
             self.corrupt_ids.discard(parts[1])
             old = self._requests.pop(parts[1], None)
+            self._open.pop(parts[1], None)
             if old is not None:
                 self.notify("deleted", parts[1], old)
+
+    def open_requests(self) -> list[NodeRequest]:
+        """Requests in state ``requested`` (kept as an index, not filtered)."""
+        with self._lock:
+            return list(self._open.values())
 
     def get(self, request_id: str) -> NodeRequest | None:
         with self._lock:

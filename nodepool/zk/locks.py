@@ -52,10 +52,17 @@ class Lock:
         data = self.identifier.encode("utf-8")
         full = f"{self.path}/{self.prefix}"
         if self.new_directory:
+            # Directory and first contender in one round trip; if the
+            # directory exists after all, fall through to the plain create.
+            tx = kazoo.transaction()
+            tx.create(self.path, b"")
+            tx.create(full, data, ephemeral=True, sequence=True)
             try:
-                kazoo.create(self.path, b"", makepath=True)
-            except NodeExistsError:
-                pass
+                results = tx.commit()
+            except ConnectionLoss:
+                results = [None, None]
+            if not any(isinstance(r, Exception) for r in results) and results[1]:
+                return results[1]
         for _ in range(2):
             try:
                 return kazoo.create(full, data, ephemeral=True, sequence=True)

@@ -98,7 +98,9 @@ class Store:
 
     def lock_request(self, request_id: str, blocking: bool = False,
                      timeout: float | None = None) -> Lock | None:
-        lock = Lock(self.client, paths.request_lock(request_id))
+        # Launchers remove the lock directory of finished requests, so for a
+        # new request it usually does not exist yet.
+        lock = Lock(self.client, paths.request_lock(request_id), new_directory=True)
         return lock if lock.acquire(blocking=blocking, timeout=timeout) else None
 
     def fulfil_request(self, request: NodeRequest, node_locks: list[Lock],
