@@ -460,3 +460,90 @@ def test_launcher_killed_mid_launch_leaks_nothing(env, zuul, store):
                message="abandoned instance deleted")
     live = {s.metadata["nodepool_node_id"] for s in cloud().servers.values()}
     assert live == {n.id for n in second.nodes.nodes()}
+
+
+DISKIMAGE = """
+labels:
+  - name: dib
+providers:
+  - name: fake-cloud
+    cloud: fake
+    region-name: r1
+    diskimages:
+      - name: debian
+    pools:
+      - name: main
+        max-servers: 5
+        labels:
+          - name: dib
+            diskimage: debian
+            min-ram: 1
+diskimages:
+  - name: debian
+"""
+
+
+def test_diskimage_label_boots_the_newest_upload_and_falls_back(env, zuul, store):
+    launcher = env.start(env.config(DISKIMAGE))
+    # No image yet: the only pool declines, the request fails.
+    assert zuul.wait_for_request(zuul.submit(["dib"]))["state"] == "failed"
+    old = add_upload(store, "debian", "fake-cloud", external_id="image-old", age=100)
+    new = add_upload(store, "debian", "fake-cloud", external_id="image-new")
+    wait_until(lambda: launcher.images.latest_ready_upload("debian", "fake-cloud")
+               is not None and launcher.images.latest_ready_upload(
+                   "debian", "fake-cloud").id == new.id, message="uploads cached")
+    request = zuul.wait_for_request(zuul.submit(["dib"]))
+    node = zuul.get_node(request["nodes"][0])
+    assert node["image_id"] == new.path
+    assert cloud().servers[node["external_id"]].image == "image-new"
+    assert cloud().servers[node["external_id"]].metadata["nodepool_image_name"] == \
+        "debian"
+    # The operator deletes the newest upload: the previous one is used.
+    store.delete_upload(new)
+    wait_until(lambda: launcher.images.latest_ready_upload(
+        "debian", "fake-cloud").id == old.id, message="fallback cached")
+    request = zuul.wait_for_request(zuul.submit(["dib"]))
+    assert zuul.get_node(request["nodes"][0])["image_id"] == old.path
+
+
+def test_launch_timeout(env, zuul):
+    env.start(config(env, retries=1, provider_extra="    launch-timeout: 1\n"
+                     "    simulation: {never-active: true}"))
+    start = time.monotonic()
+    assert zuul.wait_for_request(zuul.submit(["small"]), timeout=20)["state"] == "failed"
+    assert time.monotonic() - start >= 1.0
+    wait_until(lambda: cloud().servers == {}, message="timed-out instance removed")
+
+
+def test_cloud_node_host_keys_are_scanned_from_the_real_host(env, zuul, tmp_path):
+    from sshdserver import SSHServer  # tools/, on the path via conftest
+    server = SSHServer(str(tmp_path / "sshd")).start()
+    try:
+        path = config(env, provider_extra="    simulation: {interface-ip: 127.0.0.1}")
+        text = open(path).read().replace(
+            "        image-name: Fake Precise\n",
+            f"        image-name: Fake Precise\n        connection-port: {server.port}\n")
+        open(path, "w").write(text)
+        env.start(path)
+        request = zuul.wait_for_request(zuul.submit(["small"]), timeout=30)
+        node = zuul.get_node(request["nodes"][0])
+        assert set(node["host_keys"]) == set(server.host_keys)
+        assert node["interface_ip"] == "127.0.0.1"
+    finally:
+        server.stop()
+
+
+def test_pool_max_cores(env, zuul):
+    # Each fake node has 4 cores: a pool capped at 6 cores holds one node.
+    path = config(env)
+    text = open(path).read().replace("        max-servers: 10\n",
+                                     "        max-servers: 10\n        max-cores: 6\n")
+    open(path, "w").write(text)
+    env.start(path)
+    first = zuul.submit(["small"])
+    zuul.wait_for_request(first)
+    second = zuul.submit(["small"])
+    time.sleep(0.5)
+    assert zuul.get_request(second)["state"] == "requested"
+    # A request that could never fit (two nodes, 8 cores) is declined.
+    assert zuul.wait_for_request(zuul.submit(["small", "small"]))["state"] == "failed"
