@@ -531,8 +531,8 @@ class NodeDelete(Task):
         return min(30.0, 0.5 * 2 ** min(self.failures, 6)) * (0.5 + random.random())
 
     def _done(self) -> None:
-        self.store.delete_node(self.node)
-        self.lock.node = None  # the contender went with the node's znode
+        # The lock's contender goes with the node's znode.
+        self.store.delete_locked_node(self.node, self.lock)
         log.info("Node %s deleted (instance %s)", self.node.id, self.node.external_id)
         self._notify(True)
         return None

@@ -193,6 +193,21 @@ class Store:
             raise VersionConflict(f"node {node.id} changed meanwhile") from None
         node.version = stat.version
 
+    def delete_locked_node(self, node: Node, lock: Lock) -> None:
+        """Remove a node we hold locked. Our contender is usually the only one,
+        so try that first (one round trip); else list and remove all."""
+        if lock.node is not None:
+            tx = self.kazoo.transaction()
+            tx.delete(lock.node)
+            tx.delete(paths.node_lock(node.id))
+            tx.delete(paths.node(node.id))
+            results = tx.commit()
+            if not any(isinstance(r, Exception) for r in results):
+                lock.node = None
+                return
+        self.delete_node(node)
+        lock.node = None
+
     def delete_node(self, node: Node) -> None:
         """Remove a node record and its lock directory.
 
