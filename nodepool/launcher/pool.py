@@ -600,13 +600,22 @@ class PoolWorker:
         store = self.launcher.store
         lock = None
         try:
+            fresh = request.copy()
+            fresh.version = request.version
+            if reason is None:
+                # The common case in one round trip: lock and mark pending,
+                # conditioned on the version we decided on.
+                fresh.set_state(RequestState.PENDING)
+                lock = store.lock_and_update_request(fresh)
+                if lock is not None:
+                    self._start_handler(fresh, lock, claims)
+                    return
+                fresh = request.copy()
             lock = store.lock_request(request.id)
             if lock is None:
                 return
             # Instead of re-reading after locking, write conditioned on the
             # version we decided on: success proves our copy was current.
-            fresh = request.copy()
-            fresh.version = request.version
             if reason is not None:
                 fresh = self._fresh_request(fresh)
                 try:
@@ -628,27 +637,7 @@ class PoolWorker:
             except RecordNotFound:
                 lock.release()
                 return
-            handler = RequestHandler(self, fresh, lock)
-            log.debug("Request %s accepted by %s (%s)", fresh.id, self.id,
-                      ",".join(fresh.node_types))
-            with self.mutex:
-                self.handlers[fresh.id] = handler
-            try:
-                for index, node in enumerate(claims):
-                    if node is not None:
-                        self._reuse(handler, index, node)
-                missing = handler.missing()
-                if missing and not self.manager.can_launch:
-                    # A ready node was taken by someone else meanwhile; a pool
-                    # that cannot launch hands the request back, undeclined.
-                    with self.mutex:
-                        self.handlers.pop(fresh.id, None)
-                    self._hand_back(handler)
-                    return
-                self._fill(handler, missing)
-            finally:
-                handler.filling = False
-                self.mark(handler)
+            self._start_handler(fresh, lock, claims)
         except KazooException as exc:
             log.warning("Request %s: ZooKeeper error while accepting: %s",
                         request.id, exc)
@@ -663,6 +652,31 @@ class PoolWorker:
                 self.in_flight.pop(request.id, None)
                 self.claimed.difference_update(n.id for n in claims if n is not None)
             self.wake.set()
+
+    def _start_handler(self, request: NodeRequest, lock: Lock,
+                       claims: list[Node | None]) -> None:
+        """The request is ours (locked, pending): reuse and launch its nodes."""
+        handler = RequestHandler(self, request, lock)
+        log.debug("Request %s accepted by %s (%s)", request.id, self.id,
+                  ",".join(request.node_types))
+        with self.mutex:
+            self.handlers[request.id] = handler
+        try:
+            for index, node in enumerate(claims):
+                if node is not None:
+                    self._reuse(handler, index, node)
+            missing = handler.missing()
+            if missing and not self.manager.can_launch:
+                # A ready node was taken by someone else meanwhile; a pool
+                # that cannot launch hands the request back, undeclined.
+                with self.mutex:
+                    self.handlers.pop(request.id, None)
+                self._hand_back(handler)
+                return
+            self._fill(handler, missing)
+        finally:
+            handler.filling = False
+            self.mark(handler)
 
     def _fresh_request(self, request: NodeRequest) -> NodeRequest | None:
         """Re-read a request we hold locked; None unless still open for us."""
@@ -739,11 +753,17 @@ class PoolWorker:
                         az=self._choose_az(handler),
                         resources=dict(self._label_need(label_name) or {}))
             store.create_node(node)
-            lock = store.lock_node(node.id, new=True)
-            if lock is None:  # pragma: no cover - a fresh node nobody knows of
-                raise RuntimeError(f"cannot lock new node {node.id}")
+            # Lock it and mark it building in one round trip (the lock is held
+            # the moment "building" is written, as the protocol requires).
             node.set_state(NodeState.BUILDING)
-            store.update_node(node)
+            lock = store.lock_and_update_new_node(node)
+            if lock is None:
+                node.state = NodeState.INIT
+                lock = store.lock_node(node.id, new=True)
+                if lock is None:  # pragma: no cover - nobody knows this node yet
+                    raise RuntimeError(f"cannot lock new node {node.id}")
+                node.set_state(NodeState.BUILDING)
+                store.update_node(node)
             with handler.mutex:
                 handler.nodes[index] = node
                 handler.node_locks[index] = lock

@@ -79,6 +79,39 @@ class Lock:
                 raise
         return kazoo.create(full, data, ephemeral=True, sequence=True)
 
+    def acquire_with_write(self, path: str, data: bytes, version: int = -1):
+        """Take the lock of a directory that does not exist yet and write
+        ``path`` in the same transaction, so the write happens exactly when
+        the lock is held. Returns the write's stat, or None when the
+        transaction did not apply (directory present, version changed): then
+        nothing happened and the caller takes the ordinary path."""
+        kazoo = self.client.kazoo
+        full = f"{self.path}/{self.prefix}"
+        tx = kazoo.transaction()
+        tx.create(self.path, b"")
+        tx.create(full, self.identifier.encode("utf-8"), ephemeral=True, sequence=True)
+        tx.set_data(path, data, version)
+        try:
+            results = tx.commit()
+        except ConnectionLoss:
+            # It may have applied: our uniquely named contender would say so.
+            try:
+                children = kazoo.get_children(self.path)
+            except NoNodeError:
+                return None
+            for child in children:
+                if child.startswith(self.prefix):
+                    self.node = f"{self.path}/{child}"
+                    self.generation = self.client.session_generation
+                    return kazoo.exists(path)
+            return None
+        if any(isinstance(r, Exception) for r in results):
+            return None
+        # A new directory's first contender holds the lock.
+        self.node = results[1]
+        self.generation = self.client.session_generation
+        return results[2]
+
     def _contenders(self) -> list[str]:
         children = self.client.kazoo.get_children(self.path)
         found = [c for c in children if paths.is_lock_contender(c)]

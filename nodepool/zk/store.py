@@ -103,6 +103,28 @@ class Store:
         lock = Lock(self.client, paths.request_lock(request_id), new_directory=True)
         return lock if lock.acquire(blocking=blocking, timeout=timeout) else None
 
+    def lock_and_update_request(self, request: NodeRequest) -> Lock | None:
+        """Lock a request whose lock directory does not exist yet and store it,
+        conditioned on ``request.version``, in one round trip. None: not
+        applied (the caller locks and writes step by step)."""
+        lock = Lock(self.client, paths.request_lock(request.id))
+        stat = lock.acquire_with_write(paths.request(request.id), request.to_json(),
+                                       request.version)
+        if stat is None:
+            return None
+        request.version = stat.version
+        return lock
+
+    def lock_and_update_new_node(self, node: Node) -> Lock | None:
+        """Lock a node we just created and store it, in one round trip."""
+        lock = Lock(self.client, paths.node_lock(node.id))
+        stat = lock.acquire_with_write(paths.node(node.id), node.to_json(),
+                                       node.version)
+        if stat is None:
+            return None
+        node.version = stat.version
+        return lock
+
     def fulfil_request(self, request: NodeRequest, node_locks: list[Lock],
                        request_lock: Lock) -> bool:
         """Unlock the nodes, store the request, unlock and remove its lock
