@@ -14,12 +14,23 @@ ADAPTERS = {
 }
 
 
+class DriverUnavailable(RuntimeError):
+    """The configured driver cannot run in this installation."""
+
+
 def make_adapter(provider: Provider):
     target = ADAPTERS.get(provider.driver)
     if target is None:
-        raise ValueError(f"no adapter for driver {provider.driver!r}")
+        raise DriverUnavailable(f"no adapter for driver {provider.driver!r}")
     module_name, class_name = target.split(":")
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            raise DriverUnavailable(
+                f"provider {provider.name}: the {provider.driver} driver is not "
+                "available in this version of nodepool") from None
+        raise
     return getattr(module, class_name)(provider)
 
 

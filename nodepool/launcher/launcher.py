@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from nodepool.config import ConfigError, config_files_changed, load_config
 from nodepool.config.model import Config, PoolLabel, Provider
-from nodepool.drivers import connection_fields, make_adapter
+from nodepool.drivers import DriverUnavailable, connection_fields, make_adapter
 from nodepool.drivers.base import RuntimeConfigurationError
 from nodepool.launcher.lifecycle import NodeDelete, NodeLaunch, Runner
 from nodepool.launcher.maintenance import Cleanup, DeleteWorker, MinReady
@@ -291,6 +291,9 @@ class Launcher:
         try:
             manager = ProviderManager(self, provider)
             manager.start()
+        except DriverUnavailable as exc:
+            log.error("%s; it is left out until the next configuration change", exc)
+            return
         except Exception:
             log.exception("Provider %s failed to start; it is left out until the "
                           "next configuration change", provider.name)

@@ -547,3 +547,29 @@ def test_pool_max_cores(env, zuul):
     assert zuul.get_request(second)["state"] == "requested"
     # A request that could never fit (two nodes, 8 cores) is declined.
     assert zuul.wait_for_request(zuul.submit(["small", "small"]))["state"] == "failed"
+
+
+def test_a_provider_that_cannot_start_leaves_the_others_running(env, zuul, caplog):
+    launcher = env.start(env.config("""
+labels:
+  - name: small
+providers:
+  - name: east
+    cloud: east
+    pools:
+      - name: p
+  - name: fake-cloud
+    cloud: fake
+    cloud-images:
+      - name: precise
+        image-name: Fake Precise
+    pools:
+      - name: main
+        labels:
+          - name: small
+            cloud-image: precise
+            min-ram: 1
+"""))
+    assert set(launcher.managers) == {"fake-cloud"}
+    assert "openstack driver is not available" in caplog.text
+    assert zuul.wait_for_request(zuul.submit(["small"]))["state"] == "fulfilled"
