@@ -24,6 +24,7 @@ from kazoo.exceptions import KazooException, NoNodeError, NotEmptyError
 from nodepool.drivers.base import META_BUILD_ID, META_NODE_ID, META_PROVIDER, \
     META_UPLOAD_ID
 from nodepool.launcher.lifecycle import NodeDelete
+from nodepool.launcher.worker import PeriodicWorker
 from nodepool.zk import paths
 from nodepool.zk.locks import Lock
 from nodepool.zk.records import (
@@ -203,40 +204,19 @@ class DeleteWorker:
             lock.release()
 
 
-class MinReady:
+class MinReady(PeriodicWorker):
     """Keeps ``min-ready`` ready, unallocated nodes of each label."""
 
+    settle = 0.05  # let a burst of changes settle before counting
+
     def __init__(self, launcher: "Launcher", interval: float):
+        super().__init__("min-ready", interval, launcher.client)
         self.launcher = launcher
-        self.interval = interval
         self.submitted: set[str] = set()
-        self.wake = threading.Event()
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="min-ready")
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopped.set()
-        self.wake.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stopped.is_set():
-            self.wake.wait(self.interval)
-            self.wake.clear()
-            if self._stopped.is_set() or not self.launcher.client.connected:
-                continue
-            # Let a burst of changes settle before counting.
-            self._stopped.wait(0.05)
-            try:
-                self.tidy()
-                self.top_up()
-            except KazooException as exc:
-                log.warning("min-ready: ZooKeeper error: %s", exc)
-            except Exception:
-                log.exception("min-ready check failed")
+    def run_once(self) -> None:
+        self.tidy()
+        self.top_up()
 
     def tidy(self) -> None:
         """Hand the nodes of our fulfilled min-ready requests to the pool."""
@@ -319,32 +299,13 @@ class MinReady:
             lock.release()
 
 
-class Cleanup:
+class Cleanup(PeriodicWorker):
     """The periodic housekeeping tasks."""
 
     def __init__(self, launcher: "Launcher", interval: float):
+        super().__init__("cleanup", interval, launcher.client)
         self.launcher = launcher
-        self.interval = interval
         self._suspects: dict[tuple[str, str, str], float] = {}
-        self._stopped = threading.Event()
-        self.wake = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="cleanup")
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopped.set()
-        self.wake.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stopped.is_set():
-            self.wake.wait(self.interval)
-            self.wake.clear()
-            if self._stopped.is_set() or not self.launcher.client.connected:
-                continue
-            self.run_once()
 
     def static_hosts(self) -> None:
         for manager in list(self.launcher.managers.values()):

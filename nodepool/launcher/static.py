@@ -11,12 +11,10 @@ same static provider from registering a slot twice.
 from __future__ import annotations
 
 import logging
-import threading
 from typing import TYPE_CHECKING
 
-from kazoo.exceptions import KazooException
-
 from nodepool.config.model import Pool, StaticNode
+from nodepool.launcher.worker import PeriodicWorker
 from nodepool.zk import paths
 from nodepool.zk.locks import Lock
 from nodepool.zk.records import Node, NodeState
@@ -36,37 +34,18 @@ def identity(node: Node) -> tuple:
     return (node.hostname or node.external_id, node.username, node.connection_port)
 
 
-class StaticRegistrar:
+class StaticRegistrar(PeriodicWorker):
     def __init__(self, manager: "ProviderManager"):
+        super().__init__(f"static-{manager.provider.name}", RESYNC_INTERVAL,
+                         manager.launcher.client)
         self.manager = manager
-        self.wake = threading.Event()
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, daemon=True, name=f"static-{manager.provider.name}")
 
     def start(self) -> None:
         self.wake.set()
-        self._thread.start()
+        super().start()
 
-    def stop(self) -> None:
-        self._stopped.set()
-        self.wake.set()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stopped.is_set():
-            self.wake.wait(RESYNC_INTERVAL)
-            self.wake.clear()
-            if self._stopped.is_set():
-                return
-            try:
-                self.sync()
-            except KazooException as exc:
-                log.warning("Static provider %s: ZooKeeper error while "
-                            "registering: %s", self.manager.provider.name, exc)
-            except Exception:
-                log.exception("Static provider %s: registration failed",
-                              self.manager.provider.name)
+    def run_once(self) -> None:
+        self.sync()
 
     def host_for(self, node: Node) -> StaticNode | None:
         for pool in self.manager.provider.pools.values():
@@ -107,7 +86,7 @@ class StaticRegistrar:
                 continue
             taken.add(slot)
         for slot in range(host.max_parallel_jobs):
-            if slot not in taken and not self._stopped.is_set():
+            if slot not in taken and not self.stopped:
                 self.register(pool, host, slot)
 
     def register(self, pool: Pool, host: StaticNode, slot: int) -> None:

@@ -103,27 +103,24 @@ class Store:
         lock = Lock(self.client, paths.request_lock(request_id), new_directory=True)
         return lock if lock.acquire(blocking=blocking, timeout=timeout) else None
 
+    def _lock_and_write(self, lock_path: str, path: str, record) -> Lock | None:
+        lock = Lock(self.client, lock_path)
+        stat = lock.acquire_with_write(path, record.to_json(), record.version)
+        if stat is None:
+            return None
+        record.version = stat.version
+        return lock
+
     def lock_and_update_request(self, request: NodeRequest) -> Lock | None:
         """Lock a request whose lock directory does not exist yet and store it,
         conditioned on ``request.version``, in one round trip. None: not
         applied (the caller locks and writes step by step)."""
-        lock = Lock(self.client, paths.request_lock(request.id))
-        stat = lock.acquire_with_write(paths.request(request.id), request.to_json(),
-                                       request.version)
-        if stat is None:
-            return None
-        request.version = stat.version
-        return lock
+        return self._lock_and_write(paths.request_lock(request.id),
+                                    paths.request(request.id), request)
 
     def lock_and_update_new_node(self, node: Node) -> Lock | None:
         """Lock a node we just created and store it, in one round trip."""
-        lock = Lock(self.client, paths.node_lock(node.id))
-        stat = lock.acquire_with_write(paths.node(node.id), node.to_json(),
-                                       node.version)
-        if stat is None:
-            return None
-        node.version = stat.version
-        return lock
+        return self._lock_and_write(paths.node_lock(node.id), paths.node(node.id), node)
 
     def fulfil_request(self, request: NodeRequest, node_locks: list[Lock],
                        request_lock: Lock) -> bool:
