@@ -363,22 +363,10 @@ class Cleanup(PeriodicWorker):
             lock.release()
 
     def _expire(self, node: Node, state: str, why: str) -> None:
-        store = self.launcher.store
-        lock = store.lock_node(node.id)
-        if lock is None:
-            return
-        try:
-            fresh = store.get_node(node.id)
-            if fresh is None or fresh.state != state or (
-                    state == NodeState.READY and fresh.allocated_to):
-                return
+        def still(fresh: Node) -> bool:
+            return fresh.state == state and (state != NodeState.READY or fresh.idle)
+        if self.launcher.store.delete_node_if(node.id, still) is not None:
             log.info("Node %s: %s; deleting it", node.id, why)
-            fresh.set_state(NodeState.DELETING)
-            store.update_node(fresh)
-        except RecordNotFound:
-            pass
-        finally:
-            lock.release()
 
     def max_ready_age(self) -> None:
         launcher = self.launcher

@@ -551,21 +551,10 @@ class PoolWorker:
         self.making_room = True
 
         def delete():
-            store = self.launcher.store
             try:
-                lock = store.lock_node(oldest.id)
-                if lock is None:
-                    return
-                try:
-                    fresh = store.get_node(oldest.id)
-                    if fresh is not None and fresh.state == NodeState.READY \
-                            and not fresh.allocated_to:
-                        log.info("%r is at quota; deleting unused node %s to make "
-                                 "room", self, fresh.id)
-                        fresh.set_state(NodeState.DELETING)
-                        store.update_node(fresh)
-                finally:
-                    lock.release()
+                if self.launcher.store.delete_node_if(oldest.id, lambda n: n.idle):
+                    log.info("%r is at quota; deleting unused node %s to make room",
+                             self, oldest.id)
             except Exception:
                 log.exception("%r: making room failed", self)
             finally:

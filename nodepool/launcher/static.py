@@ -114,19 +114,8 @@ class StaticRegistrar(PeriodicWorker):
     def retire(self, node: Node, why: str) -> None:
         """Send a ready node of this provider to deletion (not re-registered
         unless its host and slot are still configured)."""
-        store = self.manager.launcher.store
-        lock = store.lock_node(node.id)
-        if lock is None:
-            return
-        try:
-            fresh = store.get_node(node.id)
-            if fresh is not None and fresh.state == NodeState.READY \
-                    and not fresh.allocated_to:
-                log.info("Retiring static node %s: %s", node.id, why)
-                fresh.set_state(NodeState.DELETING)
-                store.update_node(fresh)
-        finally:
-            lock.release()
+        if self.manager.launcher.store.delete_node_if(node.id, lambda n: n.idle):
+            log.info("Retiring static node %s: %s", node.id, why)
 
     def reusable(self, node: Node) -> bool:
         """Liveness check before a node is handed out; a dead host is retired."""

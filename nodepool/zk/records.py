@@ -414,6 +414,11 @@ class Node(Record):
     def labels(self) -> list[str]:
         return self.type
 
+    @property
+    def idle(self) -> bool:
+        """Ready and allocated to no request."""
+        return self.state == NodeState.READY and not self.allocated_to
+
 
 # -- images ----------------------------------------------------------------
 

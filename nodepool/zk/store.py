@@ -271,6 +271,25 @@ class Store:
         except NoNodeError:
             pass
 
+    def delete_node_if(self, node_id: str, condition) -> Node | None:
+        """Lock the node (non-blocking), re-read it and, if ``condition(node)``
+        holds, mark it ``deleting`` for the delete worker. Returns the node
+        marked, or None (locked elsewhere, gone, or no longer qualifying)."""
+        lock = self.lock_node(node_id)
+        if lock is None:
+            return None
+        try:
+            fresh = self.get_node(node_id)
+            if fresh is None or not condition(fresh):
+                return None
+            fresh.set_state(NodeState.DELETING)
+            self.update_node(fresh)
+            return fresh
+        except RecordNotFound:
+            return None
+        finally:
+            lock.release()
+
     def node_ids(self) -> list[str]:
         try:
             return sorted(self.kazoo.get_children(paths.NODES))
