@@ -107,6 +107,9 @@ class FakeCloud:
         self.settings = settings
         self.lock = threading.Lock()
         self.servers: dict[str, FakeServer] = {}
+        # Running totals of servers not being deleted (quota is checked on
+        # every create; recounting would make a burst quadratic).
+        self.usage = {"instances": 0, "cores": 0, "ram": 0}
         self.images: dict[str, FakeImage] = {
             iid: FakeImage(iid, name, "active", {})
             for iid, name in DEFAULT_IMAGES.items()}
@@ -133,10 +136,13 @@ class FakeCloud:
     # -- servers -----------------------------------------------------------
 
     def _usage(self) -> dict[str, int]:
-        live = [s for s in self.servers.values() if s.deleted_at is None]
-        return {"instances": len(live),
-                "cores": sum(FLAVORS[s.flavor]["vcpus"] for s in live),
-                "ram": sum(FLAVORS[s.flavor]["ram"] for s in live)}
+        return self.usage
+
+    def _count(self, server: FakeServer, sign: int) -> None:
+        flavor = FLAVORS[server.flavor]
+        self.usage["instances"] += sign
+        self.usage["cores"] += sign * flavor["vcpus"]
+        self.usage["ram"] += sign * flavor["ram"]
 
     def create_server(self, name: str, flavor: str, image: str, az: str | None,
                       metadata: dict[str, str]) -> FakeServer:
@@ -165,6 +171,7 @@ class FakeCloud:
                 settings.error_servers -= 1
                 server.status, server.fault = "ERROR", "simulated boot failure"
             self.servers[server.id] = server
+            self._count(server, +1)
             return server
 
     def server(self, server_id: str) -> FakeServer | None:
@@ -191,6 +198,7 @@ class FakeCloud:
             if server.deleted_at is None:
                 server.status = "DELETED"
                 server.deleted_at = time.monotonic() + self.settings.delete_delay
+                self._count(server, -1)
 
     def list_servers(self) -> list[FakeServer]:
         now = time.monotonic()
