@@ -573,3 +573,25 @@ providers:
     assert set(launcher.managers) == {"fake-cloud"}
     assert "openstack driver is not available" in caplog.text
     assert zuul.wait_for_request(zuul.submit(["small"]))["state"] == "fulfilled"
+
+
+def test_launcher_survives_session_expiry(env, zuul, zk_server):
+    from conftest import expire_session
+    launcher = env.start(config(env, provider_extra="    simulation: {boot-delay: 0.3}"))
+    wait_until(lambda: launcher.components.pools(), message="registered")
+    in_flight = zuul.submit(["small"])
+    wait_until(lambda: (zuul.get_request(in_flight) or {}).get("state") == "pending",
+               message="pending")
+    old_ids = {c.id for c in launcher.components.pools()}
+    expire_session(launcher.client, f"{zk_server.hosts}{env.chroot}")
+    assert launcher.client.wait_until_connected(20)
+    # The pool registers again (same worker id), the request whose lock
+    # vanished with the session is served after all, and new ones too.
+    wait_until(lambda: {c.id for c in launcher.components.pools()} == old_ids,
+               timeout=20, message="re-registered")
+    assert zuul.wait_for_request(in_flight, timeout=30)["state"] == "fulfilled"
+    assert zuul.wait_for_request(zuul.submit(["small"]), timeout=20)["state"] == \
+        "fulfilled"
+    # Nothing is left behind: every instance belongs to a node record.
+    wait_until(lambda: {s.metadata["nodepool_node_id"] for s in cloud().servers.values()}
+               <= set(launcher.nodes.ids()), timeout=20, message="no leaked instance")
