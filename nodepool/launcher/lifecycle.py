@@ -391,9 +391,7 @@ class NodeLaunch(Task):
     def _attempt_failed(self, exc: Exception) -> float | None:
         external_id = self.machine.external_id if self.machine else None
         self._record_error(exc)
-        if self.attempts >= self.provider.launch_retries or \
-                isinstance(exc, ImageUnavailable) and self.attempts >= 1 and \
-                self.attempts >= self.provider.launch_retries:
+        if self.attempts >= self.provider.launch_retries:
             log.error("Node %s: launch attempt %s/%s failed, giving up: %s",
                       self.node.id, self.attempts, self.provider.launch_retries, exc)
             if external_id:
