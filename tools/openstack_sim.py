@@ -1,0 +1,467 @@
+"""An OpenStack API simulator on loopback, for the openstack driver's tests.
+
+Speaks enough of Keystone v3 (token and catalog) and Nova (servers, flavors,
+limits, availability zones, server metadata, faults) over real HTTP for
+openstacksdk to drive it unmodified. Servers go BUILD -> ACTIVE after a
+configurable delay. Faults can be injected (see :class:`Faults`).
+
+Runs in a test process (``OpenStackSimulator().start()``) or on its own:
+``python tools/openstack_sim.py --port 5000``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+PROJECT_ID = "5f0d1a6b2c3e4d5f8a9b0c1d2e3f4a5b"
+USER_ID = "9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d"
+COMPUTE_MICROVERSION = "2.79"
+
+
+@dataclass
+class Faults:
+    """Failure injection; counters decrement as failures are served."""
+
+    http_500: int = 0                 # next N requests of any kind
+    rate_limited: int = 0             # next N requests answered 429
+    quota_creates: int = 0            # next N server creates answered 403 quota
+    error_servers: int = 0            # next N servers go to ERROR
+    quota_error_servers: int = 0      # ... with a quota fault
+    failing_deletes: int = 0          # next N server deletes answered 500
+    slow_seconds: float = 0.0         # every response delayed this long
+    never_active: bool = False
+
+
+@dataclass
+class Server:
+    id: str
+    name: str
+    flavor: dict
+    image: str | None
+    az: str
+    metadata: dict[str, str]
+    networks: Any
+    key_name: str | None
+    active_at: float
+    status: str = "BUILD"
+    fault: dict | None = None
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                time.gmtime()))
+    address: str = ""
+
+
+FLAVORS = [
+    {"id": "1", "name": "m1.small", "vcpus": 1, "ram": 2048, "disk": 20},
+    {"id": "2", "name": "m1.medium", "vcpus": 2, "ram": 4096, "disk": 40},
+    {"id": "3", "name": "m1.large", "vcpus": 4, "ram": 8192, "disk": 80},
+]
+
+
+class OpenStackSimulator:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, boot_delay: float = 0.0,
+                 max_instances: int = 100, max_cores: int = 400,
+                 max_ram: int = 1_000_000):
+        self.host = host
+        self.port = port
+        self.boot_delay = boot_delay
+        self.limits = {"instances": max_instances, "cores": max_cores, "ram": max_ram}
+        self.faults = Faults()
+        self.lock = threading.Lock()
+        self.servers: dict[str, Server] = {}
+        self.requests: list[tuple[str, str]] = []
+        self._address = 10
+        self._server: ThreadingHTTPServer | None = None
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self) -> "OpenStackSimulator":
+        simulator = self
+
+        class Handler(_Handler):
+            sim = simulator
+
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True,
+                         name="openstack-sim").start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def auth_url(self) -> str:
+        return f"{self.url}/identity/v3"
+
+    def clouds_yaml(self, name: str = "sim", region: str = "RegionOne") -> dict:
+        return {"clouds": {name: {
+            "auth": {"auth_url": self.auth_url, "username": "demo",
+                     "password": "secret", "project_name": "demo",
+                     "user_domain_name": "Default", "project_domain_name": "Default"},
+            "region_name": region, "identity_api_version": 3,
+            "image_format": "qcow2"}}}
+
+    # -- catalog ---------------------------------------------------------------
+
+    def catalog(self) -> list[dict]:
+        def service(kind, name, path):
+            return {"type": kind, "name": name, "id": uuid.uuid4().hex,
+                    "endpoints": [{"id": uuid.uuid4().hex, "interface": iface,
+                                   "region": "RegionOne", "region_id": "RegionOne",
+                                   "url": f"{self.url}{path}"}
+                                  for iface in ("public", "internal", "admin")]}
+        return [service("identity", "keystone", "/identity"),
+                service("compute", "nova", "/compute/v2.1")]
+
+    # -- servers -----------------------------------------------------------------
+
+    def live_servers(self) -> list[Server]:
+        now = time.monotonic()
+        with self.lock:
+            for server in self.servers.values():
+                if server.status == "BUILD" and not self.faults.never_active \
+                        and now >= server.active_at:
+                    server.status = "ACTIVE"
+            return list(self.servers.values())
+
+    def usage(self) -> dict[str, int]:
+        live = list(self.servers.values())
+        return {"instances": len(live),
+                "cores": sum(s.flavor["vcpus"] for s in live),
+                "ram": sum(s.flavor["ram"] for s in live)}
+
+
+def _server_view(sim: OpenStackSimulator, server: Server) -> dict:
+    view = {
+        "id": server.id, "name": server.name, "status": server.status,
+        "tenant_id": PROJECT_ID, "user_id": USER_ID,
+        "metadata": dict(server.metadata),
+        "flavor": {"original_name": server.flavor["name"], "vcpus": server.flavor["vcpus"],
+                   "ram": server.flavor["ram"], "disk": server.flavor["disk"],
+                   "ephemeral": 0, "swap": 0, "extra_specs": {}},
+        "image": {"id": server.image} if server.image else "",
+        "OS-EXT-AZ:availability_zone": server.az,
+        "hostId": "sim-host-" + server.id[:8],
+        "created": server.created, "updated": server.created,
+        "addresses": {}, "key_name": server.key_name,
+        "links": [{"rel": "self", "href": f"{sim.url}/compute/v2.1/servers/{server.id}"}],
+        "accessIPv4": "", "accessIPv6": "", "config_drive": "",
+        "progress": 0, "security_groups": [{"name": "default"}],
+        "OS-EXT-STS:task_state": None, "OS-EXT-STS:vm_state":
+            {"BUILD": "building", "ACTIVE": "active", "ERROR": "error"}.get(
+                server.status, "active"),
+        "OS-EXT-STS:power_state": 1 if server.status == "ACTIVE" else 0,
+        "os-extended-volumes:volumes_attached": [],
+        "tags": [], "locked": False, "description": None,
+    }
+    if server.status == "ACTIVE":
+        view["addresses"] = {"private": [
+            {"addr": server.address, "version": 4, "OS-EXT-IPS:type": "fixed",
+             "OS-EXT-IPS-MAC:mac_addr": "fa:16:3e:00:00:01"}]}
+    if server.fault:
+        view["fault"] = server.fault
+    return view
+
+
+class _Handler(BaseHTTPRequestHandler):
+    sim: OpenStackSimulator
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):  # keep test output quiet
+        pass
+
+    # -- plumbing ----------------------------------------------------------------
+
+    def _body(self) -> dict:
+        length = int(self.headers.get("Content-Length") or 0)
+        if not length:
+            return {}
+        raw = self.rfile.read(length)
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return {}
+
+    def _send(self, status: int, body: Any = None, headers: dict | None = None) -> None:
+        data = b"" if body is None else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("X-Openstack-Request-Id", f"req-{uuid.uuid4()}")
+        if self.path.startswith("/compute"):
+            self.send_header("OpenStack-API-Version", f"compute {COMPUTE_MICROVERSION}")
+            self.send_header("X-OpenStack-Nova-API-Version", COMPUTE_MICROVERSION)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status: int, message: str) -> None:
+        kind = {400: "badRequest", 403: "forbidden", 404: "itemNotFound",
+                413: "overLimit", 429: "overLimit", 500: "computeFault"}.get(status, "error")
+        self._send(status, {kind: {"code": status, "message": message}})
+
+    def _dispatch(self, method: str) -> None:
+        sim = self.sim
+        path = self.path.split("?", 1)[0].rstrip("/") or "/"
+        with sim.lock:
+            sim.requests.append((method, path))
+            faults = sim.faults
+            delay = faults.slow_seconds
+            if faults.http_500 > 0 and not path.startswith("/identity"):
+                faults.http_500 -= 1
+                fail = 500
+            elif faults.rate_limited > 0 and not path.startswith("/identity"):
+                faults.rate_limited -= 1
+                fail = 429
+            else:
+                fail = 0
+        if delay:
+            time.sleep(delay)
+        if fail:
+            self._error(fail, "simulated failure")
+            return
+        for route_method, pattern, function in ROUTES:
+            if route_method != method:
+                continue
+            match = re.fullmatch(pattern, path)
+            if match:
+                function(self, *match.groups())
+                return
+        self._error(404, f"no route for {method} {path}")
+
+    def do_GET(self):
+        self._dispatch("GET")
+
+    def do_POST(self):
+        self._dispatch("POST")
+
+    def do_PUT(self):
+        self._dispatch("PUT")
+
+    def do_DELETE(self):
+        self._dispatch("DELETE")
+
+    # -- keystone ----------------------------------------------------------------
+
+    def identity_versions(self):
+        self._send(300, {"versions": {"values": [self._identity_version()]}})
+
+    def _identity_version(self):
+        return {"id": "v3.14", "status": "stable", "updated": "2020-01-01T00:00:00Z",
+                "links": [{"rel": "self", "href": f"{self.sim.url}/identity/v3/"}],
+                "media-types": [{"base": "application/json",
+                                 "type": "application/vnd.openstack.identity-v3+json"}]}
+
+    def identity_v3(self):
+        self._send(200, {"version": self._identity_version()})
+
+    def tokens(self):
+        body = self._body()
+        password = (body.get("auth", {}).get("identity", {}).get("password", {})
+                    .get("user", {}).get("password"))
+        if password != "secret":
+            self._error(401, "The request you have made requires authentication.")
+            return
+        now = time.time()
+        token = {
+            "methods": ["password"], "expires_at": time.strftime(
+                "%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(now + 3600)),
+            "issued_at": time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(now)),
+            "user": {"id": USER_ID, "name": "demo",
+                     "domain": {"id": "default", "name": "Default"}},
+            "project": {"id": PROJECT_ID, "name": "demo",
+                        "domain": {"id": "default", "name": "Default"}},
+            "roles": [{"id": uuid.uuid4().hex, "name": "member"}],
+            "catalog": self.sim.catalog(),
+        }
+        self._send(201, {"token": token}, {"X-Subject-Token": uuid.uuid4().hex})
+
+    # -- nova ----------------------------------------------------------------
+
+    def _compute_version(self):
+        return {"id": "v2.1", "status": "CURRENT", "version": COMPUTE_MICROVERSION,
+                "min_version": "2.1", "updated": "2013-07-23T11:33:21Z",
+                "links": [{"rel": "self", "href": f"{self.sim.url}/compute/v2.1/"}]}
+
+    def compute_versions(self):
+        self._send(200, {"versions": [self._compute_version()]})
+
+    def compute_v21(self):
+        self._send(200, {"version": self._compute_version()})
+
+    def flavors(self, detail=None):
+        self._send(200, {"flavors": [dict(f, **{"OS-FLV-EXT-DATA:ephemeral": 0,
+                                                 "os-flavor-access:is_public": True,
+                                                 "swap": "", "rxtx_factor": 1.0,
+                                                 "description": None, "extra_specs": {},
+                                                 "links": []})
+                                      for f in FLAVORS]})
+
+    def flavor(self, flavor_id):
+        for flavor in FLAVORS:
+            if flavor["id"] == flavor_id:
+                self._send(200, {"flavor": dict(flavor, links=[])})
+                return
+        self._error(404, f"Flavor {flavor_id} could not be found.")
+
+    def create_server(self):
+        sim = self.sim
+        spec = self._body().get("server", {})
+        flavor_ref = str(spec.get("flavorRef", ""))
+        flavor = next((f for f in FLAVORS if f["id"] == flavor_ref
+                       or flavor_ref.endswith("/" + f["id"])), None)
+        if flavor is None:
+            self._error(400, f"Flavor {flavor_ref} could not be found.")
+            return
+        with sim.lock:
+            faults = sim.faults
+            usage = sim.usage()
+            over = (usage["instances"] + 1 > sim.limits["instances"]
+                    or usage["cores"] + flavor["vcpus"] > sim.limits["cores"]
+                    or usage["ram"] + flavor["ram"] > sim.limits["ram"])
+            if faults.quota_creates > 0 or over:
+                if faults.quota_creates > 0:
+                    faults.quota_creates -= 1
+                quota_error = True
+            else:
+                quota_error = False
+                sim._address += 1
+                server = Server(
+                    id=str(uuid.uuid4()), name=spec.get("name", ""), flavor=flavor,
+                    image=spec.get("imageRef"),
+                    az=spec.get("availability_zone") or "nova",
+                    metadata={str(k): str(v) for k, v in
+                              (spec.get("metadata") or {}).items()},
+                    networks=spec.get("networks"), key_name=spec.get("key_name"),
+                    active_at=time.monotonic() + sim.boot_delay,
+                    address=f"10.0.{sim._address // 250}.{sim._address % 250 + 2}")
+                if faults.quota_error_servers > 0:
+                    faults.quota_error_servers -= 1
+                    server.status = "ERROR"
+                    server.fault = {"code": 500, "message":
+                                    "Quota exceeded for cores: Requested 4, but already "
+                                    "used 100 of 100 cores; exceeds quota"}
+                elif faults.error_servers > 0:
+                    faults.error_servers -= 1
+                    server.status = "ERROR"
+                    server.fault = {"code": 500, "message": "No valid host was found."}
+                sim.servers[server.id] = server
+        if quota_error:
+            self._error(403, "Quota exceeded for instances: Requested 1, but already "
+                        "used all of the allowed instances")
+            return
+        self._send(202, {"server": {"id": server.id, "links": [],
+                                    "adminPass": "simulated",
+                                    "OS-DCF:diskConfig": "MANUAL",
+                                    "security_groups": [{"name": "default"}]}})
+
+    def servers(self, detail=None):
+        views = [_server_view(self.sim, s) for s in self.sim.live_servers()]
+        if not detail:
+            views = [{"id": v["id"], "name": v["name"], "links": v["links"]}
+                     for v in views]
+        self._send(200, {"servers": views})
+
+    def server(self, server_id):
+        for server in self.sim.live_servers():
+            if server.id == server_id:
+                self._send(200, {"server": _server_view(self.sim, server)})
+                return
+        self._error(404, f"Instance {server_id} could not be found.")
+
+    def delete_server(self, server_id):
+        sim = self.sim
+        with sim.lock:
+            if server_id not in sim.servers:
+                missing = True
+            else:
+                missing = False
+                if sim.faults.failing_deletes > 0:
+                    sim.faults.failing_deletes -= 1
+                    failing = True
+                else:
+                    failing = False
+                    del sim.servers[server_id]
+        if missing:
+            self._error(404, f"Instance {server_id} could not be found.")
+        elif failing:
+            self._error(500, "simulated delete failure")
+        else:
+            self._send(204)
+
+    def server_metadata(self, server_id):
+        for server in self.sim.live_servers():
+            if server.id == server_id:
+                self._send(200, {"metadata": dict(server.metadata)})
+                return
+        self._error(404, f"Instance {server_id} could not be found.")
+
+    def limits(self):
+        sim = self.sim
+        with sim.lock:
+            usage = sim.usage()
+        self._send(200, {"limits": {"rate": [], "absolute": {
+            "maxTotalInstances": sim.limits["instances"],
+            "maxTotalCores": sim.limits["cores"],
+            "maxTotalRAMSize": sim.limits["ram"],
+            "maxServerMeta": 128, "maxPersonality": 5, "maxPersonalitySize": 10240,
+            "maxTotalKeypairs": 100, "maxServerGroups": 10,
+            "maxServerGroupMembers": 10, "maxImageMeta": 128,
+            "totalInstancesUsed": usage["instances"],
+            "totalCoresUsed": usage["cores"], "totalRAMUsed": usage["ram"],
+            "totalServerGroupsUsed": 0}}})
+
+    def availability_zones(self, detail=None):
+        self._send(200, {"availabilityZoneInfo": [
+            {"zoneName": "nova", "zoneState": {"available": True}, "hosts": None}]})
+
+
+ROUTES: list[tuple[str, str, Callable]] = [
+    ("GET", r"/identity", _Handler.identity_versions),
+    ("GET", r"/identity/v3", _Handler.identity_v3),
+    ("POST", r"/identity/v3/auth/tokens", _Handler.tokens),
+    ("GET", r"/compute", _Handler.compute_versions),
+    ("GET", r"/compute/v2\.1", _Handler.compute_v21),
+    ("GET", r"/compute/v2\.1/flavors(/detail)?", _Handler.flavors),
+    ("GET", r"/compute/v2\.1/flavors/([^/]+)", _Handler.flavor),
+    ("POST", r"/compute/v2\.1/servers", _Handler.create_server),
+    ("GET", r"/compute/v2\.1/servers(/detail)?", _Handler.servers),
+    ("GET", r"/compute/v2\.1/servers/([^/]+)", _Handler.server),
+    ("DELETE", r"/compute/v2\.1/servers/([^/]+)", _Handler.delete_server),
+    ("GET", r"/compute/v2\.1/servers/([^/]+)/metadata", _Handler.server_metadata),
+    ("GET", r"/compute/v2\.1/limits", _Handler.limits),
+    ("GET", r"/compute/v2\.1/os-availability-zone(/detail)?",
+     _Handler.availability_zones),
+]
+
+
+def main() -> int:
+    import argparse
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--boot-delay", type=float, default=1.0)
+    args = parser.parse_args()
+    sim = OpenStackSimulator(port=args.port, boot_delay=args.boot_delay).start()
+    print(f"OpenStack simulator at {sim.auth_url} (user demo / secret, project demo)",
+          flush=True)
+    threading.Event().wait()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
