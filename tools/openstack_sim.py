@@ -419,7 +419,7 @@ class _Handler(BaseHTTPRequestHandler):
             "maxTotalInstances": sim.limits["instances"],
             "maxTotalCores": sim.limits["cores"],
             "maxTotalRAMSize": sim.limits["ram"],
-            "maxServerMeta": 128, "maxPersonality": 5, "maxPersonalitySize": 10240,
+            "maxServerMeta": 128,
             "maxTotalKeypairs": 100, "maxServerGroups": 10,
             "maxServerGroupMembers": 10, "maxImageMeta": 128,
             "totalInstancesUsed": usage["instances"],

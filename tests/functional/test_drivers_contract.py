@@ -18,12 +18,14 @@ from launcher_fixtures import env  # noqa: F401
 from nodepool.zk.records import NodeState
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
+from openstack_sim import OpenStackSimulator  # noqa: E402
 from sshdserver import SSHServer  # noqa: E402
 
 
 class FakeDriver:
     name = "fake"
     capacity = 3
+    scans_keys = True
 
     def config(self):
         return """
@@ -51,6 +53,7 @@ providers:
 class StaticDriver:
     name = "static"
     capacity = 3
+    scans_keys = True
 
     def __init__(self):
         self.servers = [SSHServer(tempfile.mkdtemp(prefix="sshd-")).start()
@@ -83,9 +86,56 @@ providers:
             server.stop()
 
 
-@pytest.fixture(params=["fake", "static"])
-def driver(request):
-    instance = FakeDriver() if request.param == "fake" else StaticDriver()
+class OpenStackDriver:
+    """openstacksdk over HTTP against the simulator. Its servers' addresses
+    are not reachable from here, so host keys are not scanned."""
+
+    name = "openstack"
+    capacity = 3
+    scans_keys = False
+
+    def __init__(self, monkeypatch):
+        import yaml
+        self.sim = OpenStackSimulator(boot_delay=0.1).start()
+        clouds = os.path.join(tempfile.mkdtemp(prefix="clouds-"), "clouds.yaml")
+        with open(clouds, "w") as handle:
+            yaml.safe_dump(self.sim.clouds_yaml(), handle)
+        monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", clouds)
+
+    def config(self):
+        return """
+labels:
+  - name: a
+providers:
+  - name: openstack-contract
+    cloud: sim
+    region-name: RegionOne
+    rate: 0.001
+    cloud-images:
+      - name: ubuntu
+        image-id: ubuntu-image-id
+    pools:
+      - name: main
+        max-servers: 3
+        host-key-checking: false
+        labels:
+          - name: a
+            cloud-image: ubuntu
+            min-ram: 1024
+"""
+
+    def stop(self):
+        self.sim.stop()
+
+
+@pytest.fixture(params=["fake", "static", "openstack"])
+def driver(request, monkeypatch):
+    if request.param == "fake":
+        instance = FakeDriver()
+    elif request.param == "static":
+        instance = StaticDriver()
+    else:
+        instance = OpenStackDriver(monkeypatch)
     yield instance
     instance.stop()
 
@@ -111,7 +161,8 @@ def test_request_is_fulfilled_with_a_complete_node(launcher, driver, zuul):
     assert node["state"] == "ready" and node["type"] == ["a"]
     assert node["interface_ip"] and node["username"] == "zuul"
     assert isinstance(node["connection_port"], int)
-    assert node["connection_type"] == "ssh" and node["host_keys"]
+    assert node["connection_type"] == "ssh"
+    assert bool(node["host_keys"]) == driver.scans_keys
     assert node["provider"] == f"{driver.name}-contract"
     assert node["allocated_to"] == zuul.kazoo.get_children("/nodepool/requests")[0]
     if driver.name == "static":
@@ -139,6 +190,9 @@ def test_used_nodes_go_and_capacity_returns(launcher, driver, zuul):
     assert zuul.wait_for_request(waiting, timeout=30)["state"] == "fulfilled"
     wait_until(lambda: not any(zuul.get_node(n) for n in used), timeout=20,
                message="used nodes removed")
+    if driver.name == "openstack":
+        wait_until(lambda: len(driver.sim.servers) == 1, timeout=20,
+                   message="used servers deleted in the cloud")
     if driver.name == "static":
         # Every slot comes back as a fresh node record.
         wait_until(lambda: len(launcher.nodes.nodes()) == driver.capacity, timeout=20,

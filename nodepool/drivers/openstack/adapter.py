@@ -1,0 +1,312 @@
+"""The ``openstack`` driver, over openstacksdk.
+
+Every API call runs on the adapter's bounded executor; state machines only
+submit calls and look at their futures, so ``advance()`` never blocks the
+launcher's runners. Server state is read from one shared listing refreshed at
+most once per second (not one GET per server per tick), and flavors, limits
+and AZs are cached.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from nodepool.config.model import PoolLabel, Provider
+from nodepool.drivers.base import (
+    Adapter, Instance, LaunchError, LaunchStatusError, NotFound, QuotaError,
+    Resource, RuntimeConfigurationError, StateMachine,
+)
+from nodepool.launcher.quota import Resources
+
+log = logging.getLogger("nodepool.drivers.openstack")
+
+LISTING_TTL = 1.0
+LIMITS_TTL = 60.0
+
+
+class RateLimitedExecutor(ThreadPoolExecutor):
+    """An executor whose calls start at least ``rate`` seconds apart (the
+    provider's ``rate``: the minimum time between API calls)."""
+
+    def __init__(self, rate: float, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = max(0.0, rate or 0.0)
+        self._next = 0.0
+        self._slot_lock = threading.Lock()
+
+    def _wait_turn(self) -> None:
+        if not self.rate:
+            return
+        with self._slot_lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self.rate
+        if start > now:
+            time.sleep(start - now)
+
+    def submit(self, fn, *args, **kwargs):
+        def limited():
+            self._wait_turn()
+            return fn(*args, **kwargs)
+        return super().submit(limited)
+
+
+def is_quota_message(message: str) -> bool:
+    text = (message or "").lower()
+    return ("quota exceeded" in text or "number of ports exceeded" in text
+            or ("exceeds" in text and "quota" in text))
+
+
+class ServerListing:
+    """All servers, refreshed in the background at most every LISTING_TTL."""
+
+    def __init__(self, adapter: "OpenStackAdapter"):
+        self.adapter = adapter
+        self.servers: dict[str, object] = {}
+        self.fetched_at = 0.0
+        self.future: Future | None = None
+        self.lock = threading.Lock()
+
+    def _fetch(self):
+        return {s.id: s for s in self.adapter.conn.compute.servers(details=True)}
+
+    def refresh(self) -> None:
+        """Start a refresh if the listing is stale and none is running."""
+        with self.lock:
+            if self.future is not None:
+                if not self.future.done():
+                    return
+                try:
+                    self.servers = self.future.result()
+                    self.fetched_at = time.monotonic()
+                except Exception as exc:
+                    log.warning("Provider %s: listing servers failed: %s",
+                                self.adapter.provider.name, exc)
+                self.future = None
+            if time.monotonic() - self.fetched_at >= LISTING_TTL:
+                self.future = self.adapter.executor.submit(self._fetch)
+
+    def get(self, server_id: str):
+        self.refresh()
+        return self.servers.get(server_id)
+
+    def fresh_since(self, moment: float) -> bool:
+        return self.fetched_at > moment
+
+
+class OpenStackCreate(StateMachine):
+    def __init__(self, adapter: "OpenStackAdapter", hostname: str, label: PoolLabel,
+                 image_id: str | None, metadata: dict[str, str], az: str | None):
+        super().__init__()
+        self.adapter = adapter
+        self.hostname = hostname
+        self.label = label
+        self.image_id = image_id
+        self.metadata = metadata
+        self.az = az
+        self.future: Future | None = None
+        self.created_at = 0.0
+
+    def _create(self):
+        adapter = self.adapter
+        flavor = adapter.flavor_for(self.label)
+        image_id = self.image_id or adapter.cloud_image_id(self.label)
+        kwargs = dict(name=self.hostname, flavor_id=flavor.id, image_id=image_id,
+                      metadata=self.metadata)
+        networks = self.label.networks
+        kwargs["networks"] = [{"uuid": n} for n in networks] if networks else "auto"
+        if self.az:
+            kwargs["availability_zone"] = self.az
+        if self.label.key_name:
+            kwargs["key_name"] = self.label.key_name
+        if self.label.userdata:
+            kwargs["user_data"] = self.label.userdata
+        try:
+            return adapter.conn.compute.create_server(**kwargs)
+        except Exception as exc:
+            if is_quota_message(str(exc)):
+                raise QuotaError(str(exc)) from None
+            raise
+
+    def advance(self) -> Instance | None:
+        listing = self.adapter.listing
+        if self.state == "start":
+            self.future = self.adapter.executor.submit(self._create)
+            self.state = "creating"
+        if self.state == "creating":
+            if not self.future.done():
+                self.poll_delay = 0.05
+                return None
+            server = self.future.result()  # raises create errors
+            self.external_id = server.id
+            self.created_at = time.monotonic()
+            self.state = "building"
+        server = listing.get(self.external_id)
+        if server is None or not listing.fresh_since(self.created_at):
+            self.poll_delay = 0.2
+            return None
+        if server.status == "ERROR":
+            fault = (server.fault or {}).get("message", "") if isinstance(
+                server.fault, dict) else str(server.fault or "")
+            if is_quota_message(fault):
+                raise QuotaError(fault)
+            raise LaunchStatusError(f"server {server.id} went to ERROR: {fault}")
+        if server.status != "ACTIVE":
+            self.poll_delay = 0.5
+            return None
+        self.complete = True
+        return self.adapter.instance(server)
+
+
+class OpenStackDelete(StateMachine):
+    def __init__(self, adapter: "OpenStackAdapter", external_id: str):
+        super().__init__()
+        self.adapter = adapter
+        self.external_id = external_id
+        self.future: Future | None = None
+        self.requested_at = 0.0
+
+    def _delete(self):
+        import openstack.exceptions
+        try:
+            self.adapter.conn.compute.delete_server(self.external_id, ignore_missing=False)
+        except openstack.exceptions.NotFoundException:
+            raise NotFound(self.external_id) from None
+
+    def advance(self) -> Instance | None:
+        if self.state == "start":
+            self.future = self.adapter.executor.submit(self._delete)
+            self.state = "deleting"
+        if self.state == "deleting":
+            if not self.future.done():
+                self.poll_delay = 0.05
+                return None
+            self.future.result()  # NotFound means done; other errors retry
+            self.requested_at = time.monotonic()
+            self.state = "waiting"
+        listing = self.adapter.listing
+        listing.refresh()
+        if not listing.fresh_since(self.requested_at):
+            self.poll_delay = 0.2
+            return None
+        if listing.get(self.external_id) is None:
+            self.complete = True
+            return None
+        self.poll_delay = 0.5
+        return None
+
+
+class OpenStackAdapter(Adapter):
+    def __init__(self, provider: Provider):
+        super().__init__(provider)
+        import openstack
+        self.conn = openstack.connect(cloud=provider.cloud,
+                                      region_name=provider.region_name)
+        self.executor = RateLimitedExecutor(provider.rate, max_workers=10,
+                                            thread_name_prefix=f"os-{provider.name}")
+        self.listing = ServerListing(self)
+        self._flavors = None
+        self._limits: tuple[float, Resources] | None = None
+        self._azs: list[str] | None = None
+
+    def stop(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- lookups (called on the executor or at decision time) -------------------
+
+    def flavors(self):
+        if self._flavors is None:
+            self._flavors = sorted(self.conn.compute.flavors(details=True),
+                                   key=lambda f: (f.ram, f.name))
+        return self._flavors
+
+    def flavor_for(self, label: PoolLabel):
+        """By name (exact, or substring when min-ram is set too), else the
+        smallest with at least min-ram."""
+        candidates = self.flavors()
+        if label.flavor_name:
+            exact = [f for f in candidates if f.name == label.flavor_name]
+            if exact and not label.min_ram:
+                return exact[0]
+            candidates = [f for f in candidates if label.flavor_name in f.name]
+        for flavor in candidates:
+            if flavor.ram >= (label.min_ram or 0):
+                return flavor
+        raise RuntimeConfigurationError(
+            f"no flavor matches flavor-name={label.flavor_name!r} "
+            f"min-ram={label.min_ram}")
+
+    def cloud_image_id(self, label: PoolLabel) -> str:
+        image = self.provider.cloud_images.get(label.cloud_image or "")
+        if image is None:
+            raise LaunchError(f"label {label.name} has no image")
+        return image.image_id or image.image_name or image.name
+
+    def instance(self, server) -> Instance:
+        private = public = public6 = None
+        for addresses in (server.addresses or {}).values():
+            for address in addresses:
+                kind = address.get("OS-EXT-IPS:type")
+                if address.get("version") == 6:
+                    public6 = public6 or address.get("addr")
+                elif kind == "floating":
+                    public = public or address.get("addr")
+                else:
+                    private = private or address.get("addr")
+        flavor = server.flavor or {}
+        return Instance(
+            external_id=server.id, interface_ip=public or private or public6,
+            public_ipv4=public, private_ipv4=private, public_ipv6=public6,
+            cloud=self.provider.cloud, region=self.provider.region_name,
+            az=server.availability_zone, host_id=server.host_id,
+            metadata=dict(server.metadata or {}),
+            resources={"cores": flavor.get("vcpus", 0), "instances": 1,
+                       "ram": flavor.get("ram", 0)})
+
+    # -- the contract ----------------------------------------------------------------
+
+    def create_state_machine(self, hostname, label, image_external_id, metadata,
+                             request, az):
+        return OpenStackCreate(self, hostname, label, image_external_id, metadata, az)
+
+    def delete_state_machine(self, external_id):
+        return OpenStackDelete(self, external_id)
+
+    def list_instances(self) -> list[Instance]:
+        return [self.instance(s) for s in self.conn.compute.servers(details=True)]
+
+    def list_resources(self) -> list[Resource]:
+        return [Resource("instance", s.id, dict(s.metadata or {}))
+                for s in self.conn.compute.servers(details=True)]
+
+    def delete_resource(self, resource: Resource) -> None:
+        if resource.type == "instance":
+            self.conn.compute.delete_server(resource.id, ignore_missing=True)
+
+    def quota_limits(self) -> Resources:
+        now = time.monotonic()
+        if self._limits is None or now - self._limits[0] > LIMITS_TTL:
+            absolute = self.conn.compute.get_limits().absolute
+            limits = Resources({"cores": absolute.total_cores,
+                                "instances": absolute.instances,
+                                "ram": absolute.total_ram}, default=float("inf"))
+            self._limits = (now, Resources(
+                {k: v for k, v in limits.items() if v is not None and v >= 0},
+                default=float("inf")))
+        return self._limits[1].copy()
+
+    def quota_for_label(self, label: PoolLabel) -> Resources:
+        flavor = self.flavor_for(label)
+        need = Resources({"cores": flavor.vcpus, "instances": 1, "ram": flavor.ram})
+        if label.boot_from_volume:
+            need.update({"volumes": 1, "volume-gb": label.volume_size})
+        return need
+
+    def azs(self) -> list[str]:
+        if self._azs is None:
+            self._azs = [z.name for z in self.conn.compute.availability_zones()
+                         if (z.state or {}).get("available", True)]
+        return list(self._azs)
