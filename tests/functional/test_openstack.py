@@ -1,0 +1,121 @@
+"""The openstack driver through real openstacksdk over HTTP, against the
+simulator in tools/openstack_sim.py."""
+
+import os
+import sys
+import time
+
+import pytest
+import yaml
+
+from conftest import wait_until
+from launcher_fixtures import env  # noqa: F401
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
+from openstack_sim import OpenStackSimulator  # noqa: E402
+
+CONFIG = """
+labels:
+  - name: small
+providers:
+  - name: cloud-sim
+    cloud: sim
+    region-name: RegionOne
+    rate: 0.001
+    launch-retries: {retries}
+    cloud-images:
+      - name: ubuntu
+        image-id: ubuntu-image-id
+    pools:
+      - name: main
+        max-servers: 5
+        host-key-checking: false
+        labels:
+          - name: small
+            cloud-image: ubuntu
+            min-ram: 1024
+            instance-properties: {{team: ci}}
+"""
+
+
+@pytest.fixture
+def sim(tmp_path, monkeypatch):
+    simulator = OpenStackSimulator(boot_delay=0.1).start()
+    clouds = tmp_path / "clouds.yaml"
+    clouds.write_text(yaml.safe_dump(simulator.clouds_yaml()))
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
+    yield simulator
+    simulator.stop()
+
+
+def start(env, retries=3):  # noqa: F811
+    return env.start(env.config(CONFIG.format(retries=retries)))
+
+
+def test_server_carries_metadata_and_node_the_cloud_facts(env, sim, zuul):  # noqa: F811
+    start(env)
+    request = zuul.wait_for_request(zuul.submit(["small"]), timeout=30)
+    [node_id] = request["nodes"]
+    node = zuul.get_node(node_id)
+    server = sim.servers[node["external_id"]]
+    assert server.name == f"np{node_id}"
+    assert server.metadata["nodepool_node_id"] == node_id
+    assert server.metadata["nodepool_provider_name"] == "cloud-sim"
+    assert server.metadata["nodepool_pool_name"] == "main"
+    assert server.metadata["groups"] == "cloud-sim,ubuntu,small"
+    assert server.metadata["team"] == "ci"
+    assert server.flavor["name"] == "m1.small"  # the smallest with >= 1024 MiB
+    assert node["interface_ip"] == server.address and node["az"] == "nova"
+    assert node["resources"] == {"cores": 1, "instances": 1, "ram": 2048}
+    assert node["cloud"] == "sim" and node["region"] == "RegionOne"
+
+
+def test_quota_errors_defer_instead_of_failing(env, sim, zuul):  # noqa: F811
+    sim.faults.quota_creates = 1        # a 403 "Quota exceeded" on create
+    sim.faults.quota_error_servers = 1  # a server that goes ERROR with a quota fault
+    start(env, retries=1)               # a launch failure would fail the request
+    request = zuul.wait_for_request(zuul.submit(["small"]), timeout=30)
+    assert request["state"] == "fulfilled"
+    assert sim.faults.quota_creates == 0 and sim.faults.quota_error_servers == 0
+    wait_until(lambda: len(sim.servers) == 1, timeout=20,
+               message="the errored server was deleted")
+
+
+def test_server_errors_and_http_500s_are_retried(env, sim, zuul):  # noqa: F811
+    sim.faults.error_servers = 1
+    start(env, retries=3)
+    sim.faults.http_500 = 2
+    request = zuul.wait_for_request(zuul.submit(["small"]), timeout=30)
+    assert request["state"] == "fulfilled"
+    wait_until(lambda: len(sim.servers) == 1, timeout=20, message="failed server gone")
+
+
+def test_failing_deletes_are_retried_until_the_server_is_gone(env, sim, zuul):  # noqa: F811
+    start(env)
+    request_id = zuul.submit(["small"])
+    server_id = zuul.get_node(zuul.wait_for_request(request_id, timeout=30)["nodes"][0])[
+        "external_id"]
+    sim.faults.failing_deletes = 2
+    nodes = zuul.accept(request_id)
+    zuul.use(nodes)
+    zuul.release(nodes)
+    wait_until(lambda: server_id not in sim.servers, timeout=30,
+               message="server deleted after failures")
+    assert sim.faults.failing_deletes == 0
+
+
+def test_leaked_server_is_removed(env, sim, zuul):  # noqa: F811
+    launcher = start(env)
+    import openstack
+    conn = openstack.connect(cloud="sim")
+    leaked = conn.compute.create_server(
+        name="np0000009999", flavor_id="1", image_id="x", networks="none",
+        metadata={"nodepool_provider_name": "cloud-sim",
+                  "nodepool_node_id": "0000009999"})
+    foreign = conn.compute.create_server(name="web", flavor_id="1", image_id="x",
+                                         networks="none", metadata={})
+    launcher.cleanup.wake.set()
+    wait_until(lambda: leaked.id not in sim.servers, timeout=15,
+               message="leaked server removed")
+    time.sleep(0.3)
+    assert foreign.id in sim.servers
