@@ -203,8 +203,14 @@ class OpenStackAdapter(Adapter):
     def __init__(self, provider: Provider):
         super().__init__(provider)
         import openstack
-        self.conn = openstack.connect(cloud=provider.cloud,
-                                      region_name=provider.region_name)
+        import openstack.exceptions
+        from nodepool.drivers import DriverUnavailable
+        try:
+            self.conn = openstack.connect(cloud=provider.cloud,
+                                          region_name=provider.region_name)
+        except openstack.exceptions.ConfigException as exc:
+            raise DriverUnavailable(f"provider {provider.name}: {exc} (check "
+                                    "clouds.yaml)") from None
         self.executor = RateLimitedExecutor(provider.rate, max_workers=10,
                                             thread_name_prefix=f"os-{provider.name}")
         self.listing = ServerListing(self)
