@@ -34,6 +34,24 @@ from zuul import FakeZuul  # noqa: E402
 from nodepool.zk.cache import NodeCache, RequestCache  # noqa: E402
 from nodepool.zk.client import ZooKeeperClient  # noqa: E402
 
+OPENSTACK_PROVIDER = """
+  - name: sim-bench
+    cloud: sim
+    region-name: RegionOne
+    rate: 0.0001
+    cloud-images:
+      - name: ubuntu
+        image-id: ubuntu-image-id
+    pools:
+      - name: main
+        max-servers: {max_servers}
+        host-key-checking: false
+        labels:
+          - name: small
+            cloud-image: ubuntu
+            min-ram: 1024
+"""
+
 CONFIG = """
 zookeeper-servers:
   - host: 127.0.0.1
@@ -123,6 +141,10 @@ def main() -> int:
     parser.add_argument("--singles", type=int, default=20,
                         help="single requests on the idle launcher, for latency")
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--cloud", choices=["fake", "openstack"], default="fake",
+                        help="fake: in-memory cloud in the launcher; openstack: "
+                        "openstacksdk over HTTP to tools/openstack_sim.py (run in "
+                        "this process)")
     parser.add_argument("--profile", action="store_true",
                         help="yappi-profile the launcher during the burst (SIGUSR2); "
                         "the profile lands in the launcher log")
@@ -133,13 +155,27 @@ def main() -> int:
     os.makedirs(zookeeper.workdir)
     zookeeper.start()
     config = os.path.join(state, "nodepool.yaml")
+    max_servers = max(args.requests * 2, 100)
+    text = CONFIG.format(port=zookeeper.port, max_servers=max_servers)
+    env = dict(os.environ)
+    simulator = None
+    if args.cloud == "openstack":
+        import yaml
+        from openstack_sim import OpenStackSimulator
+        simulator = OpenStackSimulator(max_instances=max_servers * 2,
+                                       max_cores=max_servers * 8).start()
+        clouds = os.path.join(state, "clouds.yaml")
+        with open(clouds, "w") as handle:
+            yaml.safe_dump(simulator.clouds_yaml(), handle)
+        env["OS_CLIENT_CONFIG_FILE"] = clouds
+        text = text[:text.index("  - name: fake-bench")] + \
+            OPENSTACK_PROVIDER.format(max_servers=max_servers)
     with open(config, "w") as handle:
-        handle.write(CONFIG.format(port=zookeeper.port,
-                                   max_servers=max(args.requests * 2, 100)))
+        handle.write(text)
     log = open(os.path.join(state, "launcher.log"), "wb")
     launcher = subprocess.Popen(
         [os.path.join(ROOT, ".venv", "bin", "nodepool-launcher"), "-f", "-c", config],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     hosts = f"{zookeeper.hosts}/bench"
     observer = Observer(hosts)
     # Same protocol as Zuul; kazoo's cheaper select so the harness steals
@@ -211,6 +247,11 @@ def main() -> int:
                 not all(n in observer.deleted for n in used_at):
             time.sleep(0.05)
         cpu_after = cpu_seconds(launcher.pid)
+        if simulator is not None:
+            # Give the delete worker a moment to finish, then count leaks.
+            deadline = time.monotonic() + 30
+            while simulator.servers and time.monotonic() < deadline:
+                time.sleep(0.2)
         own_cpu = time.process_time() - own_before
         zk_cpu = cpu_seconds(zookeeper.process.pid) - zk_before
         if args.profile:
@@ -237,6 +278,9 @@ def main() -> int:
         cpu = cpu_after - cpu_before
         print(f"launcher CPU:         {cpu:.2f} s for the burst, "
               f"{cpu / args.requests * 1000:.2f} ms per request (incl. deletion)")
+        if simulator is not None:
+            print(f"cloud servers left:   {len(simulator.servers)} (every node was "
+                  f"used and returned: anything left is a leak)")
         print(f"other CPU:            ZooKeeper {zk_cpu:.2f} s, this Zuul-role client "
               f"{own_cpu:.2f} s (the machine's cores are shared by all three)")
         return 0 if not pending else 1
@@ -250,6 +294,8 @@ def main() -> int:
         zuul.stop()
         observer.stop()
         zookeeper.stop()
+        if simulator is not None:
+            simulator.stop()
         log.close()
 
 

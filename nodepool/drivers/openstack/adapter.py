@@ -24,6 +24,9 @@ from nodepool.launcher.quota import Resources
 log = logging.getLogger("nodepool.drivers.openstack")
 
 LISTING_TTL = 1.0
+# Up to this many servers building, each is polled on its own (fast for a
+# lone request); beyond it they share one listing (cheap for a burst).
+DIRECT_POLL_LIMIT = 10
 LIMITS_TTL = 60.0
 
 
@@ -132,7 +135,36 @@ class OpenStackCreate(StateMachine):
             raise
 
     def advance(self) -> Instance | None:
-        listing = self.adapter.listing
+        try:
+            return self._advance()
+        except Exception:
+            self.adapter.building.discard(self)
+            raise
+
+    def _current(self):
+        """This server as last seen, or None while no fresh view exists."""
+        adapter = self.adapter
+        if len(adapter.building) <= DIRECT_POLL_LIMIT:
+            if self.future is None:
+                self.future = adapter.executor.submit(
+                    adapter.conn.compute.find_server, self.external_id,
+                    ignore_missing=True)
+                return None
+            if not self.future.done():
+                return None
+            future, self.future = self.future, None
+            try:
+                return future.result()
+            except Exception as exc:
+                log.debug("Polling server %s failed: %s", self.external_id, exc)
+                return None
+        listing = adapter.listing
+        server = listing.get(self.external_id)
+        if server is None or not listing.fresh_since(self.created_at):
+            return None
+        return server
+
+    def _advance(self) -> Instance | None:
         if self.state == "start":
             self.future = self.adapter.executor.submit(self._create)
             self.state = "creating"
@@ -141,12 +173,14 @@ class OpenStackCreate(StateMachine):
                 self.poll_delay = 0.05
                 return None
             server = self.future.result()  # raises create errors
+            self.future = None
             self.external_id = server.id
             self.created_at = time.monotonic()
             self.state = "building"
-        server = listing.get(self.external_id)
-        if server is None or not listing.fresh_since(self.created_at):
-            self.poll_delay = 0.2
+            self.adapter.building.add(self)
+        server = self._current()
+        if server is None:
+            self.poll_delay = 0.1
             return None
         if server.status == "ERROR":
             fault = (server.fault or {}).get("message", "") if isinstance(
@@ -155,9 +189,10 @@ class OpenStackCreate(StateMachine):
                 raise QuotaError(fault)
             raise LaunchStatusError(f"server {server.id} went to ERROR: {fault}")
         if server.status != "ACTIVE":
-            self.poll_delay = 0.5
+            self.poll_delay = 0.25
             return None
         self.complete = True
+        self.adapter.building.discard(self)
         return self.adapter.instance(server)
 
 
@@ -214,6 +249,8 @@ class OpenStackAdapter(Adapter):
         self.executor = RateLimitedExecutor(provider.rate, max_workers=10,
                                             thread_name_prefix=f"os-{provider.name}")
         self.listing = ServerListing(self)
+        # Create state machines whose server is being built.
+        self.building: set = set()
         self._flavors = None
         self._limits: tuple[float, Resources] | None = None
         self._azs: list[str] | None = None
