@@ -119,3 +119,28 @@ def test_leaked_server_is_removed(env, sim, zuul):  # noqa: F811
                message="leaked server removed")
     time.sleep(0.3)
     assert foreign.id in sim.servers
+
+
+def test_api_timing_and_launch_metrics_arrive_as_udp_packets(env, sim, zuul,  # noqa: F811
+                                                             monkeypatch):
+    from statsd_receiver import StatsReceiver
+    receiver = StatsReceiver()
+    monkeypatch.setenv("STATSD_HOST", "127.0.0.1")
+    monkeypatch.setenv("STATSD_PORT", str(receiver.port))
+    try:
+        start(env)
+        request = zuul.wait_for_request(zuul.submit(["small"]), timeout=30)
+        assert request["state"] == "fulfilled"
+        # The SDK names the operation after the URL path below the endpoint's
+        # version; the simulator serves Nova under /compute, like devstack.
+        expected = {"nodepool.task.cloud-sim.compute.POST.compute_servers.202",
+                    "nodepool.task.cloud-sim.compute.GET.flavors_detail.200",
+                    "nodepool.launch.ready",
+                    "nodepool.launch.provider.cloud-sim.ready",
+                    "nodepool.launch.provider.cloud-sim.nova.ready",
+                    f"nodepool.launch.requestor.{zuul.system_id}.ready"}
+        assert receiver.wait_for(lambda keys: expected <= keys), \
+            "missing: " + ", ".join(sorted(expected - receiver.keys())) + \
+            " received: " + ", ".join(sorted(receiver.keys()))
+    finally:
+        receiver.stop()

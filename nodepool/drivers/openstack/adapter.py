@@ -10,6 +10,7 @@ and AZs are cached.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -55,6 +56,19 @@ class RateLimitedExecutor(ThreadPoolExecutor):
             self._wait_turn()
             return fn(*args, **kwargs)
         return super().submit(limited)
+
+
+def api_metrics_config(provider: Provider) -> dict | None:
+    """statsd settings for openstacksdk's own API timers, named
+    ``nodepool.task.<provider>.<service>.<METHOD>.<operation>``."""
+    host = os.environ.get("STATSD_HOST")
+    if not host:
+        return None
+    prefix = f"nodepool.task.{provider.name}"
+    if os.environ.get("STATSD_PREFIX"):
+        prefix = f"{os.environ['STATSD_PREFIX']}.{prefix}"
+    return {"host": host, "port": int(os.environ.get("STATSD_PORT", 8125)),
+            "prefix": prefix}
 
 
 def is_quota_message(message: str) -> bool:
@@ -237,12 +251,15 @@ class OpenStackDelete(StateMachine):
 class OpenStackAdapter(Adapter):
     def __init__(self, provider: Provider):
         super().__init__(provider)
-        import openstack
+        import openstack.connection
         import openstack.exceptions
+        from openstack.config import loader
         from nodepool.drivers import DriverUnavailable
         try:
-            self.conn = openstack.connect(cloud=provider.cloud,
-                                          region_name=provider.region_name)
+            config = loader.OpenStackConfig(statsd_config=api_metrics_config(provider))
+            region = config.get_one(cloud=provider.cloud,
+                                    region_name=provider.region_name)
+            self.conn = openstack.connection.Connection(config=region)
         except openstack.exceptions.ConfigException as exc:
             raise DriverUnavailable(f"provider {provider.name}: {exc} (check "
                                     "clouds.yaml)") from None
