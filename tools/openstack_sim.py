@@ -75,6 +75,9 @@ class OpenStackSimulator:
         self.faults = Faults()
         self.lock = threading.Lock()
         self.servers: dict[str, Server] = {}
+        # Glance images: id -> record; one public image exists from the start.
+        self.images: dict[str, dict] = {}
+        self.add_image("Ubuntu 24.04", image_id="ubuntu-image-id")
         self.requests: list[tuple[str, str]] = []
         self._address = 10
         self._server: ThreadingHTTPServer | None = None
@@ -125,7 +128,23 @@ class OpenStackSimulator:
                                    "url": f"{self.url}{path}"}
                                   for iface in ("public", "internal", "admin")]}
         return [service("identity", "keystone", "/identity"),
-                service("compute", "nova", "/compute/v2.1")]
+                service("compute", "nova", "/compute/v2.1"),
+                service("image", "glance", "/image")]
+
+    def add_image(self, name: str, image_id: str | None = None, status: str = "active",
+                  properties: dict | None = None) -> dict:
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        image = {"id": image_id or str(uuid.uuid4()), "name": name, "status": status,
+                 "visibility": "public", "disk_format": "qcow2",
+                 "container_format": "bare", "size": 0, "checksum": None,
+                 "created_at": now, "updated_at": now, "tags": [],
+                 "protected": False, "min_disk": 0, "min_ram": 0,
+                 "owner": PROJECT_ID, "file": None, "schema": "/v2/schemas/image"}
+        image.update(properties or {})
+        image["file"] = f"/v2/images/{image['id']}/file"
+        image["self"] = f"/v2/images/{image['id']}"
+        self.images[image["id"]] = image
+        return image
 
     # -- servers -----------------------------------------------------------------
 
@@ -426,6 +445,65 @@ class _Handler(BaseHTTPRequestHandler):
             "totalCoresUsed": usage["cores"], "totalRAMUsed": usage["ram"],
             "totalServerGroupsUsed": 0}}})
 
+    # -- glance ----------------------------------------------------------------
+
+    def image_versions(self):
+        self._send(300, {"versions": [{"id": "v2.15", "status": "CURRENT", "links": [
+            {"rel": "self", "href": f"{self.sim.url}/image/v2/"}]}]})
+
+    def images(self):
+        from urllib.parse import parse_qs, urlparse
+        query = parse_qs(urlparse(self.path).query)
+        with self.sim.lock:
+            found = list(self.sim.images.values())
+        if "name" in query:
+            found = [i for i in found if i["name"] == query["name"][0]]
+        self._send(200, {"images": found, "schema": "/v2/schemas/images",
+                         "first": "/v2/images"})
+
+    def image(self, image_id):
+        image = self.sim.images.get(image_id)
+        if image is None:
+            self._error(404, f"No image found with ID {image_id}")
+            return
+        self._send(200, image)
+
+    def create_image(self):
+        body = self._body()
+        name = body.pop("name", "")
+        image_id = body.pop("id", None)
+        with self.sim.lock:
+            image = self.sim.add_image(name, image_id=image_id, status="queued",
+                                       properties=body)
+            image["visibility"] = body.get("visibility", "private")
+        self._send(201, image)
+
+    def upload_image(self, image_id):
+        length = int(self.headers.get("Content-Length") or 0)
+        remaining = length
+        while remaining > 0:
+            chunk = self.rfile.read(min(remaining, 1 << 20))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+        with self.sim.lock:
+            image = self.sim.images.get(image_id)
+            if image is not None:
+                image["status"] = "active"
+                image["size"] = length
+        if image is None:
+            self._error(404, f"No image found with ID {image_id}")
+        else:
+            self._send(204)
+
+    def delete_image(self, image_id):
+        with self.sim.lock:
+            image = self.sim.images.pop(image_id, None)
+        if image is None:
+            self._error(404, f"No image found with ID {image_id}")
+        else:
+            self._send(204)
+
     def availability_zones(self, detail=None):
         self._send(200, {"availabilityZoneInfo": [
             {"zoneName": "nova", "zoneState": {"available": True}, "hosts": None}]})
@@ -447,6 +525,12 @@ ROUTES: list[tuple[str, str, Callable]] = [
     ("GET", r"/compute/v2\.1/limits", _Handler.limits),
     ("GET", r"/compute/v2\.1/os-availability-zone(/detail)?",
      _Handler.availability_zones),
+    ("GET", r"/image", _Handler.image_versions),
+    ("GET", r"/image/v2/images", _Handler.images),
+    ("POST", r"/image/v2/images", _Handler.create_image),
+    ("GET", r"/image/v2/images/([^/]+)", _Handler.image),
+    ("PUT", r"/image/v2/images/([^/]+)/file", _Handler.upload_image),
+    ("DELETE", r"/image/v2/images/([^/]+)", _Handler.delete_image),
 ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 
 from nodepool.config.model import Provider
+from nodepool.drivers.base import NotFound  # noqa: F401  (re-exported)
 
 # driver name -> "module:class"; imported only when a provider uses it.
 ADAPTERS = {

@@ -144,3 +144,48 @@ def test_api_timing_and_launch_metrics_arrive_as_udp_packets(env, sim, zuul,  # 
             " received: " + ", ".join(sorted(receiver.keys()))
     finally:
         receiver.stop()
+
+
+def test_cloud_image_by_name(env, sim, zuul):  # noqa: F811
+    env.start(env.config(CONFIG.format(retries=1).replace(
+        "        image-id: ubuntu-image-id", "        image-name: Ubuntu 24.04")))
+    request = zuul.wait_for_request(zuul.submit(["small"]), timeout=30)
+    assert request["state"] == "fulfilled"
+    server = sim.servers[zuul.get_node(request["nodes"][0])["external_id"]]
+    assert server.image == "ubuntu-image-id"
+
+
+def test_image_upload_and_delete(sim, tmp_path):
+    from nodepool.config import load_config
+    from nodepool.drivers import NotFound, make_adapter
+    path = tmp_path / "nodepool.yaml"
+    path.write_text("labels: [{name: small}]\n" + CONFIG.format(retries=1).split(
+        "labels:\n  - name: small\n", 1)[1])
+    adapter = make_adapter(load_config(str(path)).providers["cloud-sim"])
+    image_file = tmp_path / "debian.qcow2"
+    image_file.write_bytes(b"\0" * 200_000)
+    image_id = adapter.upload_image("debian-1700000000", str(image_file), "qcow2", {
+        "nodepool_build_id": "b1", "nodepool_upload_id": "0000000001",
+        "nodepool_provider_name": "cloud-sim", "team": "ci"})
+    image = sim.images[image_id]
+    assert image["status"] == "active" and image["size"] == 200_000
+    assert image["nodepool_build_id"] == "b1" and image["team"] == "ci"
+    assert {"id": image_id, "name": "debian-1700000000"}.items() <= \
+        next(i for i in adapter.list_images() if i["id"] == image_id).items()
+    adapter.delete_image(image_id)
+    assert image_id not in sim.images
+    with pytest.raises(NotFound):
+        adapter.delete_image(image_id)
+    adapter.stop()
+
+
+def test_leaked_image_is_removed(env, sim, zuul, store):  # noqa: F811
+    launcher = start(env)
+    leaked = sim.add_image("debian-old", properties={
+        "nodepool_build_id": "gone", "nodepool_upload_id": "0000000001",
+        "nodepool_provider_name": "cloud-sim"})
+    kept = sim.add_image("someone-elses", properties={"owner_note": "not ours"})
+    launcher.cleanup.wake.set()
+    wait_until(lambda: leaked["id"] not in sim.images, timeout=15,
+               message="leaked image removed")
+    assert kept["id"] in sim.images

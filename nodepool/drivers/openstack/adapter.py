@@ -29,6 +29,7 @@ LISTING_TTL = 1.0
 # lone request); beyond it they share one listing (cheap for a burst).
 DIRECT_POLL_LIMIT = 10
 LIMITS_TTL = 60.0
+IMAGE_TTL = 300.0
 
 
 class RateLimitedExecutor(ThreadPoolExecutor):
@@ -271,6 +272,7 @@ class OpenStackAdapter(Adapter):
         self._flavors = None
         self._limits: tuple[float, Resources] | None = None
         self._azs: list[str] | None = None
+        self._image_ids: dict[str, tuple[float, str]] = {}
 
     def stop(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -300,10 +302,21 @@ class OpenStackAdapter(Adapter):
             f"min-ram={label.min_ram}")
 
     def cloud_image_id(self, label: PoolLabel) -> str:
+        """The cloud's id of a label's cloud image (looked up by name once)."""
         image = self.provider.cloud_images.get(label.cloud_image or "")
         if image is None:
             raise LaunchError(f"label {label.name} has no image")
-        return image.image_id or image.image_name or image.name
+        if image.image_id:
+            return image.image_id
+        name = image.image_name or image.name
+        cached = self._image_ids.get(name)
+        if cached is not None and time.monotonic() - cached[0] < IMAGE_TTL:
+            return cached[1]
+        found = self.conn.image.find_image(name, ignore_missing=True)
+        if found is None:
+            raise LaunchError(f"cloud image {name!r} not found in {self.provider.name}")
+        self._image_ids[name] = (time.monotonic(), found.id)
+        return found.id
 
     def instance(self, server) -> Instance:
         private = public = public6 = None
@@ -339,12 +352,65 @@ class OpenStackAdapter(Adapter):
         return [self.instance(s) for s in self.conn.compute.servers(details=True)]
 
     def list_resources(self) -> list[Resource]:
-        return [Resource("instance", s.id, dict(s.metadata or {}))
-                for s in self.conn.compute.servers(details=True)]
+        found = [Resource("instance", s.id, dict(s.metadata or {}))
+                 for s in self.conn.compute.servers(details=True)]
+        for image in self.conn.image.images(owner=None):
+            properties = {k: str(v) for k, v in (image.properties or {}).items()}
+            if "nodepool_build_id" in properties:
+                found.append(Resource("image", image.id, properties))
+        return found
 
     def delete_resource(self, resource: Resource) -> None:
         if resource.type == "instance":
             self.conn.compute.delete_server(resource.id, ignore_missing=True)
+        elif resource.type == "image":
+            self.conn.image.delete_image(resource.id, ignore_missing=True)
+
+    def label_ready(self, label: PoolLabel) -> bool:
+        if not label.cloud_image:
+            return True
+        try:
+            self.cloud_image_id(label)
+            return True
+        except Exception as exc:
+            log.warning("Provider %s: label %s: %s", self.provider.name, label.name,
+                        exc)
+            return False
+
+    # -- images for the builder ----------------------------------------------------
+
+    def upload_image(self, image_name: str, filename: str, image_format: str,
+                     metadata: dict[str, str]) -> str:
+        """Upload and wait until the cloud says active; returns the image id.
+        Blocking: the builder calls it from an upload worker."""
+        image = self.conn.image.create_image(
+            name=image_name, filename=filename, disk_format=image_format,
+            container_format="bare", meta={k: str(v) for k, v in metadata.items()},
+            wait=False)
+        deadline = time.monotonic() + self.provider.image_upload_timeout
+        while True:
+            current = self.conn.image.get_image(image.id)
+            if current.status == "active":
+                return current.id
+            if current.status in ("killed", "deleted", "deactivated"):
+                raise LaunchError(f"image {image.id} went {current.status}")
+            if time.monotonic() > deadline:
+                raise LaunchError(f"image {image.id} not active after "
+                                  f"{self.provider.image_upload_timeout}s")
+            time.sleep(0.5)
+
+    def delete_image(self, external_id: str) -> None:
+        import openstack.exceptions
+        try:
+            self.conn.image.delete_image(external_id, ignore_missing=False)
+        except openstack.exceptions.NotFoundException:
+            raise NotFound(external_id) from None
+
+    def list_images(self) -> list[dict]:
+        """Every image the credentials see (for alien-image-list)."""
+        return [{"id": i.id, "name": i.name,
+                 "properties": {k: str(v) for k, v in (i.properties or {}).items()}}
+                for i in self.conn.image.images()]
 
     def quota_limits(self) -> Resources:
         now = time.monotonic()
