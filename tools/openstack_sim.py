@@ -78,6 +78,13 @@ class OpenStackSimulator:
         # Glance images: id -> record; one public image exists from the start.
         self.images: dict[str, dict] = {}
         self.add_image("Ubuntu 24.04", image_id="ubuntu-image-id")
+        # Neutron: one private and one external network; ports appear with
+        # servers; floating IPs are created and associated on request.
+        self.networks = [
+            {"id": "net-private", "name": "private", "router:external": False},
+            {"id": "net-public", "name": "public", "router:external": True}]
+        self.floating_ips: dict[str, dict] = {}
+        self._fip = 10
         self.requests: list[tuple[str, str]] = []
         self._address = 10
         self._server: ThreadingHTTPServer | None = None
@@ -129,7 +136,8 @@ class OpenStackSimulator:
                                   for iface in ("public", "internal", "admin")]}
         return [service("identity", "keystone", "/identity"),
                 service("compute", "nova", "/compute/v2.1"),
-                service("image", "glance", "/image")]
+                service("image", "glance", "/image"),
+                service("network", "neutron", "/network")]
 
     def add_image(self, name: str, image_id: str | None = None, status: str = "active",
                   properties: dict | None = None) -> dict:
@@ -188,9 +196,14 @@ def _server_view(sim: OpenStackSimulator, server: Server) -> dict:
         "tags": [], "locked": False, "description": None,
     }
     if server.status == "ACTIVE":
-        view["addresses"] = {"private": [
-            {"addr": server.address, "version": 4, "OS-EXT-IPS:type": "fixed",
-             "OS-EXT-IPS-MAC:mac_addr": "fa:16:3e:00:00:01"}]}
+        addresses = [{"addr": server.address, "version": 4, "OS-EXT-IPS:type": "fixed",
+                      "OS-EXT-IPS-MAC:mac_addr": "fa:16:3e:00:00:01"}]
+        for fip in list(sim.floating_ips.values()):
+            if fip["port_id"] == f"port-{server.id}":
+                addresses.append({"addr": fip["floating_ip_address"], "version": 4,
+                                  "OS-EXT-IPS:type": "floating",
+                                  "OS-EXT-IPS-MAC:mac_addr": "fa:16:3e:00:00:01"})
+        view["addresses"] = {"private": addresses}
     if server.fault:
         view["fault"] = server.fault
     return view
@@ -504,6 +517,92 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(204)
 
+    # -- neutron ---------------------------------------------------------------
+
+    def _query(self) -> dict:
+        from urllib.parse import parse_qs, urlparse
+        return {k: v[0] for k, v in parse_qs(urlparse(self.path).query).items()}
+
+    def network_versions(self):
+        self._send(200, {"versions": [{"id": "v2.0", "status": "CURRENT", "links": [
+            {"rel": "self", "href": f"{self.sim.url}/network/v2.0/"}]}]})
+
+    def networks(self):
+        query = self._query()
+        found = [dict(n, status="ACTIVE", subnets=[], admin_state_up=True, shared=False,
+                      tenant_id=PROJECT_ID, project_id=PROJECT_ID)
+                 for n in self.sim.networks]
+        if "name" in query:
+            found = [n for n in found if n["name"] == query["name"]]
+        if "router:external" in query:
+            wanted = query["router:external"].lower() == "true"
+            found = [n for n in found if n["router:external"] == wanted]
+        self._send(200, {"networks": found})
+
+    def ports(self):
+        query = self._query()
+        ports = [{"id": f"port-{s.id}", "device_id": s.id, "device_owner": "compute:nova",
+                  "network_id": "net-private", "status": "ACTIVE",
+                  "fixed_ips": [{"ip_address": s.address, "subnet_id": "subnet-private"}],
+                  "mac_address": "fa:16:3e:00:00:01", "tenant_id": PROJECT_ID,
+                  "project_id": PROJECT_ID, "name": ""}
+                 for s in self.sim.live_servers() if s.status == "ACTIVE"]
+        if "device_id" in query:
+            ports = [p for p in ports if p["device_id"] == query["device_id"]]
+        self._send(200, {"ports": ports})
+
+    def floatingips(self):
+        query = self._query()
+        with self.sim.lock:
+            found = list(self.sim.floating_ips.values())
+        for key in ("port_id", "floating_ip_address"):
+            if key in query:
+                found = [f for f in found if f[key] == query[key]]
+        self._send(200, {"floatingips": found})
+
+    def create_floatingip(self):
+        spec = self._body().get("floatingip", {})
+        sim = self.sim
+        with sim.lock:
+            sim._fip += 1
+            fip = {"id": str(uuid.uuid4()), "floating_network_id":
+                   spec.get("floating_network_id", "net-public"),
+                   "floating_ip_address": f"203.0.113.{sim._fip % 250 + 2}",
+                   "port_id": spec.get("port_id"),
+                   "fixed_ip_address": None, "router_id": "router-1",
+                   "status": "ACTIVE" if spec.get("port_id") else "DOWN",
+                   "tenant_id": PROJECT_ID, "project_id": PROJECT_ID,
+                   "description": "", "tags": []}
+            sim.floating_ips[fip["id"]] = fip
+        self._send(201, {"floatingip": fip})
+
+    def floatingip(self, fip_id):
+        fip = self.sim.floating_ips.get(fip_id)
+        if fip is None:
+            self._error(404, f"Floating IP {fip_id} could not be found")
+        else:
+            self._send(200, {"floatingip": fip})
+
+    def update_floatingip(self, fip_id):
+        spec = self._body().get("floatingip", {})
+        with self.sim.lock:
+            fip = self.sim.floating_ips.get(fip_id)
+            if fip is not None:
+                fip["port_id"] = spec.get("port_id")
+                fip["status"] = "ACTIVE" if fip["port_id"] else "DOWN"
+        if fip is None:
+            self._error(404, f"Floating IP {fip_id} could not be found")
+        else:
+            self._send(200, {"floatingip": fip})
+
+    def delete_floatingip(self, fip_id):
+        with self.sim.lock:
+            fip = self.sim.floating_ips.pop(fip_id, None)
+        if fip is None:
+            self._error(404, f"Floating IP {fip_id} could not be found")
+        else:
+            self._send(204)
+
     def availability_zones(self, detail=None):
         self._send(200, {"availabilityZoneInfo": [
             {"zoneName": "nova", "zoneState": {"available": True}, "hosts": None}]})
@@ -531,6 +630,14 @@ ROUTES: list[tuple[str, str, Callable]] = [
     ("GET", r"/image/v2/images/([^/]+)", _Handler.image),
     ("PUT", r"/image/v2/images/([^/]+)/file", _Handler.upload_image),
     ("DELETE", r"/image/v2/images/([^/]+)", _Handler.delete_image),
+    ("GET", r"/network", _Handler.network_versions),
+    ("GET", r"/network/v2\.0/networks", _Handler.networks),
+    ("GET", r"/network/v2\.0/ports", _Handler.ports),
+    ("GET", r"/network/v2\.0/floatingips", _Handler.floatingips),
+    ("POST", r"/network/v2\.0/floatingips", _Handler.create_floatingip),
+    ("GET", r"/network/v2\.0/floatingips/([^/]+)", _Handler.floatingip),
+    ("PUT", r"/network/v2\.0/floatingips/([^/]+)", _Handler.update_floatingip),
+    ("DELETE", r"/network/v2\.0/floatingips/([^/]+)", _Handler.delete_floatingip),
 ]
 
 

@@ -65,7 +65,9 @@ def test_server_carries_metadata_and_node_the_cloud_facts(env, sim, zuul):  # no
     assert server.metadata["groups"] == "cloud-sim,ubuntu,small"
     assert server.metadata["team"] == "ci"
     assert server.flavor["name"] == "m1.small"  # the smallest with >= 1024 MiB
-    assert node["interface_ip"] == server.address and node["az"] == "nova"
+    # auto-floating-ip defaults to true: Zuul connects to the floating address.
+    assert node["private_ipv4"] == server.address and node["az"] == "nova"
+    assert node["interface_ip"] == node["public_ipv4"] != server.address
     assert node["resources"] == {"cores": 1, "instances": 1, "ram": 2048}
     assert node["cloud"] == "sim" and node["region"] == "RegionOne"
 
@@ -189,3 +191,28 @@ def test_leaked_image_is_removed(env, sim, zuul, store):  # noqa: F811
     wait_until(lambda: leaked["id"] not in sim.images, timeout=15,
                message="leaked image removed")
     assert kept["id"] in sim.images
+
+
+def test_floating_ip_attached_and_released(env, sim, zuul):  # noqa: F811
+    start(env)
+    request_id = zuul.submit(["small"])
+    node = zuul.get_node(zuul.wait_for_request(request_id, timeout=30)["nodes"][0])
+    [fip] = sim.floating_ips.values()
+    assert node["public_ipv4"] == node["interface_ip"] == fip["floating_ip_address"]
+    assert fip["port_id"] == f"port-{node['external_id']}"
+    assert node["private_ipv4"] == sim.servers[node["external_id"]].address
+    nodes = zuul.accept(request_id)
+    zuul.use(nodes)
+    zuul.release(nodes)
+    wait_until(lambda: not sim.servers and not sim.floating_ips, timeout=20,
+               message="server and floating IP released")
+
+
+def test_no_floating_ip_when_disabled(env, sim, zuul):  # noqa: F811
+    env.start(env.config(CONFIG.format(retries=1).replace(
+        "        host-key-checking: false\n",
+        "        host-key-checking: false\n        auto-floating-ip: false\n", 1)))
+    request = zuul.wait_for_request(zuul.submit(["small"]), timeout=30)
+    node = zuul.get_node(request["nodes"][0])
+    assert not sim.floating_ips and node["public_ipv4"] is None
+    assert node["interface_ip"] == node["private_ipv4"]

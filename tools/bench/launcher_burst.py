@@ -250,7 +250,8 @@ def main() -> int:
         if simulator is not None:
             # Give the delete worker a moment to finish, then count leaks.
             deadline = time.monotonic() + 30
-            while simulator.servers and time.monotonic() < deadline:
+            while (simulator.servers or simulator.floating_ips) and \
+                    time.monotonic() < deadline:
                 time.sleep(0.2)
         own_cpu = time.process_time() - own_before
         zk_cpu = cpu_seconds(zookeeper.process.pid) - zk_before
@@ -279,8 +280,9 @@ def main() -> int:
         print(f"launcher CPU:         {cpu:.2f} s for the burst, "
               f"{cpu / args.requests * 1000:.2f} ms per request (incl. deletion)")
         if simulator is not None:
-            print(f"cloud servers left:   {len(simulator.servers)} (every node was "
-                  f"used and returned: anything left is a leak)")
+            print(f"cloud left over:      {len(simulator.servers)} servers, "
+                  f"{len(simulator.floating_ips)} floating IPs (every node was used "
+                  f"and returned: anything left is a leak)")
         print(f"other CPU:            ZooKeeper {zk_cpu:.2f} s, this Zuul-role client "
               f"{own_cpu:.2f} s (the machine's cores are shared by all three)")
         return 0 if not pending else 1

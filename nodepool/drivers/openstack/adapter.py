@@ -180,6 +180,17 @@ class OpenStackCreate(StateMachine):
         return server
 
     def _advance(self) -> Instance | None:
+        if self.state == "floating-ip":
+            if not self.future.done():
+                self.poll_delay = 0.05
+                return None
+            address = self.future.result()  # a failure fails the attempt
+            instance = self.adapter.instance(self.server)
+            instance.public_ipv4 = address
+            instance.interface_ip = address
+            self.complete = True
+            self.adapter.building.discard(self)
+            return instance
         if self.state == "start":
             self.future = self.adapter.executor.submit(self._create)
             self.state = "creating"
@@ -206,9 +217,19 @@ class OpenStackCreate(StateMachine):
         if server.status != "ACTIVE":
             self.poll_delay = 0.25
             return None
+        instance = self.adapter.instance(server)
+        pool = self.adapter.pool_of(self.label)
+        if pool is not None and pool.auto_floating_ip and not instance.public_ipv4 \
+                and not instance.public_ipv6:
+            self.state = "floating-ip"
+            self.server = server
+            self.future = self.adapter.executor.submit(self.adapter.attach_floating_ip,
+                                                       server)
+            self.poll_delay = 0.05
+            return None
         self.complete = True
         self.adapter.building.discard(self)
-        return self.adapter.instance(server)
+        return instance
 
 
 class OpenStackDelete(StateMachine):
@@ -221,6 +242,8 @@ class OpenStackDelete(StateMachine):
 
     def _delete(self):
         import openstack.exceptions
+        # Floating IPs first, or they outlive the server (a leak that costs).
+        self.adapter.release_floating_ips(self.external_id)
         try:
             self.adapter.conn.compute.delete_server(self.external_id, ignore_missing=False)
         except openstack.exceptions.NotFoundException:
@@ -273,6 +296,7 @@ class OpenStackAdapter(Adapter):
         self._limits: tuple[float, Resources] | None = None
         self._azs: list[str] | None = None
         self._image_ids: dict[str, tuple[float, str]] = {}
+        self._external_network: str | None = None
 
     def stop(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -317,6 +341,35 @@ class OpenStackAdapter(Adapter):
             raise LaunchError(f"cloud image {name!r} not found in {self.provider.name}")
         self._image_ids[name] = (time.monotonic(), found.id)
         return found.id
+
+    def pool_of(self, label: PoolLabel):
+        for pool in self.provider.pools.values():
+            if pool.labels.get(label.name) is label:
+                return pool
+        return None
+
+    def external_network_id(self) -> str:
+        if self._external_network is None:
+            networks = list(self.conn.network.networks(is_router_external=True))
+            if not networks:
+                raise LaunchError("no external network for floating IPs")
+            self._external_network = networks[0].id
+        return self._external_network
+
+    def attach_floating_ip(self, server) -> str:
+        """Create a floating IP on the server's port; returns its address
+        (blocking: runs on the executor)."""
+        ports = list(self.conn.network.ports(device_id=server.id))
+        if not ports:
+            raise LaunchError(f"server {server.id} has no port for a floating IP")
+        fip = self.conn.network.create_ip(
+            floating_network_id=self.external_network_id(), port_id=ports[0].id)
+        return fip.floating_ip_address
+
+    def release_floating_ips(self, server_id: str) -> None:
+        for port in self.conn.network.ports(device_id=server_id):
+            for fip in self.conn.network.ips(port_id=port.id):
+                self.conn.network.delete_ip(fip.id, ignore_missing=True)
 
     def instance(self, server) -> Instance:
         private = public = public6 = None
