@@ -55,6 +55,7 @@ class Server:
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                 time.gmtime()))
     address: str = ""
+    volumes: list = field(default_factory=list)
 
 
 FLAVORS = [
@@ -85,6 +86,8 @@ class OpenStackSimulator:
             {"id": "net-public", "name": "public", "router:external": True}]
         self.floating_ips: dict[str, dict] = {}
         self._fip = 10
+        # Cinder volumes (boot volumes made by Nova from block device mappings).
+        self.volumes: dict[str, dict] = {}
         self.requests: list[tuple[str, str]] = []
         self._address = 10
         self._server: ThreadingHTTPServer | None = None
@@ -192,7 +195,8 @@ def _server_view(sim: OpenStackSimulator, server: Server) -> dict:
             {"BUILD": "building", "ACTIVE": "active", "ERROR": "error"}.get(
                 server.status, "active"),
         "OS-EXT-STS:power_state": 1 if server.status == "ACTIVE" else 0,
-        "os-extended-volumes:volumes_attached": [],
+        "os-extended-volumes:volumes_attached": [
+            {"id": v, "delete_on_termination": True} for v in server.volumes],
         "tags": [], "locked": False, "description": None,
     }
     if server.status == "ACTIVE":
@@ -382,6 +386,16 @@ class _Handler(BaseHTTPRequestHandler):
                     networks=spec.get("networks"), key_name=spec.get("key_name"),
                     active_at=time.monotonic() + sim.boot_delay,
                     address=f"10.0.{sim._address // 250}.{sim._address % 250 + 2}")
+                for mapping in spec.get("block_device_mapping_v2") or []:
+                    if mapping.get("destination_type") == "volume":
+                        volume = {"id": str(uuid.uuid4()),
+                                  "size": int(mapping.get("volume_size") or 1),
+                                  "image": mapping.get("uuid"), "server": server.id,
+                                  "delete_on_termination": bool(
+                                      mapping.get("delete_on_termination")),
+                                  "boot_index": mapping.get("boot_index")}
+                        sim.volumes[volume["id"]] = volume
+                        server.volumes.append(volume["id"])
                 if faults.quota_error_servers > 0:
                     faults.quota_error_servers -= 1
                     server.status = "ERROR"
@@ -428,7 +442,15 @@ class _Handler(BaseHTTPRequestHandler):
                     failing = True
                 else:
                     failing = False
-                    del sim.servers[server_id]
+                    server = sim.servers.pop(server_id)
+                    for volume_id in server.volumes:
+                        volume = sim.volumes.get(volume_id)
+                        if volume is None:
+                            continue
+                        if volume["delete_on_termination"]:
+                            del sim.volumes[volume_id]
+                        else:
+                            volume["server"] = None
         if missing:
             self._error(404, f"Instance {server_id} could not be found.")
         elif failing:

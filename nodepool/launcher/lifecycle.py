@@ -266,7 +266,9 @@ class NodeLaunch(Task):
         if instance.slot is not None:
             node.slot = instance.slot
         if instance.resources:
-            node.resources = dict(instance.resources)
+            # The cloud's figures win; what it does not report (volumes of a
+            # boot-from-volume label, say) stays as the label's quota said.
+            node.resources = {**(node.resources or {}), **instance.resources}
         for attr in ("username", "python_path", "shell_type", "connection_port",
                      "connection_type"):
             value = getattr(instance, attr)

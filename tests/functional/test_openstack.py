@@ -216,3 +216,21 @@ def test_no_floating_ip_when_disabled(env, sim, zuul):  # noqa: F811
     node = zuul.get_node(request["nodes"][0])
     assert not sim.floating_ips and node["public_ipv4"] is None
     assert node["interface_ip"] == node["private_ipv4"]
+
+
+def test_boot_from_volume_volume_removed_on_delete(env, sim, zuul):  # noqa: F811
+    env.start(env.config(CONFIG.format(retries=1).replace(
+        "            min-ram: 1024\n",
+        "            min-ram: 1024\n            boot-from-volume: true\n"
+        "            volume-size: 12\n", 1)))
+    request_id = zuul.submit(["small"])
+    node = zuul.get_node(zuul.wait_for_request(request_id, timeout=30)["nodes"][0])
+    [volume] = sim.volumes.values()
+    assert volume["server"] == node["external_id"] and volume["size"] == 12
+    assert volume["image"] == "ubuntu-image-id" and volume["delete_on_termination"]
+    assert node["resources"]["volumes"] == 1 and node["resources"]["volume-gb"] == 12
+    nodes = zuul.accept(request_id)
+    zuul.use(nodes)
+    zuul.release(nodes)
+    wait_until(lambda: not sim.servers and not sim.volumes, timeout=20,
+               message="server and its boot volume deleted")

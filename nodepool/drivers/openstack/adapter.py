@@ -134,6 +134,16 @@ class OpenStackCreate(StateMachine):
         image_id = self.image_id or adapter.cloud_image_id(self.label)
         kwargs = dict(name=self.hostname, flavor_id=flavor.id, image_id=image_id,
                       metadata=self.metadata)
+        if self.label.boot_from_volume:
+            # Nova makes the boot volume from the image and deletes it with
+            # the server, so a deleted node leaves no volume behind.
+            kwargs["image_id"] = None
+            kwargs["block_device_mapping"] = [{
+                "boot_index": 0, "uuid": image_id, "source_type": "image",
+                "destination_type": "volume", "volume_size": self.label.volume_size,
+                "delete_on_termination": True}]
+            if self.label.volume_type:
+                kwargs["block_device_mapping"][0]["volume_type"] = self.label.volume_type
         networks = self.label.networks
         kwargs["networks"] = [{"uuid": n} for n in networks] if networks else "auto"
         if self.az:
