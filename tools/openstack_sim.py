@@ -56,6 +56,8 @@ class Server:
                                                                 time.gmtime()))
     address: str = ""
     volumes: list = field(default_factory=list)
+    security_groups: list = field(default_factory=list)
+    config_drive: bool = False
 
 
 FLAVORS = [
@@ -384,6 +386,9 @@ class _Handler(BaseHTTPRequestHandler):
                     metadata={str(k): str(v) for k, v in
                               (spec.get("metadata") or {}).items()},
                     networks=spec.get("networks"), key_name=spec.get("key_name"),
+                    security_groups=[g.get("name") for g in
+                                     spec.get("security_groups") or []],
+                    config_drive=bool(spec.get("config_drive")),
                     active_at=time.monotonic() + sim.boot_delay,
                     address=f"10.0.{sim._address // 250}.{sim._address % 250 + 2}")
                 for mapping in spec.get("block_device_mapping_v2") or []:
@@ -545,6 +550,13 @@ class _Handler(BaseHTTPRequestHandler):
         from urllib.parse import parse_qs, urlparse
         return {k: v[0] for k, v in parse_qs(urlparse(self.path).query).items()}
 
+    def network(self, network_id):
+        for network in self.sim.networks:
+            if network["id"] == network_id:
+                self._send(200, {"network": dict(network, status="ACTIVE")})
+                return
+        self._error(404, f"Network {network_id} could not be found.")
+
     def network_versions(self):
         self._send(200, {"versions": [{"id": "v2.0", "status": "CURRENT", "links": [
             {"rel": "self", "href": f"{self.sim.url}/network/v2.0/"}]}]})
@@ -654,6 +666,7 @@ ROUTES: list[tuple[str, str, Callable]] = [
     ("DELETE", r"/image/v2/images/([^/]+)", _Handler.delete_image),
     ("GET", r"/network", _Handler.network_versions),
     ("GET", r"/network/v2\.0/networks", _Handler.networks),
+    ("GET", r"/network/v2\.0/networks/([^/]+)", _Handler.network),
     ("GET", r"/network/v2\.0/ports", _Handler.ports),
     ("GET", r"/network/v2\.0/floatingips", _Handler.floatingips),
     ("POST", r"/network/v2\.0/floatingips", _Handler.create_floatingip),

@@ -234,3 +234,18 @@ def test_boot_from_volume_volume_removed_on_delete(env, sim, zuul):  # noqa: F81
     zuul.release(nodes)
     wait_until(lambda: not sim.servers and not sim.volumes, timeout=20,
                message="server and its boot volume deleted")
+
+
+def test_networks_by_name_security_groups_and_config_drive(env, sim, zuul):  # noqa: F811
+    text = CONFIG.format(retries=1)
+    text = text.replace("        image-id: ubuntu-image-id\n",
+                        "        image-id: ubuntu-image-id\n        config-drive: true\n")
+    text = text.replace("        host-key-checking: false\n",
+                        "        host-key-checking: false\n        networks: [private]\n"
+                        "        security-groups: [ci, ssh]\n", 1)
+    env.start(env.config(text))
+    request = zuul.wait_for_request(zuul.submit(["small"]), timeout=30)
+    assert request["state"] == "fulfilled"
+    server = sim.servers[zuul.get_node(request["nodes"][0])["external_id"]]
+    assert server.networks == [{"uuid": "net-private"}]
+    assert server.security_groups == ["ci", "ssh"] and server.config_drive

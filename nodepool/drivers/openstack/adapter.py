@@ -145,7 +145,14 @@ class OpenStackCreate(StateMachine):
             if self.label.volume_type:
                 kwargs["block_device_mapping"][0]["volume_type"] = self.label.volume_type
         networks = self.label.networks
-        kwargs["networks"] = [{"uuid": n} for n in networks] if networks else "auto"
+        kwargs["networks"] = [{"uuid": adapter.network_id(n)} for n in networks] \
+            if networks else "auto"
+        pool = adapter.pool_of(self.label)
+        if pool is not None and pool.security_groups:
+            kwargs["security_groups"] = [{"name": g} for g in pool.security_groups]
+        config_drive = adapter.config_drive_for(self.label)
+        if config_drive is not None:
+            kwargs["config_drive"] = config_drive
         if self.az:
             kwargs["availability_zone"] = self.az
         if self.label.key_name:
@@ -307,6 +314,7 @@ class OpenStackAdapter(Adapter):
         self._azs: list[str] | None = None
         self._image_ids: dict[str, tuple[float, str]] = {}
         self._external_network: str | None = None
+        self._networks: dict[str, str] = {}
 
     def stop(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -357,6 +365,22 @@ class OpenStackAdapter(Adapter):
             if pool.labels.get(label.name) is label:
                 return pool
         return None
+
+    def network_id(self, name_or_id: str) -> str:
+        """A network given by name or id, as an id (looked up once)."""
+        if name_or_id not in self._networks:
+            network = self.conn.network.find_network(name_or_id, ignore_missing=True)
+            if network is None:
+                raise RuntimeConfigurationError(f"network {name_or_id!r} not found")
+            self._networks[name_or_id] = network.id
+        return self._networks[name_or_id]
+
+    def config_drive_for(self, label: PoolLabel) -> bool | None:
+        if label.diskimage:
+            image = self.provider.diskimages.get(label.diskimage)
+        else:
+            image = self.provider.cloud_images.get(label.cloud_image or "")
+        return image.config_drive if image is not None else None
 
     def external_network_id(self) -> str:
         if self._external_network is None:
