@@ -184,6 +184,14 @@ class FakeZuul:
                 node["hold_expiration"] = expiration
             self._write_node(node)
 
+    def run_job(self, request_id: str, project: str = "example.org/project"
+                ) -> list[dict]:
+        """A whole job's worth: take the nodes, use them, return them."""
+        nodes = self.accept(request_id)
+        self.use(nodes, project)
+        self.release(nodes)
+        return nodes
+
     def release(self, nodes: list[dict]) -> None:
         for node in nodes:
             if node["state"] == "in-use":

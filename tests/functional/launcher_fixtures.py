@@ -11,6 +11,22 @@ from nodepool.drivers.fake.adapter import FakeCloud
 from nodepool.launcher.launcher import Launcher
 from nodepool.zk.records import ImageBuild, ImageUpload
 
+# The smallest useful fake provider: label "small" on the default cloud image.
+FAKE_PROVIDER = """
+  - name: fake-cloud
+    cloud: fake
+    cloud-images:
+      - name: precise
+        image-name: Fake Precise
+    pools:
+      - name: main
+        max-servers: 5
+        labels:
+          - name: small
+            cloud-image: precise
+            min-ram: 1
+"""
+
 # Intervals short enough that timer-driven housekeeping happens within a test.
 FAST = dict(idle_interval=1.0, cleanup_interval=0.3, delete_sweep_interval=0.5,
             min_ready_interval=0.5, config_check_interval=0.1)

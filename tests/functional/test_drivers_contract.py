@@ -184,9 +184,7 @@ def test_used_nodes_go_and_capacity_returns(launcher, driver, zuul):
     time.sleep(0.5)
     assert zuul.get_request(waiting)["state"] == "requested"  # deferred, not failed
     for request_id in ids:
-        nodes = zuul.accept(request_id)
-        zuul.use(nodes)
-        zuul.release(nodes)
+        zuul.run_job(request_id)
     assert zuul.wait_for_request(waiting, timeout=30)["state"] == "fulfilled"
     wait_until(lambda: not any(zuul.get_node(n) for n in used), timeout=20,
                message="used nodes removed")

@@ -5,7 +5,7 @@ import time
 import pytest
 
 from conftest import wait_until
-from launcher_fixtures import FAST, add_upload, crash, env  # noqa: F401
+from launcher_fixtures import FAKE_PROVIDER, add_upload, crash, env  # noqa: F401
 from nodepool.drivers.fake.adapter import FakeCloud
 from nodepool.zk.records import Node, NodeState
 
@@ -213,9 +213,7 @@ def test_pool_at_quota_still_serves_ready_nodes(env, zuul):
     assert served["state"] == "fulfilled" and served["nodes"] == [ready.id]
     assert zuul.get_request(large)["state"] == "requested"
     # Once the small node is used and gone, the large request gets its turn.
-    nodes = zuul.accept(small)
-    zuul.use(nodes)
-    zuul.release(nodes)
+    zuul.run_job(small)
     assert zuul.wait_for_request(large)["state"] == "fulfilled"
 
 
@@ -550,26 +548,10 @@ def test_pool_max_cores(env, zuul):
 
 
 def test_a_provider_that_cannot_start_leaves_the_others_running(env, zuul, caplog):
-    launcher = env.start(env.config("""
-labels:
-  - name: small
-providers:
-  - name: east
-    cloud: east
-    pools:
-      - name: p
-  - name: fake-cloud
-    cloud: fake
-    cloud-images:
-      - name: precise
-        image-name: Fake Precise
-    pools:
-      - name: main
-        labels:
-          - name: small
-            cloud-image: precise
-            min-ram: 1
-"""))
+    launcher = env.start(env.config(
+        "labels:\n  - name: small\nproviders:\n"
+        "  - name: east\n    cloud: east\n    pools:\n      - name: p"
+        + FAKE_PROVIDER))
     assert set(launcher.managers) == {"fake-cloud"}
     assert "provider east: Cloud east was not found" in caplog.text
     assert "Traceback" not in caplog.text

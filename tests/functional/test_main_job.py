@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from launcher_fixtures import env  # noqa: F401
+from launcher_fixtures import FAKE_PROVIDER, env  # noqa: F401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -24,23 +24,7 @@ def test_quickstart_brings_up_the_pool_and_stops_cleanly():
 
 
 def test_list_and_request_list(env, zuul):  # noqa: F811
-    path = env.config("""
-labels:
-  - name: small
-providers:
-  - name: fake-cloud
-    cloud: fake
-    cloud-images:
-      - name: precise
-        image-name: Fake Precise
-    pools:
-      - name: main
-        max-servers: 5
-        labels:
-          - name: small
-            cloud-image: precise
-            min-ram: 1
-""")
+    path = env.config("labels:\n  - name: small\nproviders:" + FAKE_PROVIDER)
     env.start(path)
     request_id = zuul.submit(["small"])
     node_id = zuul.wait_for_request(request_id)["nodes"][0]

@@ -98,9 +98,7 @@ def test_failing_deletes_are_retried_until_the_server_is_gone(env, sim, zuul):  
     server_id = zuul.get_node(zuul.wait_for_request(request_id, timeout=30)["nodes"][0])[
         "external_id"]
     sim.faults.failing_deletes = 2
-    nodes = zuul.accept(request_id)
-    zuul.use(nodes)
-    zuul.release(nodes)
+    zuul.run_job(request_id)
     wait_until(lambda: server_id not in sim.servers, timeout=30,
                message="server deleted after failures")
     assert sim.faults.failing_deletes == 0
@@ -201,9 +199,7 @@ def test_floating_ip_attached_and_released(env, sim, zuul):  # noqa: F811
     assert node["public_ipv4"] == node["interface_ip"] == fip["floating_ip_address"]
     assert fip["port_id"] == f"port-{node['external_id']}"
     assert node["private_ipv4"] == sim.servers[node["external_id"]].address
-    nodes = zuul.accept(request_id)
-    zuul.use(nodes)
-    zuul.release(nodes)
+    zuul.run_job(request_id)
     wait_until(lambda: not sim.servers and not sim.floating_ips, timeout=20,
                message="server and floating IP released")
 
@@ -229,9 +225,7 @@ def test_boot_from_volume_volume_removed_on_delete(env, sim, zuul):  # noqa: F81
     assert volume["server"] == node["external_id"] and volume["size"] == 12
     assert volume["image"] == "ubuntu-image-id" and volume["delete_on_termination"]
     assert node["resources"]["volumes"] == 1 and node["resources"]["volume-gb"] == 12
-    nodes = zuul.accept(request_id)
-    zuul.use(nodes)
-    zuul.release(nodes)
+    zuul.run_job(request_id)
     wait_until(lambda: not sim.servers and not sim.volumes, timeout=20,
                message="server and its boot volume deleted")
 
