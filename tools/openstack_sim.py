@@ -88,6 +88,8 @@ class OpenStackSimulator:
             {"id": "net-public", "name": "public", "router:external": True}]
         self.floating_ips: dict[str, dict] = {}
         self._fip = 10
+        # Ports not belonging to a server (e.g. left DOWN by a failed delete).
+        self.extra_ports: dict[str, dict] = {}
         # Cinder volumes (boot volumes made by Nova from block device mappings).
         self.volumes: dict[str, dict] = {}
         self.requests: list[tuple[str, str]] = []
@@ -158,6 +160,24 @@ class OpenStackSimulator:
         image["self"] = f"/v2/images/{image['id']}"
         self.images[image["id"]] = image
         return image
+
+    def add_down_port(self) -> dict:
+        port = {"id": str(uuid.uuid4()), "device_id": "", "device_owner": "compute:nova",
+                "network_id": "net-private", "status": "DOWN", "fixed_ips": [],
+                "mac_address": "fa:16:3e:00:00:99", "tenant_id": PROJECT_ID,
+                "project_id": PROJECT_ID, "name": ""}
+        self.extra_ports[port["id"]] = port
+        return port
+
+    def add_floating_ip(self, port_id: str | None = None) -> dict:
+        self._fip += 1
+        fip = {"id": str(uuid.uuid4()), "floating_network_id": "net-public",
+               "floating_ip_address": f"203.0.113.{self._fip % 250 + 2}",
+               "port_id": port_id, "fixed_ip_address": None, "router_id": "router-1",
+               "status": "ACTIVE" if port_id else "DOWN", "tenant_id": PROJECT_ID,
+               "project_id": PROJECT_ID, "description": "", "tags": []}
+        self.floating_ips[fip["id"]] = fip
+        return fip
 
     # -- servers -----------------------------------------------------------------
 
@@ -581,9 +601,21 @@ class _Handler(BaseHTTPRequestHandler):
                   "mac_address": "fa:16:3e:00:00:01", "tenant_id": PROJECT_ID,
                   "project_id": PROJECT_ID, "name": ""}
                  for s in self.sim.live_servers() if s.status == "ACTIVE"]
+        with self.sim.lock:
+            ports += list(self.sim.extra_ports.values())
         if "device_id" in query:
             ports = [p for p in ports if p["device_id"] == query["device_id"]]
+        if "status" in query:
+            ports = [p for p in ports if p["status"] == query["status"]]
         self._send(200, {"ports": ports})
+
+    def delete_port(self, port_id):
+        with self.sim.lock:
+            port = self.sim.extra_ports.pop(port_id, None)
+        if port is None:
+            self._error(404, f"Port {port_id} could not be found.")
+        else:
+            self._send(204)
 
     def floatingips(self):
         query = self._query()
@@ -598,16 +630,7 @@ class _Handler(BaseHTTPRequestHandler):
         spec = self._body().get("floatingip", {})
         sim = self.sim
         with sim.lock:
-            sim._fip += 1
-            fip = {"id": str(uuid.uuid4()), "floating_network_id":
-                   spec.get("floating_network_id", "net-public"),
-                   "floating_ip_address": f"203.0.113.{sim._fip % 250 + 2}",
-                   "port_id": spec.get("port_id"),
-                   "fixed_ip_address": None, "router_id": "router-1",
-                   "status": "ACTIVE" if spec.get("port_id") else "DOWN",
-                   "tenant_id": PROJECT_ID, "project_id": PROJECT_ID,
-                   "description": "", "tags": []}
-            sim.floating_ips[fip["id"]] = fip
+            fip = sim.add_floating_ip(spec.get("port_id"))
         self._send(201, {"floatingip": fip})
 
     def floatingip(self, fip_id):
@@ -668,6 +691,7 @@ ROUTES: list[tuple[str, str, Callable]] = [
     ("GET", r"/network/v2\.0/networks", _Handler.networks),
     ("GET", r"/network/v2\.0/networks/([^/]+)", _Handler.network),
     ("GET", r"/network/v2\.0/ports", _Handler.ports),
+    ("DELETE", r"/network/v2\.0/ports/([^/]+)", _Handler.delete_port),
     ("GET", r"/network/v2\.0/floatingips", _Handler.floatingips),
     ("POST", r"/network/v2\.0/floatingips", _Handler.create_floatingip),
     ("GET", r"/network/v2\.0/floatingips/([^/]+)", _Handler.floatingip),

@@ -166,6 +166,10 @@ class Adapter:
 
     # -- optional ------------------------------------------------------------
 
+    def cleanup_leaks(self, report) -> None:
+        """Remove driver-specific leaks that carry no metadata (optional);
+        ``report(plural_kind, count)`` counts them."""
+
     def quota_limits(self) -> Resources:
         return Resources(default=float("inf"))
 

@@ -410,6 +410,12 @@ class Cleanup(PeriodicWorker):
         suspects = {}
         for name, manager in list(launcher.managers.items()):
             try:
+                manager.adapter.cleanup_leaks(
+                    lambda plural, count, name=name: launcher.stats.leaked(
+                        name, plural, count))
+            except Exception as exc:
+                log.warning("Provider %s: driver leak cleanup failed: %s", name, exc)
+            try:
                 resources = manager.adapter.list_resources()
             except Exception as exc:
                 log.warning("Provider %s: cannot list resources: %s", name, exc)

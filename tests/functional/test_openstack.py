@@ -243,3 +243,34 @@ def test_networks_by_name_security_groups_and_config_drive(env, sim, zuul):  # n
     server = sim.servers[zuul.get_node(request["nodes"][0])["external_id"]]
     assert server.networks == [{"uuid": "net-private"}]
     assert server.security_groups == ["ci", "ssh"] and server.config_drive
+
+
+def test_leaked_floating_ips_and_down_ports_are_removed_and_counted(
+        env, sim, zuul, monkeypatch):  # noqa: F811
+    from statsd_receiver import StatsReceiver
+    receiver = StatsReceiver()
+    monkeypatch.setenv("STATSD_HOST", "127.0.0.1")
+    monkeypatch.setenv("STATSD_PORT", str(receiver.port))
+    try:
+        launcher = env.start(env.config(CONFIG.format(retries=1).replace(
+            "    rate: 0.001\n",
+            "    rate: 0.001\n    clean-floating-ips: true\n"
+            "    port-cleanup-interval: 1\n")))
+        request = zuul.wait_for_request(zuul.submit(["small"]), timeout=30)
+        in_use = next(iter(sim.floating_ips.values()))  # attached: must stay
+        leaked_fip = sim.add_floating_ip()
+        down = sim.add_down_port()
+        for _ in range(3):
+            launcher.cleanup.wake.set()
+            time.sleep(0.6)
+        wait_until(lambda: leaked_fip["id"] not in sim.floating_ips
+                   and down["id"] not in sim.extra_ports, timeout=15,
+                   message="leaked floating IP and DOWN port removed")
+        assert in_use["id"] in sim.floating_ips
+        node = zuul.get_node(request["nodes"][0])
+        assert node["external_id"] in sim.servers  # the node in use is untouched
+        assert receiver.wait_for(lambda keys: {
+            "nodepool.provider.cloud-sim.leaked.floatingips",
+            "nodepool.provider.cloud-sim.leaked.ports"} <= keys)
+    finally:
+        receiver.stop()

@@ -315,6 +315,8 @@ class OpenStackAdapter(Adapter):
         self._image_ids: dict[str, tuple[float, str]] = {}
         self._external_network: str | None = None
         self._networks: dict[str, str] = {}
+        self._suspect_fips: set[str] = set()
+        self._down_ports: dict[str, float] = {}
 
     def stop(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -452,6 +454,37 @@ class OpenStackAdapter(Adapter):
             self.conn.compute.delete_server(resource.id, ignore_missing=True)
         elif resource.type == "image":
             self.conn.image.delete_image(resource.id, ignore_missing=True)
+
+    def cleanup_leaks(self, report) -> None:
+        """OpenStack's own leak kinds, each deleted only when seen leaked on
+        two checks: unattached floating IPs (``clean-floating-ips``) and DOWN
+        compute ports (seen DOWN ``port-cleanup-interval`` apart).
+        ``report(plural_kind, count)`` feeds the leaked counters."""
+        now = time.monotonic()
+        if self.provider.clean_floating_ips:
+            unattached = {f.id for f in self.conn.network.ips() if not f.port_id}
+            removed = 0
+            for fip_id in unattached & self._suspect_fips:
+                self.conn.network.delete_ip(fip_id, ignore_missing=True)
+                removed += 1
+            self._suspect_fips = unattached - self._suspect_fips
+            if removed:
+                report("floatingips", removed)
+        interval = self.provider.port_cleanup_interval
+        if interval > 0:
+            down = {p.id for p in self.conn.network.ports(status="DOWN")
+                    if (p.device_owner or "").startswith("compute:")}
+            removed = 0
+            for port_id in down:
+                first_seen = self._down_ports.setdefault(port_id, now)
+                if now - first_seen >= interval:
+                    self.conn.network.delete_port(port_id, ignore_missing=True)
+                    self._down_ports.pop(port_id, None)
+                    removed += 1
+            for port_id in set(self._down_ports) - down:
+                del self._down_ports[port_id]
+            if removed:
+                report("ports", removed)
 
     def label_ready(self, label: PoolLabel) -> bool:
         if not label.cloud_image:
