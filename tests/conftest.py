@@ -112,6 +112,18 @@ def zuul(zk_hosts):
 
 
 @pytest.fixture
+def statsd(monkeypatch):
+    """A real UDP statsd receiver, with STATSD_HOST/PORT pointing at it for
+    everything the test starts in this process."""
+    from statsd_receiver import StatsReceiver
+    receiver = StatsReceiver()
+    monkeypatch.setenv("STATSD_HOST", "127.0.0.1")
+    monkeypatch.setenv("STATSD_PORT", str(receiver.port))
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture
 def zk_proxy(zk_server):
     """A TCP proxy in front of the server, to drop connections on purpose."""
     proxy = TCPProxy(zk_server.port)

@@ -1,8 +1,9 @@
 """An OpenStack API simulator on loopback, for the openstack driver's tests.
 
-Speaks enough of Keystone v3 (token and catalog) and Nova (servers, flavors,
-limits, availability zones, server metadata, faults) over real HTTP for
-openstacksdk to drive it unmodified. Servers go BUILD -> ACTIVE after a
+Speaks enough of Keystone v3 (token and catalog), Nova (servers, flavors,
+limits, availability zones, server metadata, faults), Glance v2 (images),
+Neutron (networks, ports, floating IPs) and Cinder v3 (volumes, limits) over
+real HTTP for openstacksdk to drive it unmodified. Servers go BUILD -> ACTIVE after a
 configurable delay. Faults can be injected (see :class:`Faults`).
 
 Runs in a test process (``OpenStackSimulator().start()``) or on its own:
@@ -31,10 +32,12 @@ class Faults:
 
     http_500: int = 0                 # next N requests of any kind
     rate_limited: int = 0             # next N requests answered 429
+    over_limit: int = 0               # next N requests answered 413
     quota_creates: int = 0            # next N server creates answered 403 quota
     error_servers: int = 0            # next N servers go to ERROR
     quota_error_servers: int = 0      # ... with a quota fault
     failing_deletes: int = 0          # next N server deletes answered 500
+    volumes_left_behind: int = 0      # next N server deletes keep their boot volume
     slow_seconds: float = 0.0         # every response delayed this long
     never_active: bool = False
 
@@ -55,6 +58,7 @@ class Server:
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                 time.gmtime()))
     address: str = ""
+    address6: str = ""
     volumes: list = field(default_factory=list)
     security_groups: list = field(default_factory=list)
     config_drive: bool = False
@@ -70,11 +74,17 @@ FLAVORS = [
 class OpenStackSimulator:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, boot_delay: float = 0.0,
                  max_instances: int = 100, max_cores: int = 400,
-                 max_ram: int = 1_000_000):
+                 max_ram: int = 1_000_000, max_volumes: int = 100,
+                 max_volume_gb: int = 10_000, server_address: str | None = None):
         self.host = host
         self.port = port
         self.boot_delay = boot_delay
-        self.limits = {"instances": max_instances, "cores": max_cores, "ram": max_ram}
+        self.limits = {"instances": max_instances, "cores": max_cores, "ram": max_ram,
+                       "volumes": max_volumes, "volume-gb": max_volume_gb}
+        # Every server gets this fixed address when set (e.g. 127.0.0.1 so
+        # that a real sshd on loopback answers the launcher's host-key scan).
+        self.server_address = server_address
+        self._v6 = 0
         self.faults = Faults()
         self.lock = threading.Lock()
         self.servers: dict[str, Server] = {}
@@ -85,7 +95,9 @@ class OpenStackSimulator:
         # servers; floating IPs are created and associated on request.
         self.networks = [
             {"id": "net-private", "name": "private", "router:external": False},
-            {"id": "net-public", "name": "public", "router:external": True}]
+            {"id": "net-public", "name": "public", "router:external": True},
+            # Servers attached to this one get a global IPv6 address.
+            {"id": "net-v6", "name": "public-v6", "router:external": False}]
         self.floating_ips: dict[str, dict] = {}
         self._fip = 10
         # Ports not belonging to a server (e.g. left DOWN by a failed delete).
@@ -144,7 +156,8 @@ class OpenStackSimulator:
         return [service("identity", "keystone", "/identity"),
                 service("compute", "nova", "/compute/v2.1"),
                 service("image", "glance", "/image"),
-                service("network", "neutron", "/network")]
+                service("network", "neutron", "/network"),
+                service("block-storage", "cinder", f"/volume/v3/{PROJECT_ID}")]
 
     def add_image(self, name: str, image_id: str | None = None, status: str = "active",
                   properties: dict | None = None) -> dict:
@@ -194,7 +207,19 @@ class OpenStackSimulator:
         live = list(self.servers.values())
         return {"instances": len(live),
                 "cores": sum(s.flavor["vcpus"] for s in live),
-                "ram": sum(s.flavor["ram"] for s in live)}
+                "ram": sum(s.flavor["ram"] for s in live),
+                "volumes": len(self.volumes),
+                "volume-gb": sum(v["size"] for v in self.volumes.values())}
+
+    def add_volume(self, size: int = 1, server: str | None = None, name: str = "",
+                   image: str | None = None, delete_on_termination: bool = False) -> dict:
+        volume = {"id": str(uuid.uuid4()), "size": size, "image": image,
+                  "server": server, "name": name, "metadata": {},
+                  "delete_on_termination": delete_on_termination,
+                  "created_at": time.strftime("%Y-%m-%dT%H:%M:%S.000000",
+                                              time.gmtime())}
+        self.volumes[volume["id"]] = volume
+        return volume
 
 
 def _server_view(sim: OpenStackSimulator, server: Server) -> dict:
@@ -230,6 +255,10 @@ def _server_view(sim: OpenStackSimulator, server: Server) -> dict:
                                   "OS-EXT-IPS:type": "floating",
                                   "OS-EXT-IPS-MAC:mac_addr": "fa:16:3e:00:00:01"})
         view["addresses"] = {"private": addresses}
+        if server.address6:
+            view["addresses"]["public-v6"] = [
+                {"addr": server.address6, "version": 6, "OS-EXT-IPS:type": "fixed",
+                 "OS-EXT-IPS-MAC:mac_addr": "fa:16:3e:00:00:02"}]
     if server.fault:
         view["fault"] = server.fault
     return view
@@ -268,10 +297,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def _error(self, status: int, message: str) -> None:
+    def _error(self, status: int, message: str, headers: dict | None = None) -> None:
         kind = {400: "badRequest", 403: "forbidden", 404: "itemNotFound",
                 413: "overLimit", 429: "overLimit", 500: "computeFault"}.get(status, "error")
-        self._send(status, {kind: {"code": status, "message": message}})
+        self._send(status, {kind: {"code": status, "message": message}}, headers)
 
     def _dispatch(self, method: str) -> None:
         sim = self.sim
@@ -286,12 +315,17 @@ class _Handler(BaseHTTPRequestHandler):
             elif faults.rate_limited > 0 and not path.startswith("/identity"):
                 faults.rate_limited -= 1
                 fail = 429
+            elif faults.over_limit > 0 and not path.startswith("/identity"):
+                faults.over_limit -= 1
+                fail = 413
             else:
                 fail = 0
         if delay:
             time.sleep(delay)
         if fail:
-            self._error(fail, "simulated failure")
+            # Rate limits say when to come back, as Nova and Swift do.
+            self._error(fail, "simulated failure",
+                        {"Retry-After": "0"} if fail in (413, 429) else None)
             return
         for route_method, pattern, function in ROUTES:
             if route_method != method:
@@ -389,9 +423,15 @@ class _Handler(BaseHTTPRequestHandler):
         with sim.lock:
             faults = sim.faults
             usage = sim.usage()
+            mappings = [m for m in spec.get("block_device_mapping_v2") or []
+                        if m.get("destination_type") == "volume"]
             over = (usage["instances"] + 1 > sim.limits["instances"]
                     or usage["cores"] + flavor["vcpus"] > sim.limits["cores"]
-                    or usage["ram"] + flavor["ram"] > sim.limits["ram"])
+                    or usage["ram"] + flavor["ram"] > sim.limits["ram"]
+                    or usage["volumes"] + len(mappings) > sim.limits["volumes"]
+                    or usage["volume-gb"] + sum(int(m.get("volume_size") or 1)
+                                                for m in mappings)
+                    > sim.limits["volume-gb"])
             if faults.quota_creates > 0 or over:
                 if faults.quota_creates > 0:
                     faults.quota_creates -= 1
@@ -410,17 +450,18 @@ class _Handler(BaseHTTPRequestHandler):
                                      spec.get("security_groups") or []],
                     config_drive=bool(spec.get("config_drive")),
                     active_at=time.monotonic() + sim.boot_delay,
-                    address=f"10.0.{sim._address // 250}.{sim._address % 250 + 2}")
-                for mapping in spec.get("block_device_mapping_v2") or []:
-                    if mapping.get("destination_type") == "volume":
-                        volume = {"id": str(uuid.uuid4()),
-                                  "size": int(mapping.get("volume_size") or 1),
-                                  "image": mapping.get("uuid"), "server": server.id,
-                                  "delete_on_termination": bool(
-                                      mapping.get("delete_on_termination")),
-                                  "boot_index": mapping.get("boot_index")}
-                        sim.volumes[volume["id"]] = volume
-                        server.volumes.append(volume["id"])
+                    address=sim.server_address or
+                    f"10.0.{sim._address // 250}.{sim._address % 250 + 2}")
+                if any(n.get("uuid") == "net-v6" for n in
+                       (server.networks if isinstance(server.networks, list) else [])):
+                    sim._v6 += 1
+                    server.address6 = f"2001:db8::{sim._v6:x}"
+                for mapping in mappings:
+                    volume = sim.add_volume(
+                        size=int(mapping.get("volume_size") or 1),
+                        image=mapping.get("uuid"), server=server.id,
+                        delete_on_termination=bool(mapping.get("delete_on_termination")))
+                    server.volumes.append(volume["id"])
                 if faults.quota_error_servers > 0:
                     faults.quota_error_servers -= 1
                     server.status = "ERROR"
@@ -468,11 +509,16 @@ class _Handler(BaseHTTPRequestHandler):
                 else:
                     failing = False
                     server = sim.servers.pop(server_id)
+                    # Nova failing to delete a boot volume leaves it
+                    # detached and "available", still counting against quota.
+                    keep = sim.faults.volumes_left_behind > 0 and bool(server.volumes)
+                    if keep:
+                        sim.faults.volumes_left_behind -= 1
                     for volume_id in server.volumes:
                         volume = sim.volumes.get(volume_id)
                         if volume is None:
                             continue
-                        if volume["delete_on_termination"]:
+                        if volume["delete_on_termination"] and not keep:
                             del sim.volumes[volume_id]
                         else:
                             volume["server"] = None
@@ -504,6 +550,97 @@ class _Handler(BaseHTTPRequestHandler):
             "totalInstancesUsed": usage["instances"],
             "totalCoresUsed": usage["cores"], "totalRAMUsed": usage["ram"],
             "totalServerGroupsUsed": 0}}})
+
+    # -- cinder ------------------------------------------------------------------
+
+    def volume_versions(self):
+        self._send(200, {"versions": [{
+            "id": "v3.0", "status": "CURRENT", "version": "3.70", "min_version": "3.0",
+            "updated": "2023-01-01T00:00:00Z",
+            "links": [{"rel": "self", "href": f"{self.sim.url}/volume/v3/"}]}]})
+
+    def _volume_view(self, volume: dict) -> dict:
+        attached = volume["server"]
+        return {"id": volume["id"], "name": volume.get("name", ""), "size": volume["size"],
+                "status": "in-use" if attached else "available",
+                "attachments": [{"server_id": attached, "attachment_id": "att-" +
+                                 volume["id"][:8], "volume_id": volume["id"],
+                                 "device": "/dev/vda", "id": volume["id"]}]
+                if attached else [],
+                "bootable": "true" if volume.get("image") else "false",
+                "volume_image_metadata": {"image_id": volume["image"]}
+                if volume.get("image") else {},
+                "availability_zone": "nova", "metadata": dict(volume.get("metadata", {})),
+                "multiattach": False,
+                "volume_type": "lvmdriver-1", "encrypted": False,
+                "created_at": volume.get("created_at"), "updated_at": None,
+                "os-vol-tenant-attr:tenant_id": PROJECT_ID,
+                "links": [{"rel": "self", "href": f"{self.sim.url}/volume/v3/"
+                           f"{PROJECT_ID}/volumes/{volume['id']}"}]}
+
+    def volumes(self, project_id, detail=None):
+        with self.sim.lock:
+            views = [self._volume_view(v) for v in self.sim.volumes.values()]
+        query = self._query()
+        if "status" in query:
+            views = [v for v in views if v["status"] == query["status"]]
+        if not detail:
+            views = [{"id": v["id"], "name": v["name"], "links": v["links"]}
+                     for v in views]
+        self._send(200, {"volumes": views})
+
+    def volume(self, project_id, volume_id):
+        with self.sim.lock:
+            volume = self.sim.volumes.get(volume_id)
+            view = self._volume_view(volume) if volume else None
+        if view is None:
+            self._error(404, f"Volume {volume_id} could not be found.")
+        else:
+            self._send(200, {"volume": view})
+
+    def delete_volume(self, project_id, volume_id):
+        with self.sim.lock:
+            volume = self.sim.volumes.get(volume_id)
+            in_use = volume is not None and volume["server"] is not None
+            if volume is not None and not in_use:
+                del self.sim.volumes[volume_id]
+        if volume is None:
+            self._error(404, f"Volume {volume_id} could not be found.")
+        elif in_use:
+            self._error(400, "Invalid volume: Volume status must be available or "
+                        "error or error_restoring or error_extending or "
+                        "error_managing and must not be migrating, attached, "
+                        "belong to a group, have snapshots or be disassociated "
+                        "from snapshots after volume transfer.")
+        else:
+            self._send(202)
+
+    def volume_metadata(self, project_id, volume_id):
+        spec = self._body().get("metadata") or {}
+        with self.sim.lock:
+            volume = self.sim.volumes.get(volume_id)
+            if volume is not None:
+                volume.setdefault("metadata", {}).update(
+                    {str(k): str(v) for k, v in spec.items()})
+                current = dict(volume["metadata"])
+        if volume is None:
+            self._error(404, f"Volume {volume_id} could not be found.")
+        else:
+            self._send(200, {"metadata": current})
+
+    def volume_limits(self, project_id):
+        sim = self.sim
+        with sim.lock:
+            usage = sim.usage()
+        self._send(200, {"limits": {"rate": [], "absolute": {
+            "maxTotalVolumes": sim.limits["volumes"],
+            "maxTotalVolumeGigabytes": sim.limits["volume-gb"],
+            "maxTotalSnapshots": 10, "maxTotalBackups": 10,
+            "maxTotalBackupGigabytes": 1000,
+            "totalVolumesUsed": usage["volumes"],
+            "totalGigabytesUsed": usage["volume-gb"],
+            "totalSnapshotsUsed": 0, "totalBackupsUsed": 0,
+            "totalBackupGigabytesUsed": 0}}})
 
     # -- glance ----------------------------------------------------------------
 
@@ -697,6 +834,12 @@ ROUTES: list[tuple[str, str, Callable]] = [
     ("GET", r"/network/v2\.0/floatingips/([^/]+)", _Handler.floatingip),
     ("PUT", r"/network/v2\.0/floatingips/([^/]+)", _Handler.update_floatingip),
     ("DELETE", r"/network/v2\.0/floatingips/([^/]+)", _Handler.delete_floatingip),
+    ("GET", r"/volume(?:/v3)?", _Handler.volume_versions),
+    ("GET", r"/volume/v3/([^/]+)/volumes(/detail)?", _Handler.volumes),
+    ("GET", r"/volume/v3/([^/]+)/volumes/([^/]+)", _Handler.volume),
+    ("DELETE", r"/volume/v3/([^/]+)/volumes/([^/]+)", _Handler.delete_volume),
+    ("POST", r"/volume/v3/([^/]+)/volumes/([^/]+)/metadata", _Handler.volume_metadata),
+    ("GET", r"/volume/v3/([^/]+)/limits", _Handler.volume_limits),
 ]
 
 

@@ -170,6 +170,8 @@ class Provider:
     post_upload_hook: str | None = None
     clean_floating_ips: bool = False
     port_cleanup_interval: int = 600
+    # Hand out a server's IPv6 address as interface_ip when it has one.
+    ipv6_preferred: bool = False
     image_type: str = "qcow2"
     diskimages: dict[str, ProviderDiskImage] = field(default_factory=dict)
     cloud_images: dict[str, CloudImage] = field(default_factory=dict)

@@ -39,8 +39,11 @@ providers:
 
 
 @pytest.fixture
-def sim(tmp_path, monkeypatch):
-    simulator = OpenStackSimulator(boot_delay=0.1).start()
+def sim(tmp_path, monkeypatch, request):
+    # A test can shape the simulated cloud: @pytest.mark.sim(max_volumes=1)
+    marker = request.node.get_closest_marker("sim")
+    simulator = OpenStackSimulator(boot_delay=0.1,
+                                   **(marker.kwargs if marker else {})).start()
     clouds = tmp_path / "clouds.yaml"
     clouds.write_text(yaml.safe_dump(simulator.clouds_yaml()))
     monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
@@ -122,28 +125,21 @@ def test_leaked_server_is_removed(env, sim, zuul):  # noqa: F811
 
 
 def test_api_timing_and_launch_metrics_arrive_as_udp_packets(env, sim, zuul,  # noqa: F811
-                                                             monkeypatch):
-    from statsd_receiver import StatsReceiver
-    receiver = StatsReceiver()
-    monkeypatch.setenv("STATSD_HOST", "127.0.0.1")
-    monkeypatch.setenv("STATSD_PORT", str(receiver.port))
-    try:
-        start(env)
-        request = zuul.wait_for_request(zuul.submit(["small"]), timeout=30)
-        assert request["state"] == "fulfilled"
-        # The SDK names the operation after the URL path below the endpoint's
-        # version; the simulator serves Nova under /compute, like devstack.
-        expected = {"nodepool.task.cloud-sim.compute.POST.compute_servers.202",
-                    "nodepool.task.cloud-sim.compute.GET.flavors_detail.200",
-                    "nodepool.launch.ready",
-                    "nodepool.launch.provider.cloud-sim.ready",
-                    "nodepool.launch.provider.cloud-sim.nova.ready",
-                    f"nodepool.launch.requestor.{zuul.system_id}.ready"}
-        assert receiver.wait_for(lambda keys: expected <= keys), \
-            "missing: " + ", ".join(sorted(expected - receiver.keys())) + \
-            " received: " + ", ".join(sorted(receiver.keys()))
-    finally:
-        receiver.stop()
+                                                             statsd):
+    start(env)
+    request = zuul.wait_for_request(zuul.submit(["small"]), timeout=30)
+    assert request["state"] == "fulfilled"
+    # The SDK names the operation after the URL path below the endpoint's
+    # version; the simulator serves Nova under /compute, like devstack.
+    expected = {"nodepool.task.cloud-sim.compute.POST.compute_servers.202",
+                "nodepool.task.cloud-sim.compute.GET.flavors_detail.200",
+                "nodepool.launch.ready",
+                "nodepool.launch.provider.cloud-sim.ready",
+                "nodepool.launch.provider.cloud-sim.nova.ready",
+                f"nodepool.launch.requestor.{zuul.system_id}.ready"}
+    assert statsd.wait_for(lambda keys: expected <= keys), \
+        "missing: " + ", ".join(sorted(expected - statsd.keys())) + \
+        " received: " + ", ".join(sorted(statsd.keys()))
 
 
 def test_cloud_image_by_name(env, sim, zuul):  # noqa: F811
@@ -246,31 +242,137 @@ def test_networks_by_name_security_groups_and_config_drive(env, sim, zuul):  # n
 
 
 def test_leaked_floating_ips_and_down_ports_are_removed_and_counted(
-        env, sim, zuul, monkeypatch):  # noqa: F811
-    from statsd_receiver import StatsReceiver
-    receiver = StatsReceiver()
-    monkeypatch.setenv("STATSD_HOST", "127.0.0.1")
-    monkeypatch.setenv("STATSD_PORT", str(receiver.port))
+        env, sim, zuul, statsd):  # noqa: F811
+    launcher = env.start(env.config(CONFIG.format(retries=1).replace(
+        "    rate: 0.001\n",
+        "    rate: 0.001\n    clean-floating-ips: true\n"
+        "    port-cleanup-interval: 1\n")))
+    request = zuul.wait_for_request(zuul.submit(["small"]), timeout=30)
+    in_use = next(iter(sim.floating_ips.values()))  # attached: must stay
+    leaked_fip = sim.add_floating_ip()
+    down = sim.add_down_port()
+    for _ in range(3):
+        launcher.cleanup.wake.set()
+        time.sleep(0.6)
+    wait_until(lambda: leaked_fip["id"] not in sim.floating_ips
+               and down["id"] not in sim.extra_ports, timeout=15,
+               message="leaked floating IP and DOWN port removed")
+    assert in_use["id"] in sim.floating_ips
+    node = zuul.get_node(request["nodes"][0])
+    assert node["external_id"] in sim.servers  # the node in use is untouched
+    assert statsd.wait_for(lambda keys: {
+        "nodepool.provider.cloud-sim.leaked.floatingips",
+        "nodepool.provider.cloud-sim.leaked.ports"} <= keys)
+
+
+BOOT_FROM_VOLUME = ("            min-ram: 1024\n",
+                    "            min-ram: 1024\n            boot-from-volume: true\n"
+                    "            volume-size: 12\n")
+
+
+def test_boot_volume_nova_left_behind_is_deleted_with_the_node(env, sim, zuul):  # noqa: F811
+    env.start(env.config(CONFIG.format(retries=1).replace(*BOOT_FROM_VOLUME, 1)))
+    request_id = zuul.submit(["small"])
+    node = zuul.get_node(zuul.wait_for_request(request_id, timeout=30)["nodes"][0])
+    sim.faults.volumes_left_behind = 1  # Nova deletes the server, not the volume
+    zuul.run_job(request_id)
+    wait_until(lambda: not sim.servers and not sim.volumes, timeout=20,
+               message="the detached boot volume deleted after its server")
+    assert sim.faults.volumes_left_behind == 0
+    assert ("DELETE", f"/compute/v2.1/servers/{node['external_id']}") in sim.requests
+    assert any(m == "DELETE" and p.startswith("/volume/v3/") for m, p in sim.requests)
+
+
+def test_leaked_tagged_volume_is_removed_and_counted(env, sim, zuul,  # noqa: F811
+                                                     statsd):
+    launcher = start(env)
+    # A boot volume tagged by a delete that crashed before removing it,
+    # and a volume nodepool knows nothing about.
+    leaked = sim.add_volume(size=5)
+    leaked["metadata"] = {"nodepool_provider_name": "cloud-sim",
+                          "nodepool_node_id": "0000099999"}
+    foreign = sim.add_volume(size=5, name="someone-elses-data")
+    other_provider = sim.add_volume(size=5)
+    other_provider["metadata"] = {"nodepool_provider_name": "elsewhere",
+                                  "nodepool_node_id": "0000099998"}
+    for _ in range(3):
+        launcher.cleanup.wake.set()
+        time.sleep(0.6)
+    wait_until(lambda: leaked["id"] not in sim.volumes, timeout=15,
+               message="leaked volume removed")
+    assert foreign["id"] in sim.volumes and other_provider["id"] in sim.volumes
+    assert statsd.wait_for(
+        lambda keys: "nodepool.provider.cloud-sim.leaked.volumes" in keys)
+
+
+@pytest.mark.sim(max_volumes=2)
+def test_cinder_volume_limit_defers_boot_from_volume_launches(env, sim, zuul):  # noqa: F811
+    sim.add_volume(size=1, name="unmanaged")  # leaves room for one boot volume
+    env.start(env.config(CONFIG.format(retries=1).replace(*BOOT_FROM_VOLUME, 1)))
+    first = zuul.submit(["small"])
+    assert zuul.wait_for_request(first, timeout=30)["state"] == "fulfilled"
+    second = zuul.submit(["small"])
+    time.sleep(1.0)
+    # Waiting for quota, not failed, and never tried against a full cloud.
+    assert zuul.get_request(second)["state"] == "requested"
+    assert sum(1 for m, p in sim.requests
+               if (m, p) == ("POST", "/compute/v2.1/servers")) == 1
+    zuul.run_job(first)
+    assert zuul.wait_for_request(second, timeout=30)["state"] == "fulfilled"
+
+
+V6_NETWORKS = ("        host-key-checking: false\n",
+               "        host-key-checking: false\n        networks: [private, public-v6]\n")
+
+
+def test_ipv6_preferred_hands_out_the_ipv6_address(env, sim, zuul):  # noqa: F811
+    env.start(env.config(CONFIG.format(retries=1).replace(*V6_NETWORKS, 1).replace(
+        "    rate: 0.001\n", "    rate: 0.001\n    ipv6-preferred: true\n")))
+    node = zuul.get_node(zuul.wait_for_request(zuul.submit(["small"]),
+                                               timeout=30)["nodes"][0])
+    server = sim.servers[node["external_id"]]
+    assert node["interface_ip"] == node["public_ipv6"] == server.address6
+    assert node["private_ipv4"] == server.address
+    assert not sim.floating_ips  # a public IPv6 address needs no floating IP
+
+
+def test_without_ipv6_preferred_ipv4_is_handed_out(env, sim, zuul):  # noqa: F811
+    env.start(env.config(CONFIG.format(retries=1).replace(*V6_NETWORKS, 1)))
+    node = zuul.get_node(zuul.wait_for_request(zuul.submit(["small"]),
+                                               timeout=30)["nodes"][0])
+    server = sim.servers[node["external_id"]]
+    [fip] = sim.floating_ips.values()
+    assert node["public_ipv6"] == server.address6
+    assert node["interface_ip"] == node["public_ipv4"] == fip["floating_ip_address"]
+
+
+def test_rate_limits_and_slow_responses_are_waited_out(env, sim, zuul):  # noqa: F811
+    start(env, retries=1)  # one failed call would fail the request
+    sim.faults.slow_seconds = 0.05
+    sim.faults.over_limit = 2
+    sim.faults.rate_limited = 2
+    request = zuul.wait_for_request(zuul.submit(["small"]), timeout=30)
+    assert request["state"] == "fulfilled"
+    assert sim.faults.over_limit == 0 and sim.faults.rate_limited == 0
+    assert len(sim.servers) == 1
+
+
+@pytest.mark.sim(server_address="127.0.0.1")
+def test_host_keys_are_scanned_from_the_server(env, sim, zuul, tmp_path):  # noqa: F811
+    from sshdserver import SSHServer  # tools/, on the path
+    sshd = SSHServer(str(tmp_path / "sshd")).start()
     try:
-        launcher = env.start(env.config(CONFIG.format(retries=1).replace(
-            "    rate: 0.001\n",
-            "    rate: 0.001\n    clean-floating-ips: true\n"
-            "    port-cleanup-interval: 1\n")))
-        request = zuul.wait_for_request(zuul.submit(["small"]), timeout=30)
-        in_use = next(iter(sim.floating_ips.values()))  # attached: must stay
-        leaked_fip = sim.add_floating_ip()
-        down = sim.add_down_port()
-        for _ in range(3):
-            launcher.cleanup.wake.set()
-            time.sleep(0.6)
-        wait_until(lambda: leaked_fip["id"] not in sim.floating_ips
-                   and down["id"] not in sim.extra_ports, timeout=15,
-                   message="leaked floating IP and DOWN port removed")
-        assert in_use["id"] in sim.floating_ips
-        node = zuul.get_node(request["nodes"][0])
-        assert node["external_id"] in sim.servers  # the node in use is untouched
-        assert receiver.wait_for(lambda keys: {
-            "nodepool.provider.cloud-sim.leaked.floatingips",
-            "nodepool.provider.cloud-sim.leaked.ports"} <= keys)
+        text = CONFIG.format(retries=1).replace(
+            "        image-id: ubuntu-image-id\n",
+            f"        image-id: ubuntu-image-id\n        connection-port: {sshd.port}\n")
+        text = text.replace("        host-key-checking: false\n",
+                            "        host-key-checking: true\n"
+                            "        auto-floating-ip: false\n")
+        env.start(env.config(text))
+        node = zuul.get_node(zuul.wait_for_request(zuul.submit(["small"]),
+                                                   timeout=30)["nodes"][0])
+        assert node["interface_ip"] == "127.0.0.1"
+        assert node["connection_port"] == sshd.port
+        assert set(node["host_keys"]) == set(sshd.host_keys)
     finally:
-        receiver.stop()
+        sshd.stop()

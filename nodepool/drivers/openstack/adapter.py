@@ -30,6 +30,13 @@ LISTING_TTL = 1.0
 DIRECT_POLL_LIMIT = 10
 LIMITS_TTL = 60.0
 IMAGE_TTL = 300.0
+# A call the cloud rate-limits (413/429) is retried this many times, waiting
+# Retry-After or an exponential backoff, before its error counts.
+RATE_LIMIT_RETRIES = 6
+RATE_LIMIT_MAX_WAIT = 10.0
+# How long a delete waits for the server's boot volumes to go before it
+# gives up on them (the leak cleanup then removes them by their tag).
+VOLUME_WAIT = 120.0
 
 
 class RateLimitedExecutor(ThreadPoolExecutor):
@@ -54,9 +61,33 @@ class RateLimitedExecutor(ThreadPoolExecutor):
 
     def submit(self, fn, *args, **kwargs):
         def limited():
-            self._wait_turn()
-            return fn(*args, **kwargs)
+            for attempt in range(RATE_LIMIT_RETRIES + 1):
+                self._wait_turn()
+                try:
+                    return fn(*args, **kwargs)
+                except Exception as exc:
+                    wait = rate_limit_wait(exc, attempt)
+                    if wait is None or attempt == RATE_LIMIT_RETRIES:
+                        raise
+                    log.warning("Rate limited by the cloud (%s); retrying in %.1fs",
+                                getattr(exc, "status_code", "?"), wait)
+                    time.sleep(wait)
         return super().submit(limited)
+
+
+def rate_limit_wait(exc: Exception, attempt: int) -> float | None:
+    """Seconds to wait before retrying a call the cloud refused for rate
+    limiting (HTTP 413 or 429), or None for any other error."""
+    if getattr(exc, "status_code", None) not in (413, 429):
+        return None
+    backoff = 0.2 * (2 ** attempt)
+    response = getattr(exc, "response", None)
+    header = response.headers.get("Retry-After") if response is not None else None
+    try:
+        backoff = max(backoff, float(header))
+    except (TypeError, ValueError):
+        pass
+    return min(backoff, RATE_LIMIT_MAX_WAIT)
 
 
 def api_metrics_config(provider: Provider) -> dict | None:
@@ -236,8 +267,9 @@ class OpenStackCreate(StateMachine):
             return None
         instance = self.adapter.instance(server)
         pool = self.adapter.pool_of(self.label)
+        # A floating IP only when the node has no public address it would use.
         if pool is not None and pool.auto_floating_ip and not instance.public_ipv4 \
-                and not instance.public_ipv6:
+                and not (instance.public_ipv6 and self.adapter.provider.ipv6_preferred):
             self.state = "floating-ip"
             self.server = server
             self.future = self.adapter.executor.submit(self.adapter.attach_floating_ip,
@@ -250,21 +282,58 @@ class OpenStackCreate(StateMachine):
 
 
 class OpenStackDelete(StateMachine):
+    """Floating IPs, then the server, then (boot-from-volume) any boot volume
+    Nova left behind. Volumes are tagged with the node's metadata before the
+    server goes, so a crash mid-way leaves them findable by the leak cleanup."""
+
     def __init__(self, adapter: "OpenStackAdapter", external_id: str):
         super().__init__()
         self.adapter = adapter
         self.external_id = external_id
         self.future: Future | None = None
         self.requested_at = 0.0
+        self.volumes: list[str] = []
+        self.volume_deadline = 0.0
 
     def _delete(self):
         import openstack.exceptions
+        adapter = self.adapter
+        server = adapter.listing.get(self.external_id) if \
+            adapter.listing.fetched_at else None
+        if server is None:
+            server = adapter.conn.compute.find_server(self.external_id,
+                                                      ignore_missing=True)
+            if server is None:
+                raise NotFound(self.external_id)
+        self.volumes = [v["id"] for v in (server.attached_volumes or [])
+                        if isinstance(v, dict) and v.get("id")]
+        tags = {k: v for k, v in (server.metadata or {}).items()
+                if k.startswith("nodepool_")}
+        for volume_id in self.volumes:
+            adapter.conn.block_storage.set_volume_metadata(volume_id, **tags)
         # Floating IPs first, or they outlive the server (a leak that costs).
-        self.adapter.release_floating_ips(self.external_id)
+        adapter.release_floating_ips(self.external_id)
         try:
-            self.adapter.conn.compute.delete_server(self.external_id, ignore_missing=False)
+            adapter.conn.compute.delete_server(self.external_id, ignore_missing=False)
         except openstack.exceptions.NotFoundException:
             raise NotFound(self.external_id) from None
+
+    def _remove_volumes(self) -> list[str]:
+        """Delete detached boot volumes; returns those still present."""
+        import openstack.exceptions
+        conn = self.adapter.conn
+        remaining = []
+        for volume_id in self.volumes:
+            try:
+                volume = conn.block_storage.get_volume(volume_id)
+            except openstack.exceptions.NotFoundException:
+                continue
+            if volume.status in ("available", "error"):
+                log.info("Deleting boot volume %s left by server %s", volume_id,
+                         self.external_id)
+                conn.block_storage.delete_volume(volume_id, ignore_missing=True)
+            remaining.append(volume_id)
+        return remaining
 
     def advance(self) -> Instance | None:
         if self.state == "start":
@@ -277,15 +346,37 @@ class OpenStackDelete(StateMachine):
             self.future.result()  # NotFound means done; other errors retry
             self.requested_at = time.monotonic()
             self.state = "waiting"
-        listing = self.adapter.listing
-        listing.refresh()
-        if not listing.fresh_since(self.requested_at):
-            self.poll_delay = 0.2
+        if self.state == "waiting":
+            listing = self.adapter.listing
+            listing.refresh()
+            if not listing.fresh_since(self.requested_at):
+                self.poll_delay = 0.2
+                return None
+            if listing.get(self.external_id) is not None:
+                self.poll_delay = 0.5
+                return None
+            if not self.volumes:
+                self.complete = True
+                return None
+            self.state = "volumes"
+            self.volume_deadline = time.monotonic() + VOLUME_WAIT
+            self.future = None
+        if self.future is None:
+            self.future = self.adapter.executor.submit(self._remove_volumes)
+        if not self.future.done():
+            self.poll_delay = 0.1
             return None
-        if listing.get(self.external_id) is None:
+        future, self.future = self.future, None
+        self.volumes = future.result()
+        if not self.volumes:
             self.complete = True
-            return None
-        self.poll_delay = 0.5
+        elif time.monotonic() > self.volume_deadline:
+            log.warning("Server %s: boot volumes %s still present after %ss; the "
+                        "leak cleanup will remove them", self.external_id,
+                        self.volumes, VOLUME_WAIT)
+            self.complete = True
+        else:
+            self.poll_delay = 1.0
         return None
 
 
@@ -317,6 +408,7 @@ class OpenStackAdapter(Adapter):
         self._networks: dict[str, str] = {}
         self._suspect_fips: set[str] = set()
         self._down_ports: dict[str, float] = {}
+        self._has_volumes: bool | None = None
 
     def stop(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -419,8 +511,12 @@ class OpenStackAdapter(Adapter):
                 else:
                     private = private or address.get("addr")
         flavor = server.flavor or {}
+        if self.provider.ipv6_preferred:
+            interface = public6 or public or private
+        else:
+            interface = public or public6 or private
         return Instance(
-            external_id=server.id, interface_ip=public or private or public6,
+            external_id=server.id, interface_ip=interface,
             public_ipv4=public, private_ipv4=private, public_ipv6=public6,
             cloud=self.provider.cloud, region=self.provider.region_name,
             az=server.availability_zone, host_id=server.host_id,
@@ -447,6 +543,14 @@ class OpenStackAdapter(Adapter):
             properties = {k: str(v) for k, v in (image.properties or {}).items()}
             if "nodepool_build_id" in properties:
                 found.append(Resource("image", image.id, properties))
+        if self.has_volumes:
+            # Boot volumes are tagged when their server is deleted; attached
+            # ones still belong to a server and go with it.
+            for volume in self.conn.block_storage.volumes(details=True):
+                metadata = dict(volume.metadata or {})
+                if "nodepool_node_id" in metadata and volume.status in (
+                        "available", "error"):
+                    found.append(Resource("volume", volume.id, metadata))
         return found
 
     def delete_resource(self, resource: Resource) -> None:
@@ -454,6 +558,8 @@ class OpenStackAdapter(Adapter):
             self.conn.compute.delete_server(resource.id, ignore_missing=True)
         elif resource.type == "image":
             self.conn.image.delete_image(resource.id, ignore_missing=True)
+        elif resource.type == "volume":
+            self.conn.block_storage.delete_volume(resource.id, ignore_missing=True)
 
     def cleanup_leaks(self, report) -> None:
         """OpenStack's own leak kinds, each deleted only when seen leaked on
@@ -532,17 +638,49 @@ class OpenStackAdapter(Adapter):
                  "properties": {k: str(v) for k, v in (i.properties or {}).items()}}
                 for i in self.conn.image.images()]
 
+    @property
+    def has_volumes(self) -> bool:
+        """Whether the cloud's catalog has Cinder (block-storage)."""
+        if self._has_volumes is None:
+            self._has_volumes = bool(self.conn.has_service("block-storage"))
+        return self._has_volumes
+
     def quota_limits(self) -> Resources:
+        """Nova's limits (cores, instances, RAM) and, with Cinder, volumes
+        and volume GB less what volumes not attached to our servers use
+        (the launcher subtracts unmanaged servers itself)."""
         now = time.monotonic()
         if self._limits is None or now - self._limits[0] > LIMITS_TTL:
             absolute = self.conn.compute.get_limits().absolute
-            limits = Resources({"cores": absolute.total_cores,
-                                "instances": absolute.instances,
-                                "ram": absolute.total_ram}, default=float("inf"))
+            limits = {"cores": absolute.total_cores, "instances": absolute.instances,
+                      "ram": absolute.total_ram}
+            if self.has_volumes:
+                limits.update(self._volume_limits())
             self._limits = (now, Resources(
                 {k: v for k, v in limits.items() if v is not None and v >= 0},
                 default=float("inf")))
         return self._limits[1].copy()
+
+    def _volume_limits(self) -> dict:
+        absolute = self.conn.block_storage.get_limits().absolute
+        volumes = absolute.max_total_volumes
+        gigabytes = absolute.max_total_volume_gigabytes
+        if volumes is None or volumes < 0:
+            volumes = None
+        if gigabytes is None or gigabytes < 0:
+            gigabytes = None
+        if volumes is None and gigabytes is None:
+            return {}
+        ours = {s.id for s in self.conn.compute.servers(details=True)
+                if (s.metadata or {}).get("nodepool_provider_name") == self.provider.name}
+        for volume in self.conn.block_storage.volumes(details=True):
+            if any(a.get("server_id") in ours for a in volume.attachments or []):
+                continue  # counted by its node's resources
+            if volumes is not None:
+                volumes -= 1
+            if gigabytes is not None:
+                gigabytes -= volume.size or 0
+        return {"volumes": volumes, "volume-gb": gigabytes}
 
     def quota_for_label(self, label: PoolLabel) -> Resources:
         flavor = self.flavor_for(label)

@@ -86,6 +86,7 @@ class OpenStackDriverConfig:
             "image-name-format": s.Str,
             "post-upload-hook": s.Str,
             "clean-floating-ips": s.Bool,
+            "ipv6-preferred": s.Bool,
             "port-cleanup-interval": s.Int,
             # Deprecated upstream keys: accepted and ignored.
             "nodepool-id": s.Str,
@@ -118,6 +119,7 @@ class OpenStackDriverConfig:
             post_upload_hook=raw.get("post-upload-hook"),
             clean_floating_ips=raw.get("clean-floating-ips", False),
             port_cleanup_interval=raw.get("port-cleanup-interval", 600),
+            ipv6_preferred=raw.get("ipv6-preferred", False),
             image_type=self.default_image_type(raw),
         )
         self._check_image_name_format(provider.image_name_format, ctx)
