@@ -62,6 +62,7 @@ class Server:
     volumes: list = field(default_factory=list)
     security_groups: list = field(default_factory=list)
     config_drive: bool = False
+    user_data: str | None = None
 
 
 FLAVORS = [
@@ -100,6 +101,12 @@ class OpenStackSimulator:
             {"id": "net-v6", "name": "public-v6", "router:external": False}]
         self.floating_ips: dict[str, dict] = {}
         self._fip = 10
+        # Nova keypairs: a server naming an unknown key_name is refused.
+        self.keypairs: dict[str, dict] = {"nodepool": {
+            "name": "nodepool", "type": "ssh",
+            "fingerprint": "6b:2e:8b:7c:6a:a1:1b:37:1c:9a:5d:d1:41:6c:52:8e",
+            "public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFakeSimulatorKey "
+                          "nodepool@sim"}}
         # Ports not belonging to a server (e.g. left DOWN by a failed delete).
         self.extra_ports: dict[str, dict] = {}
         # Cinder volumes (boot volumes made by Nova from block device mappings).
@@ -420,6 +427,18 @@ class _Handler(BaseHTTPRequestHandler):
         if flavor is None:
             self._error(400, f"Flavor {flavor_ref} could not be found.")
             return
+        if spec.get("user_data"):
+            import base64
+            import binascii
+            try:
+                base64.b64decode(spec["user_data"], validate=True)
+            except (binascii.Error, ValueError):
+                self._error(400, "Invalid input for field/attribute user_data. "
+                            "Value: is not a base64 string")
+                return
+        if spec.get("key_name") and spec["key_name"] not in sim.keypairs:
+            self._error(400, "Invalid key_name provided.")
+            return
         with sim.lock:
             faults = sim.faults
             usage = sim.usage()
@@ -449,6 +468,7 @@ class _Handler(BaseHTTPRequestHandler):
                     security_groups=[g.get("name") for g in
                                      spec.get("security_groups") or []],
                     config_drive=bool(spec.get("config_drive")),
+                    user_data=spec.get("user_data"),
                     active_at=time.monotonic() + sim.boot_delay,
                     address=sim.server_address or
                     f"10.0.{sim._address // 250}.{sim._address % 250 + 2}")
@@ -550,6 +570,18 @@ class _Handler(BaseHTTPRequestHandler):
             "totalInstancesUsed": usage["instances"],
             "totalCoresUsed": usage["cores"], "totalRAMUsed": usage["ram"],
             "totalServerGroupsUsed": 0}}})
+
+    def keypairs(self):
+        with self.sim.lock:
+            found = [{"keypair": dict(k)} for k in self.sim.keypairs.values()]
+        self._send(200, {"keypairs": found})
+
+    def keypair(self, name):
+        keypair = self.sim.keypairs.get(name)
+        if keypair is None:
+            self._error(404, f"Keypair {name} not found for user {USER_ID}")
+        else:
+            self._send(200, {"keypair": dict(keypair, user_id=USER_ID)})
 
     # -- cinder ------------------------------------------------------------------
 
@@ -816,6 +848,8 @@ ROUTES: list[tuple[str, str, Callable]] = [
     ("DELETE", r"/compute/v2\.1/servers/([^/]+)", _Handler.delete_server),
     ("GET", r"/compute/v2\.1/servers/([^/]+)/metadata", _Handler.server_metadata),
     ("GET", r"/compute/v2\.1/limits", _Handler.limits),
+    ("GET", r"/compute/v2\.1/os-keypairs", _Handler.keypairs),
+    ("GET", r"/compute/v2\.1/os-keypairs/([^/]+)", _Handler.keypair),
     ("GET", r"/compute/v2\.1/os-availability-zone(/detail)?",
      _Handler.availability_zones),
     ("GET", r"/image", _Handler.image_versions),

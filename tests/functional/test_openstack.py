@@ -376,3 +376,30 @@ def test_host_keys_are_scanned_from_the_server(env, sim, zuul, tmp_path):  # noq
         assert set(node["host_keys"]) == set(sshd.host_keys)
     finally:
         sshd.stop()
+
+
+def test_key_name_userdata_and_dynamic_properties(env, sim, zuul):  # noqa: F811
+    import base64
+    env.start(env.config(CONFIG.format(retries=1).replace(
+        "            instance-properties: {team: ci}\n",
+        "            instance-properties: {team: ci}\n"
+        "            key-name: nodepool\n"
+        "            userdata: '#cloud-config'\n"
+        "            dynamic-instance-properties:\n"
+        "              requested-by: '{request.requestor}'\n")))
+    request_id = zuul.submit(["small"])
+    node = zuul.get_node(zuul.wait_for_request(request_id, timeout=30)["nodes"][0])
+    server = sim.servers[node["external_id"]]
+    assert server.key_name == "nodepool"
+    assert base64.b64decode(server.user_data).decode() == "#cloud-config"
+    assert server.metadata["requested-by"] == zuul.system_id
+    assert server.metadata["team"] == "ci"
+
+
+def test_unknown_key_name_fails_the_launch(env, sim, zuul):  # noqa: F811
+    env.start(env.config(CONFIG.format(retries=1).replace(
+        "            instance-properties: {team: ci}\n",
+        "            key-name: missing-key\n")))
+    request = zuul.wait_for_request(zuul.submit(["small"]), timeout=30)
+    assert request["state"] == "failed"
+    assert not sim.servers

@@ -9,6 +9,7 @@ and AZs are cached.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import threading
@@ -189,7 +190,9 @@ class OpenStackCreate(StateMachine):
         if self.label.key_name:
             kwargs["key_name"] = self.label.key_name
         if self.label.userdata:
-            kwargs["user_data"] = self.label.userdata
+            # Nova takes user data base64-encoded (the SDK's proxy sends it as is).
+            kwargs["user_data"] = base64.b64encode(
+                self.label.userdata.encode()).decode()
         try:
             return adapter.conn.compute.create_server(**kwargs)
         except Exception as exc:
