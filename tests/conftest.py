@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -40,6 +41,7 @@ def zk_server():
     server.start()
     yield server
     server.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +51,7 @@ def zk_tls_server():
     server.start()
     yield server
     server.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -162,3 +165,9 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01,
         if time.monotonic() > deadline:
             raise TimeoutError(f"{message} not met within {timeout}s")
         time.sleep(interval)
+
+
+# The launcher ``env`` fixture, for every functional test. Imported last:
+# launcher_fixtures uses the helpers above.
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "functional"))
+from launcher_fixtures import env  # noqa: E402,F401

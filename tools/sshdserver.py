@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 
 from zkserver import free_port
@@ -18,8 +19,10 @@ SSHD = "/usr/sbin/sshd"
 
 
 class SSHServer:
-    def __init__(self, workdir: str):
-        self.workdir = workdir
+    def __init__(self, workdir: str | None = None):
+        # Without a workdir, a temporary one is made and removed on stop().
+        self._owns_workdir = workdir is None
+        self.workdir = workdir or tempfile.mkdtemp(prefix="sshd-")
         self.port = free_port()
         self.process: subprocess.Popen | None = None
         self.host_keys: list[str] = []
@@ -68,3 +71,5 @@ class SSHServer:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+        if self._owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)

@@ -30,7 +30,6 @@ from nodepool.zk.locks import Lock
 from nodepool.zk.records import (
     MIN_READY_REQUESTOR, Node, NodeRequest, NodeState, RequestState,
 )
-from nodepool.zk.store import RecordNotFound
 
 if TYPE_CHECKING:  # pragma: no cover
     from nodepool.launcher.launcher import Launcher

@@ -432,4 +432,3 @@ def client_from_config(config, read_only: bool = False) -> ZooKeeperClient:
                            timeout=config.zookeeper_timeout,
                            tls=config.zookeeper_tls,
                            read_only=read_only)
-

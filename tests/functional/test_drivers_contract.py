@@ -7,6 +7,7 @@ fail, and requests beyond the capacity of the moment wait instead of failing.
 """
 
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -14,7 +15,6 @@ import time
 import pytest
 
 from conftest import wait_until
-from launcher_fixtures import env  # noqa: F401
 from nodepool.zk.records import NodeState
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
@@ -56,7 +56,7 @@ class StaticDriver:
     scans_keys = True
 
     def __init__(self):
-        self.servers = [SSHServer(tempfile.mkdtemp(prefix="sshd-")).start()
+        self.servers = [SSHServer().start()
                         for _ in range(2)]
 
     def config(self):
@@ -87,23 +87,25 @@ providers:
 
 
 class OpenStackDriver:
-    """openstacksdk over HTTP against the simulator. Its servers' addresses
-    are not reachable from here, so host keys are not scanned."""
+    """openstacksdk over HTTP against the simulator. Every server's address
+    is 127.0.0.1, where a real sshd answers the host-key scan."""
 
     name = "openstack"
     capacity = 3
-    scans_keys = False
+    scans_keys = True
 
     def __init__(self, monkeypatch):
         import yaml
-        self.sim = OpenStackSimulator(boot_delay=0.1).start()
-        clouds = os.path.join(tempfile.mkdtemp(prefix="clouds-"), "clouds.yaml")
+        self.workdir = tempfile.mkdtemp(prefix="contract-openstack-")
+        self.sshd = SSHServer().start()
+        self.sim = OpenStackSimulator(boot_delay=0.1, server_address="127.0.0.1").start()
+        clouds = os.path.join(self.workdir, "clouds.yaml")
         with open(clouds, "w") as handle:
             yaml.safe_dump(self.sim.clouds_yaml(), handle)
         monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", clouds)
 
     def config(self):
-        return """
+        return f"""
 labels:
   - name: a
 providers:
@@ -114,10 +116,11 @@ providers:
     cloud-images:
       - name: ubuntu
         image-id: ubuntu-image-id
+        connection-port: {self.sshd.port}
     pools:
       - name: main
         max-servers: 3
-        host-key-checking: false
+        auto-floating-ip: false
         labels:
           - name: a
             cloud-image: ubuntu
@@ -125,7 +128,9 @@ providers:
 """
 
     def stop(self):
+        self.sshd.stop()
         self.sim.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 @pytest.fixture(params=["fake", "static", "openstack"])
@@ -141,7 +146,7 @@ def driver(request, monkeypatch):
 
 
 @pytest.fixture
-def launcher(env, driver):  # noqa: F811
+def launcher(env, driver):
     launcher = env.start(env.config(driver.config()))
     if driver.name == "static":
         wait_until(lambda: len(ready_nodes(launcher)) == driver.capacity, timeout=20,

@@ -2,12 +2,10 @@
 
 import time
 
-import pytest
-
 from conftest import wait_until
-from launcher_fixtures import FAKE_PROVIDER, add_upload, crash, env  # noqa: F401
+from launcher_fixtures import FAKE_PROVIDER, add_upload, crash
 from nodepool.drivers.fake.adapter import FakeCloud
-from nodepool.zk.records import Node, NodeState
+from nodepool.zk.records import NodeState
 
 BASE = """
 labels:

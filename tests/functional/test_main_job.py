@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from launcher_fixtures import FAKE_PROVIDER, env  # noqa: F401
+from launcher_fixtures import FAKE_PROVIDER
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -23,7 +23,7 @@ def test_quickstart_brings_up_the_pool_and_stops_cleanly():
     assert "Stopping" in result.stdout
 
 
-def test_list_and_request_list(env, zuul):  # noqa: F811
+def test_list_and_request_list(env, zuul):
     path = env.config("labels:\n  - name: small\nproviders:" + FAKE_PROVIDER)
     env.start(path)
     request_id = zuul.submit(["small"])

@@ -9,7 +9,6 @@ import pytest
 import yaml
 
 from conftest import wait_until
-from launcher_fixtures import env  # noqa: F401
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
 from openstack_sim import OpenStackSimulator  # noqa: E402
@@ -51,11 +50,11 @@ def sim(tmp_path, monkeypatch, request):
     simulator.stop()
 
 
-def start(env, retries=3):  # noqa: F811
+def start(env, retries=3):
     return env.start(env.config(CONFIG.format(retries=retries)))
 
 
-def test_server_carries_metadata_and_node_the_cloud_facts(env, sim, zuul):  # noqa: F811
+def test_server_carries_metadata_and_node_the_cloud_facts(env, sim, zuul):
     start(env)
     request = zuul.wait_for_request(zuul.submit(["small"]), timeout=30)
     [node_id] = request["nodes"]
@@ -75,7 +74,7 @@ def test_server_carries_metadata_and_node_the_cloud_facts(env, sim, zuul):  # no
     assert node["cloud"] == "sim" and node["region"] == "RegionOne"
 
 
-def test_quota_errors_defer_instead_of_failing(env, sim, zuul):  # noqa: F811
+def test_quota_errors_defer_instead_of_failing(env, sim, zuul):
     sim.faults.quota_creates = 1        # a 403 "Quota exceeded" on create
     sim.faults.quota_error_servers = 1  # a server that goes ERROR with a quota fault
     start(env, retries=1)               # a launch failure would fail the request
@@ -86,7 +85,7 @@ def test_quota_errors_defer_instead_of_failing(env, sim, zuul):  # noqa: F811
                message="the errored server was deleted")
 
 
-def test_server_errors_and_http_500s_are_retried(env, sim, zuul):  # noqa: F811
+def test_server_errors_and_http_500s_are_retried(env, sim, zuul):
     sim.faults.error_servers = 1
     start(env, retries=3)
     sim.faults.http_500 = 2
@@ -95,7 +94,7 @@ def test_server_errors_and_http_500s_are_retried(env, sim, zuul):  # noqa: F811
     wait_until(lambda: len(sim.servers) == 1, timeout=20, message="failed server gone")
 
 
-def test_failing_deletes_are_retried_until_the_server_is_gone(env, sim, zuul):  # noqa: F811
+def test_failing_deletes_are_retried_until_the_server_is_gone(env, sim, zuul):
     start(env)
     request_id = zuul.submit(["small"])
     server_id = zuul.get_node(zuul.wait_for_request(request_id, timeout=30)["nodes"][0])[
@@ -107,7 +106,7 @@ def test_failing_deletes_are_retried_until_the_server_is_gone(env, sim, zuul):  
     assert sim.faults.failing_deletes == 0
 
 
-def test_leaked_server_is_removed(env, sim, zuul):  # noqa: F811
+def test_leaked_server_is_removed(env, sim, zuul):
     launcher = start(env)
     import openstack
     conn = openstack.connect(cloud="sim")
@@ -124,7 +123,7 @@ def test_leaked_server_is_removed(env, sim, zuul):  # noqa: F811
     assert foreign.id in sim.servers
 
 
-def test_api_timing_and_launch_metrics_arrive_as_udp_packets(env, sim, zuul,  # noqa: F811
+def test_api_timing_and_launch_metrics_arrive_as_udp_packets(env, sim, zuul,
                                                              statsd):
     start(env)
     request = zuul.wait_for_request(zuul.submit(["small"]), timeout=30)
@@ -142,7 +141,7 @@ def test_api_timing_and_launch_metrics_arrive_as_udp_packets(env, sim, zuul,  # 
         " received: " + ", ".join(sorted(statsd.keys()))
 
 
-def test_cloud_image_by_name(env, sim, zuul):  # noqa: F811
+def test_cloud_image_by_name(env, sim, zuul):
     env.start(env.config(CONFIG.format(retries=1).replace(
         "        image-id: ubuntu-image-id", "        image-name: Ubuntu 24.04")))
     request = zuul.wait_for_request(zuul.submit(["small"]), timeout=30)
@@ -175,7 +174,7 @@ def test_image_upload_and_delete(sim, tmp_path):
     adapter.stop()
 
 
-def test_leaked_image_is_removed(env, sim, zuul, store):  # noqa: F811
+def test_leaked_image_is_removed(env, sim, zuul, store):
     launcher = start(env)
     leaked = sim.add_image("debian-old", properties={
         "nodepool_build_id": "gone", "nodepool_upload_id": "0000000001",
@@ -187,7 +186,7 @@ def test_leaked_image_is_removed(env, sim, zuul, store):  # noqa: F811
     assert kept["id"] in sim.images
 
 
-def test_floating_ip_attached_and_released(env, sim, zuul):  # noqa: F811
+def test_floating_ip_attached_and_released(env, sim, zuul):
     start(env)
     request_id = zuul.submit(["small"])
     node = zuul.get_node(zuul.wait_for_request(request_id, timeout=30)["nodes"][0])
@@ -200,7 +199,7 @@ def test_floating_ip_attached_and_released(env, sim, zuul):  # noqa: F811
                message="server and floating IP released")
 
 
-def test_no_floating_ip_when_disabled(env, sim, zuul):  # noqa: F811
+def test_no_floating_ip_when_disabled(env, sim, zuul):
     env.start(env.config(CONFIG.format(retries=1).replace(
         "        host-key-checking: false\n",
         "        host-key-checking: false\n        auto-floating-ip: false\n", 1)))
@@ -210,7 +209,7 @@ def test_no_floating_ip_when_disabled(env, sim, zuul):  # noqa: F811
     assert node["interface_ip"] == node["private_ipv4"]
 
 
-def test_boot_from_volume_volume_removed_on_delete(env, sim, zuul):  # noqa: F811
+def test_boot_from_volume_volume_removed_on_delete(env, sim, zuul):
     env.start(env.config(CONFIG.format(retries=1).replace(
         "            min-ram: 1024\n",
         "            min-ram: 1024\n            boot-from-volume: true\n"
@@ -226,7 +225,7 @@ def test_boot_from_volume_volume_removed_on_delete(env, sim, zuul):  # noqa: F81
                message="server and its boot volume deleted")
 
 
-def test_networks_by_name_security_groups_and_config_drive(env, sim, zuul):  # noqa: F811
+def test_networks_by_name_security_groups_and_config_drive(env, sim, zuul):
     text = CONFIG.format(retries=1)
     text = text.replace("        image-id: ubuntu-image-id\n",
                         "        image-id: ubuntu-image-id\n        config-drive: true\n")
@@ -242,7 +241,7 @@ def test_networks_by_name_security_groups_and_config_drive(env, sim, zuul):  # n
 
 
 def test_leaked_floating_ips_and_down_ports_are_removed_and_counted(
-        env, sim, zuul, statsd):  # noqa: F811
+        env, sim, zuul, statsd):
     launcher = env.start(env.config(CONFIG.format(retries=1).replace(
         "    rate: 0.001\n",
         "    rate: 0.001\n    clean-floating-ips: true\n"
@@ -270,7 +269,7 @@ BOOT_FROM_VOLUME = ("            min-ram: 1024\n",
                     "            volume-size: 12\n")
 
 
-def test_boot_volume_nova_left_behind_is_deleted_with_the_node(env, sim, zuul):  # noqa: F811
+def test_boot_volume_nova_left_behind_is_deleted_with_the_node(env, sim, zuul):
     env.start(env.config(CONFIG.format(retries=1).replace(*BOOT_FROM_VOLUME, 1)))
     request_id = zuul.submit(["small"])
     node = zuul.get_node(zuul.wait_for_request(request_id, timeout=30)["nodes"][0])
@@ -283,7 +282,7 @@ def test_boot_volume_nova_left_behind_is_deleted_with_the_node(env, sim, zuul): 
     assert any(m == "DELETE" and p.startswith("/volume/v3/") for m, p in sim.requests)
 
 
-def test_leaked_tagged_volume_is_removed_and_counted(env, sim, zuul,  # noqa: F811
+def test_leaked_tagged_volume_is_removed_and_counted(env, sim, zuul,
                                                      statsd):
     launcher = start(env)
     # A boot volume tagged by a delete that crashed before removing it,
@@ -306,7 +305,7 @@ def test_leaked_tagged_volume_is_removed_and_counted(env, sim, zuul,  # noqa: F8
 
 
 @pytest.mark.sim(max_volumes=2)
-def test_cinder_volume_limit_defers_boot_from_volume_launches(env, sim, zuul):  # noqa: F811
+def test_cinder_volume_limit_defers_boot_from_volume_launches(env, sim, zuul):
     sim.add_volume(size=1, name="unmanaged")  # leaves room for one boot volume
     env.start(env.config(CONFIG.format(retries=1).replace(*BOOT_FROM_VOLUME, 1)))
     first = zuul.submit(["small"])
@@ -325,7 +324,7 @@ V6_NETWORKS = ("        host-key-checking: false\n",
                "        host-key-checking: false\n        networks: [private, public-v6]\n")
 
 
-def test_ipv6_preferred_hands_out_the_ipv6_address(env, sim, zuul):  # noqa: F811
+def test_ipv6_preferred_hands_out_the_ipv6_address(env, sim, zuul):
     env.start(env.config(CONFIG.format(retries=1).replace(*V6_NETWORKS, 1).replace(
         "    rate: 0.001\n", "    rate: 0.001\n    ipv6-preferred: true\n")))
     node = zuul.get_node(zuul.wait_for_request(zuul.submit(["small"]),
@@ -336,7 +335,7 @@ def test_ipv6_preferred_hands_out_the_ipv6_address(env, sim, zuul):  # noqa: F81
     assert not sim.floating_ips  # a public IPv6 address needs no floating IP
 
 
-def test_without_ipv6_preferred_ipv4_is_handed_out(env, sim, zuul):  # noqa: F811
+def test_without_ipv6_preferred_ipv4_is_handed_out(env, sim, zuul):
     env.start(env.config(CONFIG.format(retries=1).replace(*V6_NETWORKS, 1)))
     node = zuul.get_node(zuul.wait_for_request(zuul.submit(["small"]),
                                                timeout=30)["nodes"][0])
@@ -346,7 +345,7 @@ def test_without_ipv6_preferred_ipv4_is_handed_out(env, sim, zuul):  # noqa: F81
     assert node["interface_ip"] == node["public_ipv4"] == fip["floating_ip_address"]
 
 
-def test_rate_limits_and_slow_responses_are_waited_out(env, sim, zuul):  # noqa: F811
+def test_rate_limits_and_slow_responses_are_waited_out(env, sim, zuul):
     start(env, retries=1)  # one failed call would fail the request
     sim.faults.slow_seconds = 0.05
     sim.faults.over_limit = 2
@@ -358,7 +357,7 @@ def test_rate_limits_and_slow_responses_are_waited_out(env, sim, zuul):  # noqa:
 
 
 @pytest.mark.sim(server_address="127.0.0.1")
-def test_host_keys_are_scanned_from_the_server(env, sim, zuul, tmp_path):  # noqa: F811
+def test_host_keys_are_scanned_from_the_server(env, sim, zuul, tmp_path):
     from sshdserver import SSHServer  # tools/, on the path
     sshd = SSHServer(str(tmp_path / "sshd")).start()
     try:
@@ -378,7 +377,7 @@ def test_host_keys_are_scanned_from_the_server(env, sim, zuul, tmp_path):  # noq
         sshd.stop()
 
 
-def test_key_name_userdata_and_dynamic_properties(env, sim, zuul):  # noqa: F811
+def test_key_name_userdata_and_dynamic_properties(env, sim, zuul):
     import base64
     env.start(env.config(CONFIG.format(retries=1).replace(
         "            instance-properties: {team: ci}\n",
@@ -396,7 +395,7 @@ def test_key_name_userdata_and_dynamic_properties(env, sim, zuul):  # noqa: F811
     assert server.metadata["team"] == "ci"
 
 
-def test_unknown_key_name_fails_the_launch(env, sim, zuul):  # noqa: F811
+def test_unknown_key_name_fails_the_launch(env, sim, zuul):
     env.start(env.config(CONFIG.format(retries=1).replace(
         "            instance-properties: {team: ci}\n",
         "            key-name: missing-key\n")))

@@ -2,13 +2,11 @@
 
 import os
 import sys
-import tempfile
 import time
 
 import pytest
 
 from conftest import wait_until
-from launcher_fixtures import env  # noqa: F401
 from nodepool.zk.records import NodeState
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
@@ -17,7 +15,7 @@ from sshdserver import SSHServer  # noqa: E402
 
 @pytest.fixture
 def hosts():
-    servers = [SSHServer(tempfile.mkdtemp(prefix="sshd-")).start() for _ in range(2)]
+    servers = [SSHServer().start() for _ in range(2)]
     yield servers
     for server in servers:
         server.stop()
@@ -51,7 +49,7 @@ def nodes_of(launcher, state=NodeState.READY):
     return [n for n in launcher.nodes.nodes() if n.state == state]
 
 
-def test_registration_records_the_host(env, hosts):  # noqa: F811
+def test_registration_records_the_host(env, hosts):
     server = hosts[0]
     launcher = env.start(env.config(static_config(host(server, labels="a b", jobs=2))))
     registered = wait_until(lambda: len(nodes_of(launcher)) == 2 and nodes_of(launcher),
@@ -66,7 +64,7 @@ def test_registration_records_the_host(env, hosts):  # noqa: F811
         assert node.attributes == {"rack": "r1"}
 
 
-def test_configured_key_must_match(env, hosts):  # noqa: F811
+def test_configured_key_must_match(env, hosts):
     good, bad = hosts
     wrong_key = f"            host-key: '{bad.host_keys[0]}'\n"
     right_key = f"            host-key: '{good.host_keys[0]}'\n"
@@ -81,7 +79,7 @@ def test_configured_key_must_match(env, hosts):  # noqa: F811
 
 
 def test_unreachable_host_is_not_registered_and_dead_host_is_retired(env, hosts,
-                                                                      zuul):  # noqa: F811
+                                                                      zuul):
     first, second = hosts
     launcher = env.start(env.config(static_config(host(first) + host(second))))
     wait_until(lambda: len(nodes_of(launcher)) == 2, timeout=20, message="registered")
@@ -103,7 +101,7 @@ def test_unreachable_host_is_not_registered_and_dead_host_is_retired(env, hosts,
     assert zuul.get_request(waiting)["state"] == "requested"  # waits, not failed
 
 
-def test_reconfiguration_adds_slots_and_retires_removed_hosts(env, hosts):  # noqa: F811
+def test_reconfiguration_adds_slots_and_retires_removed_hosts(env, hosts):
     first, second = hosts
     path = env.config(static_config(host(first) + host(second)))
     launcher = env.start(path)

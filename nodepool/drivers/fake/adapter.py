@@ -318,7 +318,8 @@ class FakeAdapter(Adapter):
         return Instance(
             external_id=server.id, interface_ip=self.cloud.settings.interface_ip,
             public_ipv4=self.cloud.settings.interface_ip,
-            private_ipv4=self.cloud.settings.interface_ip, cloud=self.cloud.name, region=self.cloud.region,
+            private_ipv4=self.cloud.settings.interface_ip, cloud=self.cloud.name,
+            region=self.cloud.region,
             az=server.az, host_id="fake-host", metadata=dict(server.metadata),
             resources={"cores": flavor["vcpus"], "instances": 1, "ram": flavor["ram"]},
             ready=server.status == "ACTIVE")
@@ -381,4 +382,3 @@ class FakeAdapter(Adapter):
 
     def delete_image(self, external_id: str) -> None:
         self.cloud.delete_image(external_id)
-
