@@ -112,6 +112,7 @@ class OpenStackSimulator:
         # Cinder volumes (boot volumes made by Nova from block device mappings).
         self.volumes: dict[str, dict] = {}
         self.requests: list[tuple[str, str]] = []
+        self.page_size = 1000  # Nova's default osapi_max_limit
         self._address = 10
         self._server: ThreadingHTTPServer | None = None
 
@@ -507,7 +508,18 @@ class _Handler(BaseHTTPRequestHandler):
         if not detail:
             views = [{"id": v["id"], "name": v["name"], "links": v["links"]}
                      for v in views]
-        self._send(200, {"servers": views})
+        # Pages of at most page_size, as Nova's osapi_max_limit does.
+        query = self._query()
+        limit = min(int(query.get("limit", self.sim.page_size)), self.sim.page_size)
+        ids = [v["id"] for v in views]
+        start = ids.index(query["marker"]) + 1 if query.get("marker") in ids else 0
+        page = views[start:start + limit]
+        body: dict = {"servers": page}
+        if start + limit < len(views):
+            body["servers_links"] = [{"rel": "next", "href":
+                                      f"{self.sim.url}{self.path.split('?')[0]}"
+                                      f"?limit={limit}&marker={page[-1]['id']}"}]
+        self._send(200, body)
 
     def server(self, server_id):
         for server in self.sim.live_servers():

@@ -402,3 +402,16 @@ def test_unknown_key_name_fails_the_launch(env, sim, zuul):
     request = zuul.wait_for_request(zuul.submit(["small"]), timeout=30)
     assert request["state"] == "failed"
     assert not sim.servers
+
+
+def test_server_listing_follows_pagination(sim):
+    import openstack
+    conn = openstack.connect(cloud="sim")
+    for index in range(5):
+        conn.compute.create_server(name=f"s{index}", flavor_id="1",
+                                   image_id="ubuntu-image-id", networks="auto")
+    sim.page_size = 2
+    from nodepool.drivers.openstack.adapter import list_json
+    servers = list_json(conn.compute, "/servers/detail", "servers")
+    assert sorted(s["name"] for s in servers) == [f"s{i}" for i in range(5)]
+    assert sum(1 for m, p in sim.requests if p == "/compute/v2.1/servers/detail") == 3

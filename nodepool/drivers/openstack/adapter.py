@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 from nodepool.config.model import PoolLabel, Provider
 from nodepool.drivers.base import (
@@ -110,6 +111,68 @@ def is_quota_message(message: str) -> bool:
             or ("exceeds" in text and "quota" in text))
 
 
+@dataclass
+class ServerView:
+    """The fields of a Nova server the driver reads, from the API's JSON.
+    (openstacksdk's resource objects cost tens of milliseconds of CPU each,
+    which dominated the launcher's time on a cloud of a few hundred servers.)"""
+
+    id: str
+    status: str
+    metadata: dict
+    addresses: dict
+    flavor: dict
+    availability_zone: str | None
+    host_id: str | None
+    attached_volumes: list
+    fault: dict | None
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ServerView":
+        return cls(id=data["id"], status=data.get("status") or "",
+                   metadata=dict(data.get("metadata") or {}),
+                   addresses=data.get("addresses") or {},
+                   flavor=data.get("flavor") or {},
+                   availability_zone=data.get("OS-EXT-AZ:availability_zone"),
+                   host_id=data.get("hostId"),
+                   attached_volumes=list(
+                       data.get("os-extended-volumes:volumes_attached") or []),
+                   fault=data.get("fault"))
+
+
+def list_json(proxy, path: str, key: str, params: dict | None = None,
+              microversion: str | None = None) -> list[dict]:
+    """Every item of a listing as plain JSON, following ``<key>_links``
+    pagination. Goes through the SDK's proxy, so API timers still fire."""
+    items: list[dict] = []
+    url, query = path, dict(params or {})
+    for _ in range(10_000):  # bounded: a cloud that pages forever is broken
+        response = proxy.get(url, params=query or None, microversion=microversion)
+        _raise_for_status(response)
+        body = response.json()
+        items.extend(body.get(key) or [])
+        nexts = [link["href"] for link in body.get(f"{key}_links") or []
+                 if link.get("rel") == "next"]
+        if not nexts:
+            return items
+        url, query = nexts[0], None
+    raise LaunchError(f"listing {path} did not end")
+
+
+def get_json(proxy, path: str, key: str, microversion: str | None = None) -> dict | None:
+    """One item as plain JSON, or None when the cloud says 404."""
+    response = proxy.get(path, microversion=microversion)
+    if response.status_code == 404:
+        return None
+    _raise_for_status(response)
+    return response.json().get(key)
+
+
+def _raise_for_status(response) -> None:
+    from openstack import exceptions
+    exceptions.raise_from_response(response)
+
+
 class ServerListing:
     """All servers, refreshed in the background at most every LISTING_TTL."""
 
@@ -120,8 +183,8 @@ class ServerListing:
         self.future: Future | None = None
         self.lock = threading.Lock()
 
-    def _fetch(self):
-        return {s.id: s for s in self.adapter.conn.compute.servers(details=True)}
+    def _fetch(self) -> dict[str, ServerView]:
+        return {s.id: s for s in self.adapter.servers()}
 
     def refresh(self) -> None:
         """Start a refresh if the listing is stale and none is running."""
@@ -194,7 +257,7 @@ class OpenStackCreate(StateMachine):
             kwargs["user_data"] = base64.b64encode(
                 self.label.userdata.encode()).decode()
         try:
-            return adapter.conn.compute.create_server(**kwargs)
+            return {"id": adapter.conn.compute.create_server(**kwargs).id}
         except Exception as exc:
             if is_quota_message(str(exc)):
                 raise QuotaError(str(exc)) from None
@@ -212,9 +275,7 @@ class OpenStackCreate(StateMachine):
         adapter = self.adapter
         if len(adapter.building) <= DIRECT_POLL_LIMIT:
             if self.future is None:
-                self.future = adapter.executor.submit(
-                    adapter.conn.compute.find_server, self.external_id,
-                    ignore_missing=True)
+                self.future = adapter.executor.submit(adapter.server, self.external_id)
                 return None
             if not self.future.done():
                 return None
@@ -249,9 +310,9 @@ class OpenStackCreate(StateMachine):
             if not self.future.done():
                 self.poll_delay = 0.05
                 return None
-            server = self.future.result()  # raises create errors
+            created = self.future.result()  # raises create errors
             self.future = None
-            self.external_id = server.id
+            self.external_id = created["id"]
             self.created_at = time.monotonic()
             self.state = "building"
             self.adapter.building.add(self)
@@ -304,8 +365,7 @@ class OpenStackDelete(StateMachine):
         server = adapter.listing.get(self.external_id) if \
             adapter.listing.fetched_at else None
         if server is None:
-            server = adapter.conn.compute.find_server(self.external_id,
-                                                      ignore_missing=True)
+            server = adapter.server(self.external_id)
             if server is None:
                 raise NotFound(self.external_id)
         self.volumes = [v["id"] for v in (server.attached_volumes or [])
@@ -412,9 +472,41 @@ class OpenStackAdapter(Adapter):
         self._suspect_fips: set[str] = set()
         self._down_ports: dict[str, float] = {}
         self._has_volumes: bool | None = None
+        self._microversion: str | None = None
 
     def stop(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- raw listings ----------------------------------------------------------
+
+    @property
+    def compute_microversion(self) -> str | None:
+        """The newest compute microversion both we and the cloud know (the
+        embedded flavor of a server listing needs 2.47 or later)."""
+        if self._microversion is None:
+            from openstack import utils
+            self._microversion = utils.maximum_supported_microversion(
+                self.conn.compute, "2.79") or ""
+        return self._microversion or None
+
+    def servers(self) -> list[ServerView]:
+        return [ServerView.from_json(s) for s in list_json(
+            self.conn.compute, "/servers/detail", "servers",
+            microversion=self.compute_microversion)]
+
+    def server(self, server_id: str) -> ServerView | None:
+        data = get_json(self.conn.compute, f"/servers/{server_id}", "server",
+                        microversion=self.compute_microversion)
+        return ServerView.from_json(data) if data else None
+
+    def ports(self, **params) -> list[dict]:
+        return list_json(self.conn.network, "/ports", "ports", params)
+
+    def floating_ips(self, **params) -> list[dict]:
+        return list_json(self.conn.network, "/floatingips", "floatingips", params)
+
+    def volumes(self) -> list[dict]:
+        return list_json(self.conn.block_storage, "/volumes/detail", "volumes")
 
     # -- lookups (called on the executor or at decision time) -------------------
 
@@ -490,17 +582,17 @@ class OpenStackAdapter(Adapter):
     def attach_floating_ip(self, server) -> str:
         """Create a floating IP on the server's port; returns its address
         (blocking: runs on the executor)."""
-        ports = list(self.conn.network.ports(device_id=server.id))
+        ports = self.ports(device_id=server.id)
         if not ports:
             raise LaunchError(f"server {server.id} has no port for a floating IP")
         fip = self.conn.network.create_ip(
-            floating_network_id=self.external_network_id(), port_id=ports[0].id)
+            floating_network_id=self.external_network_id(), port_id=ports[0]["id"])
         return fip.floating_ip_address
 
     def release_floating_ips(self, server_id: str) -> None:
-        for port in self.conn.network.ports(device_id=server_id):
-            for fip in self.conn.network.ips(port_id=port.id):
-                self.conn.network.delete_ip(fip.id, ignore_missing=True)
+        for port in self.ports(device_id=server_id):
+            for fip in self.floating_ips(port_id=port["id"]):
+                self.conn.network.delete_ip(fip["id"], ignore_missing=True)
 
     def instance(self, server) -> Instance:
         private = public = public6 = None
@@ -537,11 +629,10 @@ class OpenStackAdapter(Adapter):
         return OpenStackDelete(self, external_id)
 
     def list_instances(self) -> list[Instance]:
-        return [self.instance(s) for s in self.conn.compute.servers(details=True)]
+        return [self.instance(s) for s in self.servers()]
 
     def list_resources(self) -> list[Resource]:
-        found = [Resource("instance", s.id, dict(s.metadata or {}))
-                 for s in self.conn.compute.servers(details=True)]
+        found = [Resource("instance", s.id, dict(s.metadata)) for s in self.servers()]
         for image in self.conn.image.images(owner=None):
             properties = {k: str(v) for k, v in (image.properties or {}).items()}
             if "nodepool_build_id" in properties:
@@ -549,11 +640,11 @@ class OpenStackAdapter(Adapter):
         if self.has_volumes:
             # Boot volumes are tagged when their server is deleted; attached
             # ones still belong to a server and go with it.
-            for volume in self.conn.block_storage.volumes(details=True):
-                metadata = dict(volume.metadata or {})
-                if "nodepool_node_id" in metadata and volume.status in (
+            for volume in self.volumes():
+                metadata = dict(volume.get("metadata") or {})
+                if "nodepool_node_id" in metadata and volume.get("status") in (
                         "available", "error"):
-                    found.append(Resource("volume", volume.id, metadata))
+                    found.append(Resource("volume", volume["id"], metadata))
         return found
 
     def delete_resource(self, resource: Resource) -> None:
@@ -571,7 +662,7 @@ class OpenStackAdapter(Adapter):
         ``report(plural_kind, count)`` feeds the leaked counters."""
         now = time.monotonic()
         if self.provider.clean_floating_ips:
-            unattached = {f.id for f in self.conn.network.ips() if not f.port_id}
+            unattached = {f["id"] for f in self.floating_ips() if not f.get("port_id")}
             removed = 0
             for fip_id in unattached & self._suspect_fips:
                 self.conn.network.delete_ip(fip_id, ignore_missing=True)
@@ -581,8 +672,8 @@ class OpenStackAdapter(Adapter):
                 report("floatingips", removed)
         interval = self.provider.port_cleanup_interval
         if interval > 0:
-            down = {p.id for p in self.conn.network.ports(status="DOWN")
-                    if (p.device_owner or "").startswith("compute:")}
+            down = {p["id"] for p in self.ports(status="DOWN")
+                    if (p.get("device_owner") or "").startswith("compute:")}
             removed = 0
             for port_id in down:
                 first_seen = self._down_ports.setdefault(port_id, now)
@@ -674,15 +765,15 @@ class OpenStackAdapter(Adapter):
             gigabytes = None
         if volumes is None and gigabytes is None:
             return {}
-        ours = {s.id for s in self.conn.compute.servers(details=True)
-                if (s.metadata or {}).get("nodepool_provider_name") == self.provider.name}
-        for volume in self.conn.block_storage.volumes(details=True):
-            if any(a.get("server_id") in ours for a in volume.attachments or []):
+        ours = {s.id for s in self.servers()
+                if s.metadata.get("nodepool_provider_name") == self.provider.name}
+        for volume in self.volumes():
+            if any(a.get("server_id") in ours for a in volume.get("attachments") or []):
                 continue  # counted by its node's resources
             if volumes is not None:
                 volumes -= 1
             if gigabytes is not None:
-                gigabytes -= volume.size or 0
+                gigabytes -= volume.get("size") or 0
         return {"volumes": volumes, "volume-gb": gigabytes}
 
     def quota_for_label(self, label: PoolLabel) -> Resources:
