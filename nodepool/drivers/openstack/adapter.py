@@ -224,40 +224,45 @@ class OpenStackCreate(StateMachine):
         self.created_at = 0.0
 
     def _create(self):
+        """Submit the create (Nova's JSON body, built here); returns the id."""
         adapter = self.adapter
         flavor = adapter.flavor_for(self.label)
         image_id = self.image_id or adapter.cloud_image_id(self.label)
-        kwargs = dict(name=self.hostname, flavor_id=flavor.id, image_id=image_id,
-                      metadata=self.metadata)
+        body: dict = {"name": self.hostname, "flavorRef": flavor.id,
+                      "metadata": self.metadata}
         if self.label.boot_from_volume:
             # Nova makes the boot volume from the image and deletes it with
             # the server, so a deleted node leaves no volume behind.
-            kwargs["image_id"] = None
-            kwargs["block_device_mapping"] = [{
-                "boot_index": 0, "uuid": image_id, "source_type": "image",
-                "destination_type": "volume", "volume_size": self.label.volume_size,
-                "delete_on_termination": True}]
+            mapping = {"boot_index": 0, "uuid": image_id, "source_type": "image",
+                       "destination_type": "volume",
+                       "volume_size": self.label.volume_size,
+                       "delete_on_termination": True}
             if self.label.volume_type:
-                kwargs["block_device_mapping"][0]["volume_type"] = self.label.volume_type
+                mapping["volume_type"] = self.label.volume_type
+            body["block_device_mapping_v2"] = [mapping]
+        else:
+            body["imageRef"] = image_id
         networks = self.label.networks
-        kwargs["networks"] = [{"uuid": adapter.network_id(n)} for n in networks] \
+        body["networks"] = [{"uuid": adapter.network_id(n)} for n in networks] \
             if networks else "auto"
         pool = adapter.pool_of(self.label)
         if pool is not None and pool.security_groups:
-            kwargs["security_groups"] = [{"name": g} for g in pool.security_groups]
+            body["security_groups"] = [{"name": g} for g in pool.security_groups]
         config_drive = adapter.config_drive_for(self.label)
         if config_drive is not None:
-            kwargs["config_drive"] = config_drive
+            body["config_drive"] = config_drive
         if self.az:
-            kwargs["availability_zone"] = self.az
+            body["availability_zone"] = self.az
         if self.label.key_name:
-            kwargs["key_name"] = self.label.key_name
+            body["key_name"] = self.label.key_name
         if self.label.userdata:
-            # Nova takes user data base64-encoded (the SDK's proxy sends it as is).
-            kwargs["user_data"] = base64.b64encode(
-                self.label.userdata.encode()).decode()
+            body["user_data"] = base64.b64encode(self.label.userdata.encode()).decode()
         try:
-            return {"id": adapter.conn.compute.create_server(**kwargs).id}
+            response = adapter.conn.compute.post(
+                "/servers", json={"server": body},
+                microversion=adapter.compute_microversion)
+            _raise_for_status(response)
+            return response.json()["server"]
         except Exception as exc:
             if is_quota_message(str(exc)):
                 raise QuotaError(str(exc)) from None
@@ -360,7 +365,6 @@ class OpenStackDelete(StateMachine):
         self.volume_deadline = 0.0
 
     def _delete(self):
-        import openstack.exceptions
         adapter = self.adapter
         server = adapter.listing.get(self.external_id) if \
             adapter.listing.fetched_at else None
@@ -376,10 +380,10 @@ class OpenStackDelete(StateMachine):
             adapter.conn.block_storage.set_volume_metadata(volume_id, **tags)
         # Floating IPs first, or they outlive the server (a leak that costs).
         adapter.release_floating_ips(self.external_id)
-        try:
-            adapter.conn.compute.delete_server(self.external_id, ignore_missing=False)
-        except openstack.exceptions.NotFoundException:
-            raise NotFound(self.external_id) from None
+        response = adapter.conn.compute.delete(f"/servers/{self.external_id}")
+        if response.status_code == 404:
+            raise NotFound(self.external_id)
+        _raise_for_status(response)
 
     def _remove_volumes(self) -> list[str]:
         """Delete detached boot volumes; returns those still present."""
@@ -508,6 +512,15 @@ class OpenStackAdapter(Adapter):
     def volumes(self) -> list[dict]:
         return list_json(self.conn.block_storage, "/volumes/detail", "volumes")
 
+    @staticmethod
+    def delete_json(proxy, path: str) -> bool:
+        """DELETE; False when it was already gone."""
+        response = proxy.delete(path)
+        if response.status_code == 404:
+            return False
+        _raise_for_status(response)
+        return True
+
     # -- lookups (called on the executor or at decision time) -------------------
 
     def flavors(self):
@@ -585,14 +598,16 @@ class OpenStackAdapter(Adapter):
         ports = self.ports(device_id=server.id)
         if not ports:
             raise LaunchError(f"server {server.id} has no port for a floating IP")
-        fip = self.conn.network.create_ip(
-            floating_network_id=self.external_network_id(), port_id=ports[0]["id"])
-        return fip.floating_ip_address
+        response = self.conn.network.post("/floatingips", json={"floatingip": {
+            "floating_network_id": self.external_network_id(),
+            "port_id": ports[0]["id"]}})
+        _raise_for_status(response)
+        return response.json()["floatingip"]["floating_ip_address"]
 
     def release_floating_ips(self, server_id: str) -> None:
         for port in self.ports(device_id=server_id):
             for fip in self.floating_ips(port_id=port["id"]):
-                self.conn.network.delete_ip(fip["id"], ignore_missing=True)
+                self.delete_json(self.conn.network, f"/floatingips/{fip['id']}")
 
     def instance(self, server) -> Instance:
         private = public = public6 = None
