@@ -896,8 +896,9 @@ def main() -> int:
     parser.add_argument("--boot-delay", type=float, default=1.0)
     args = parser.parse_args()
     sim = OpenStackSimulator(port=args.port, boot_delay=args.boot_delay).start()
-    print(f"OpenStack simulator at {sim.auth_url} (user demo / secret, project demo)",
-          flush=True)
+    import yaml
+    print(f"OpenStack simulator at {sim.auth_url}; clouds.yaml:\n"
+          + yaml.safe_dump(sim.clouds_yaml()), flush=True)
     threading.Event().wait()
     return 0
 
