@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 from nodepool.zk.records import Node, NodeRequest
 
@@ -68,3 +69,74 @@ class Stats:
     def gauge(self, key: str, value: float) -> None:
         if self.client is not None:
             self.client.gauge(key, value)
+
+
+class BuilderStats:
+    """The builder's emitters (spec builder section 2.9)."""
+
+    def __init__(self, client=None):
+        self.client = client if client is not None else make_client()
+
+    def build_finished(self, image: str, result, base: str, formats: list[str]) -> None:
+        """After every DIB run: sizes (successful builds), duration, rc and
+        the time of the build."""
+        if self.client is None:
+            return
+        pipe = self.client.pipeline()
+        key = f"nodepool.dib_image_build.{image}"
+        for fmt in formats:
+            try:
+                # Allocated size, so sparse images report what they use.
+                size = os.stat(f"{base}.{fmt}").st_blocks * 512
+            except OSError:
+                continue
+            pipe.gauge(f"{key}.{fmt}.size", size)
+        pipe.timing(f"{key}.status.duration", int(result.seconds * 1000))
+        pipe.gauge(f"{key}.status.rc", result.rc)
+        pipe.gauge(f"{key}.status.last_build", int(time.time()))
+        pipe.send()
+
+    def upload_finished(self, image: str, provider: str, seconds: float) -> None:
+        if self.client is None:
+            return
+        key = f"nodepool.image_update.{image}.{provider}"
+        pipe = self.client.pipeline()
+        pipe.timing(key, int(seconds * 1000))
+        pipe.incr(key)
+        pipe.send()
+
+    def status(self, builder, store) -> None:
+        """Per cleanup pass: worker states per image, pending build requests,
+        and how busy this builder is."""
+        if self.client is None:
+            return
+        host = builder.hostname
+        pipe = self.client.pipeline()
+        pending = 0
+        current_builds = current_uploads = 0
+        for worker in builder.build_workers:
+            current_builds += sum(1 for v in worker.status.values() if v == 1)
+        for worker in builder.upload_workers:
+            current_uploads += sum(1 for v in worker.status.values() if v == 2)
+        for image in store.image_names():
+            states = [w.status.get(image, 0) for w in builder.build_workers]
+            pipe.gauge(f"nodepool.builder.{host}.image.{image}.build.state",
+                       max(states, default=0))
+            providers: dict[str, int] = {}
+            for worker in builder.upload_workers:
+                for (name, provider), value in worker.status.items():
+                    if name == image:
+                        providers[provider] = max(providers.get(provider, 0), value)
+            for provider, value in providers.items():
+                pipe.gauge(f"nodepool.builder.{host}.image.{image}.provider."
+                           f"{provider}.upload.state", value)
+            requested = store.build_request_status(image) == "pending"
+            pending += requested
+            pipe.gauge(f"nodepool.image.{image}.image_build_requests", int(requested))
+        pipe.gauge("nodepool.image_build_requests", pending)
+        pipe.gauge(f"nodepool.builder.{host}.current_builds", current_builds)
+        pipe.gauge(f"nodepool.builder.{host}.current_uploads", current_uploads)
+        pipe.gauge(f"nodepool.builder.{host}.build_workers", len(builder.build_workers))
+        pipe.gauge(f"nodepool.builder.{host}.upload_workers",
+                   len(builder.upload_workers))
+        pipe.send()

@@ -1,0 +1,1 @@
+"""nodepool-builder: disk image builds, uploads and their clean-up."""

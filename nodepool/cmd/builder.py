@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
+import threading
 
-from nodepool.cmd import common
+from nodepool.cmd import common, daemon
+
+log = logging.getLogger("nodepool.builder")
 
 
 def build_parser():
@@ -25,9 +30,53 @@ def build_parser():
 
 
 def main(argv: list[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    print("nodepool-builder: the builder is not implemented yet", file=sys.stderr)
-    return 1
+    args = build_parser().parse_args(argv)
+    from nodepool.config import ConfigError, load_config
+    config_path = os.path.abspath(os.path.expanduser(args.config))
+    try:
+        # Fail on the terminal, before detaching, if the file is unusable.
+        config = load_config(config_path, args.secure)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    for problem in _startup_problems(config):
+        print(problem, file=sys.stderr)
+        return 1
+    if args.build_workers < 1 or args.upload_workers < 1:
+        print("--build-workers and --upload-workers must be at least 1",
+              file=sys.stderr)
+        return 1
+
+    def setup_logging():
+        common.setup_logging(args.logconfig, args.debug,
+                             stream=sys.stdout if (args.debug or args.foreground)
+                             else sys.stderr)
+
+    def serve(stop: threading.Event) -> int:
+        from nodepool.builder.builder import Builder, BuilderError
+        try:
+            builder = Builder(config_path, args.secure, build_workers=args.build_workers,
+                              upload_workers=args.upload_workers)
+        except (ConfigError, BuilderError) as exc:
+            log.error("%s", exc)
+            return 1
+        builder.start()
+        stop.wait()
+        builder.stop()
+        return 0
+
+    return daemon.run(serve, foreground=args.debug or args.foreground,
+                      pidfile=args.pidfile, setup_logging=setup_logging)
+
+
+def _startup_problems(config) -> list[str]:
+    if not config.zookeeper_servers:
+        return ["No ZooKeeper servers specified in config."]
+    if not config.images_dir:
+        return ["No images-dir specified in config."]
+    if not os.path.isdir(config.images_dir):
+        return [f"images-dir {config.images_dir} does not exist"]
+    return []
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from nodepool.zk import paths
 from nodepool.zk.client import ZooKeeperClient
 from nodepool.zk.locks import Lock
 from nodepool.zk.records import (
-    Component, ComponentState, CorruptRecord, ImageBuild, ImageUpload, Node,
+    BuildState, Component, ComponentState, CorruptRecord, ImageBuild, ImageUpload, Node,
     NodeRequest, NodeState, PoolComponent,
 )
 
@@ -327,6 +327,17 @@ class Store:
                 build.version = 0
         return build.id
 
+    def update_build(self, build: ImageBuild) -> bool:
+        """Overwrite an existing build record; False if it no longer exists
+        (never re-creates one that a cleanup removed)."""
+        try:
+            stat = self.kazoo.set(paths.build(build.image_name, build.id),
+                                  build.to_json())
+        except NoNodeError:
+            return False
+        build.version = stat.version
+        return True
+
     def get_build(self, image_name: str, build_id: str) -> ImageBuild | None:
         try:
             data, stat = self.kazoo.get(paths.build(image_name, build_id))
@@ -457,6 +468,20 @@ class Store:
     def build_requested_at(self, image_name: str) -> float | None:
         stat = self.kazoo.exists(paths.image_build_request(image_name))
         return None if stat is None else stat.ctime / 1000.0
+
+    def build_request_status(self, image_name: str) -> str | None:
+        """None without a ``request-build`` flag; ``building`` while a build
+        started after the request holds the image build lock; else
+        ``pending``."""
+        requested_at = self.build_requested_at(image_name)
+        if requested_at is None:
+            return None
+        from nodepool.zk.locks import is_locked
+        if is_locked(self.client, paths.image_build_lock(image_name)) and any(
+                b.state == BuildState.BUILDING and b.state_time >= requested_at
+                for b in self.get_builds(image_name)):
+            return "building"
+        return "pending"
 
     def remove_build_request(self, image_name: str) -> None:
         try:

@@ -32,12 +32,19 @@ FAST = dict(idle_interval=1.0, cleanup_interval=0.3, delete_sweep_interval=0.5,
             min_ready_interval=0.5, config_check_interval=0.1)
 
 
+# Builder passes also run on every image tree event; these bound the rest.
+BUILDER_FAST = dict(build_workers=1, upload_workers=2, build_interval=0.5,
+                    upload_interval=0.5, cleanup_interval=0.3,
+                    config_check_interval=0.1)
+
+
 class LauncherEnv:
     def __init__(self, tmp_path, zk_server, zk_chroot):
         self.tmp_path = tmp_path
         self.zk_server = zk_server
         self.chroot = zk_chroot
         self.launchers: list[Launcher] = []
+        self.builders: list = []
 
     def config(self, body: str, name: str = "nodepool.yaml") -> str:
         """Write a config; the ZooKeeper section is filled in."""
@@ -63,7 +70,22 @@ class LauncherEnv:
         self.launchers.append(launcher)
         return launcher
 
+    def start_builder(self, path: str, **kwargs):
+        from nodepool.builder.builder import Builder
+        options = dict(BUILDER_FAST)
+        options.update(kwargs)
+        builder = Builder(path, **options)
+        builder.start(connect_timeout=15)
+        self.builders.append(builder)
+        return builder
+
     def stop_all(self) -> None:
+        for builder in self.builders:
+            try:
+                if builder.client.kazoo is not None:
+                    builder.stop()
+            except Exception:
+                pass
         for launcher in self.launchers:
             try:
                 if launcher.client.kazoo is not None:

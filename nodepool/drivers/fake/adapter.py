@@ -12,6 +12,7 @@ see the same servers, as they would with a real cloud.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -51,6 +52,7 @@ class Settings:
     quota_error_servers: int = 0
     fail_deletes: int = 0
     fail_uploads: int = 0
+    fail_image_deletes: int = 0
     never_active: bool = False
     # Address reported for servers; "fake" short-cuts the host-key scan, a
     # real loopback address makes the launcher scan it.
@@ -93,6 +95,7 @@ class FakeImage:
     status: str
     metadata: dict[str, str]
     active_at: float = 0.0
+    format: str | None = None
 
 
 class FakeCloud:
@@ -224,6 +227,9 @@ class FakeCloud:
 
     def delete_image(self, image_id: str) -> None:
         with self.lock:
+            if self.settings.fail_image_deletes > 0 and image_id in self.images:
+                self.settings.fail_image_deletes -= 1
+                raise LaunchError("simulated image delete failure")
             if self.images.pop(image_id, None) is None:
                 raise NotFound(image_id)
 
@@ -378,7 +384,11 @@ class FakeAdapter(Adapter):
             self.cloud.find_image(cloud_image.external_name) is not None
 
     def upload_image(self, image_name, filename, image_format, metadata) -> str:
-        return self.cloud.upload_image(image_name, metadata).id
+        if not os.path.isfile(filename):
+            raise LaunchError(f"no image file {filename}")
+        image = self.cloud.upload_image(image_name, metadata)
+        image.format = image_format
+        return image.id
 
     def delete_image(self, external_id: str) -> None:
         self.cloud.delete_image(external_id)

@@ -29,6 +29,7 @@ SIMULATION_KEYS = {
     "never-active": s.Bool,
     "upload-delay": s.Number,
     "fail-uploads": s.Int,
+    "fail-image-deletes": s.Int,
     "interface-ip": s.Str,
 }
 
