@@ -1,9 +1,11 @@
 """The main job: ZooKeeper and nodepool on doc/examples/quickstart.yaml.
 
 Starts a throw-away ZooKeeper server, validates the bundled configuration,
-runs nodepool-launcher as a real daemon process (the in-memory fake cloud
-lives inside it), waits until every label's min-ready nodes are ready and
-prints the pool with ``nodepool list``. Ctrl-C (or SIGTERM) stops everything.
+runs nodepool-builder and nodepool-launcher as real daemon processes (the
+builder builds the example diskimage with tools/fake-image-create and uploads
+it; the in-memory fake cloud lives inside each process, keyed by name), waits
+until every label's min-ready nodes are ready and prints the pool with
+``nodepool list``. Ctrl-C (or SIGTERM) stops everything.
 """
 
 from __future__ import annotations
@@ -51,9 +53,17 @@ def main() -> int:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *a: stop.set())
     signal.signal(signal.SIGTERM, lambda *a: stop.set())
-    launcher = None
+    launcher = builder = None
     try:
         nodepool("config-validate", env=env, check=True)
+        os.makedirs(os.path.join(state, "images"), exist_ok=True)
+        builder_log = os.path.join(state, "builder.log")
+        print(f"Starting nodepool-builder (log in {builder_log}) ...", flush=True)
+        with open(builder_log, "ab") as log:
+            builder = subprocess.Popen(
+                [os.path.join(BIN, "nodepool-builder"), "-f", "-c", CONFIG],
+                env=env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL)
         log_path = os.path.join(state, "launcher.log")
         print(f"Starting nodepool-launcher (log in {log_path}) ...", flush=True)
         with open(log_path, "ab") as log:
@@ -68,6 +78,10 @@ def main() -> int:
             if launcher.poll() is not None:
                 print(f"nodepool-launcher exited with {launcher.returncode}; "
                       f"see {log_path}", file=sys.stderr)
+                return 1
+            if builder.poll() is not None:
+                print(f"nodepool-builder exited with {builder.returncode}; "
+                      f"see {builder_log}", file=sys.stderr)
                 return 1
             result = nodepool("list", "--json", env=env, capture_output=True,
                               text=True)
@@ -92,12 +106,13 @@ def main() -> int:
         return 0
     finally:
         print("Stopping ...", flush=True)
-        if launcher is not None and launcher.poll() is None:
-            launcher.send_signal(signal.SIGTERM)
-            try:
-                launcher.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                launcher.kill()
+        for process in (launcher, builder):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
         zookeeper.stop()
 
 

@@ -20,7 +20,7 @@ def test_quickstart_brings_up_the_pool_and_stops_cleanly():
     labels = sorted(line.split("|")[3].strip() for line in table)
     assert labels == ["debian-small"] * 3 + ["ubuntu-large"]
     assert all("| ready" in line for line in table)
-    assert "Stopping" in result.stdout
+    assert "Starting nodepool-builder" in result.stdout and "Stopping" in result.stdout
 
 
 def test_list_and_request_list(env, zuul):
