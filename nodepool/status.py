@@ -109,3 +109,41 @@ def render_table(columns: list[tuple[str, str]], rows: Iterable[dict[str, Any]],
 
 def render_json(rows: list[dict[str, Any]]) -> str:
     return json.dumps(rows, indent=2, sort_keys=False)
+
+
+# -- images ---------------------------------------------------------------------
+
+DIB_IMAGE_COLUMNS = [
+    ("id", "ID"), ("image", "Image"), ("builder", "Builder"), ("formats", "Formats"),
+    ("state", "State"), ("age", "Age"),
+]
+IMAGE_COLUMNS = [
+    ("id", "Build ID"), ("upload_id", "Upload ID"), ("provider", "Provider"),
+    ("image", "Image"), ("external_name", "Provider Image Name"),
+    ("external_id", "Provider Image ID"), ("state", "State"), ("age", "Age"),
+]
+IMAGE_STATUS_COLUMNS = [
+    ("image", "Image"), ("paused", "Paused"), ("build_request", "Build Request"),
+    ("build_request_age", "Build Request Age"),
+]
+
+
+def build_row(build, paused: bool, now: float | None = None) -> dict[str, Any]:
+    return {"id": f"{build.image_name}-{build.id}", "image": build.image_name,
+            "builder": build.builder, "formats": list(build.formats),
+            "state": "paused" if paused else build.state,
+            "age": format_age(build.state_time, now)}
+
+
+def upload_row(upload, now: float | None = None) -> dict[str, Any]:
+    return {"id": upload.build_id, "upload_id": upload.id,
+            "provider": upload.provider_name, "image": upload.image_name,
+            "external_name": upload.external_name, "external_id": upload.external_id,
+            "state": upload.state, "age": format_age(upload.state_time, now)}
+
+
+def image_status_row(image: str, paused: bool, request: str | None,
+                     requested_at: float | None, now: float | None = None
+                     ) -> dict[str, Any]:
+    return {"image": image, "paused": paused, "build_request": request or "",
+            "build_request_age": format_age(requested_at, now) if request else ""}

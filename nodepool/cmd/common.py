@@ -15,6 +15,12 @@ from nodepool.version import __version__
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class CommandError(Exception):
+    """Printed without a traceback; the command exits 1. (Defined here so
+    that ``python -m nodepool.cmd.nodepool`` and its subcommand modules share
+    one class.)"""
+
+
 def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description=description,

@@ -7,6 +7,7 @@ import sys
 import time
 
 from nodepool.cmd import common
+from nodepool.cmd.common import CommandError
 
 # Exit statuses scripts can rely on.
 EXIT_OK = 0
@@ -42,10 +43,6 @@ def _connect(args: argparse.Namespace):
     except ZooKeeperError as exc:
         raise CommandError(str(exc)) from None
     return config, client
-
-
-class CommandError(Exception):
-    """Printed without a traceback; the command exits 1."""
 
 
 def read_nodes(client):
@@ -122,6 +119,12 @@ def cmd_request_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _print_rows(args: argparse.Namespace, columns, rows) -> None:
+    from nodepool import status
+    print(status.render_json(rows) if getattr(args, "json", False) else
+          status.render_table(columns, rows))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = common.base_parser("nodepool", "Administer a nodepool installation.")
     parser.add_argument("--debug", action="store_true",
@@ -133,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
         "given); print every problem with its key path. Exit 0 if valid, 1 if "
         "not.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     validate.set_defaults(func=cmd_config_validate)
+
+    from nodepool.cmd import images
+    images.add_parsers(sub)
 
     listing = sub.add_parser("list", help="list nodes",
                              description="List every node with its state.")

@@ -454,3 +454,105 @@ def test_builder_metrics_arrive_over_udp(env, store, tmp_path, statsd):
         sorted(expected - statsd.keys())
     assert any(k.startswith("nodepool.builder.") and k.endswith(
         ".image.ubuntu.build.state") for k in statsd.keys())
+
+
+def nodepool_cli(path, *args):
+    return subprocess.run([sys.executable, "-m", "nodepool.cmd.nodepool", "-c", path,
+                           *args], capture_output=True, text=True, timeout=60)
+
+
+def test_image_commands(env, store, tmp_path):
+    import json
+    path = env.config(config_text(tmp_path))
+    env.start_builder(path)
+    [upload] = wait_for_ready_upload(store)
+    [build] = ready_builds(store)
+    [row] = json.loads(nodepool_cli(path, "dib-image-list", "--json").stdout)
+    assert row["id"] == f"ubuntu-{build.id}" and row["state"] == "ready"
+    assert row["formats"] == ["qcow2"] and row["builder"] == build.builder
+    [row] = json.loads(nodepool_cli(path, "image-list", "--json").stdout)
+    assert (row["id"], row["upload_id"], row["provider"], row["external_id"],
+            row["state"]) == (build.id, upload.id, "fake-cloud", upload.external_id,
+                              "ready")
+    table = nodepool_cli(path, "image-list").stdout
+    assert "| Build ID " in table and upload.external_id in table
+    # Pause: shown by image-status and dib-image-list; no build while paused.
+    assert nodepool_cli(path, "image-pause", "ubuntu").returncode == 0
+    [status] = json.loads(nodepool_cli(path, "image-status", "--json").stdout)
+    assert status == {"image": "ubuntu", "paused": True, "build_request": "",
+                      "build_request_age": ""}
+    assert json.loads(nodepool_cli(path, "dib-image-list", "--json").stdout)[0][
+        "state"] == "paused"
+    assert nodepool_cli(path, "image-build", "ubuntu").returncode == 0
+    [status] = json.loads(nodepool_cli(path, "image-status", "--json").stdout)
+    assert status["build_request"] == "pending"
+    assert nodepool_cli(path, "image-unpause", "ubuntu").returncode == 0
+    wait_until(lambda: len(ready_uploads(store)) == 2, timeout=30,
+               message="the requested build, uploaded")
+    # Errors a script can rely on.
+    missing = nodepool_cli(path, "image-build", "nosuch")
+    assert missing.returncode == 1
+    assert "Trying to build a non disk-image-builder image: nosuch" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    gone = nodepool_cli(path, "image-delete", "--provider", "fake-cloud", "--image",
+                        "ubuntu", "--build-id", build.id, "--upload-id", "0000000099")
+    assert gone.returncode == 0 and "Image upload not found" in gone.stdout
+    # Delete the first build: its upload and record go.
+    assert nodepool_cli(path, "dib-image-delete", f"ubuntu-{build.id}").returncode == 0
+    wait_until(lambda: store.get_build("ubuntu", build.id) is None, timeout=30,
+               message="build deleted")
+    assert upload.external_id not in cloud().images
+    assert "Build ubuntu-feed not found" in nodepool_cli(
+        path, "dib-image-delete", "ubuntu-feed").stdout
+
+
+def test_export_then_import_into_an_empty_zookeeper(env, store, zuul, tmp_path,
+                                                     zk_chroot, make_zk_client):
+    import json
+    from nodepool.zk.store import Store
+    path = env.config(config_text(tmp_path))
+    builder = env.start_builder(path)
+    [upload] = wait_for_ready_upload(store)
+    store.pause_image("ubuntu")
+    backup = tmp_path / "images.json"
+    result = nodepool_cli(path, "export-image-data", str(backup))
+    assert result.returncode == 0, result.stderr
+    assert oct(os.stat(backup).st_mode & 0o777) == "0o600"
+    exported = json.loads(backup.read_text())
+    assert upload.path in exported and "/nodepool/images/ubuntu/pause" in exported
+    builder.stop()
+    # An empty ZooKeeper (a fresh chroot) gets the backup.
+    restored_chroot = f"{zk_chroot}/restored"
+    restored = env.config(config_text(tmp_path).replace(
+        "diskimages:\n  - name: ubuntu\n",
+        "diskimages:\n  - name: ubuntu\n    pause: true\n"), name="restored.yaml")
+    text = open(restored).read().replace(f"chroot: {zk_chroot}\n",
+                                         f"chroot: {restored_chroot}\n")
+    open(restored, "w").write(text)
+    result = nodepool_cli(restored, "import-image-data", str(backup))
+    assert result.returncode == 0, result.stderr
+    client = make_zk_client(hosts=f"127.0.0.1:{env.zk_server.port}{restored_chroot}")
+    fresh = Store(client)
+    back = fresh.get_upload("ubuntu", upload.build_id, "fake-cloud", upload.id)
+    assert back.external_id == upload.external_id and back.state == "ready"
+    assert fresh.is_image_paused("ubuntu")
+    # New uploads are numbered after the restored ones.
+    from nodepool.zk.records import ImageUpload
+    later = ImageUpload(image_name="ubuntu", build_id=upload.build_id,
+                        provider_name="fake-cloud", state="failed")
+    fresh.store_upload(later)
+    assert int(later.id) > int(upload.id)
+    fresh.delete_upload(later)
+    # A launcher on the restored data boots the restored image.
+    from zuul import FakeZuul
+    env.start(restored)
+    restored_zuul = FakeZuul(f"127.0.0.1:{env.zk_server.port}{restored_chroot}")
+    try:
+        request = restored_zuul.wait_for_request(restored_zuul.submit(["small"]),
+                                                 timeout=30)
+        assert request["state"] == "fulfilled"
+        node = restored_zuul.get_node(request["nodes"][0])
+        assert node["image_id"] == upload.path
+        assert cloud().servers[node["external_id"]].image == upload.external_id
+    finally:
+        restored_zuul.stop()

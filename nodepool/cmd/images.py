@@ -1,0 +1,262 @@
+"""The ``nodepool`` image subcommands: listings of builds and uploads, and
+the operator's image actions (build, pause, delete, export and import)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from nodepool.cmd.common import CommandError
+from nodepool.cmd.nodepool import EXIT_OK, _connect, _print_rows
+
+
+def _store(args):
+    from nodepool.zk.store import Store
+    config, client = _connect(args)
+    return config, client, Store(client)
+
+
+def cmd_dib_image_list(args: argparse.Namespace) -> int:
+    from nodepool import status
+    _, client, store = _store(args)
+    try:
+        now = time.time()
+        rows = []
+        for image in store.image_names():
+            paused = store.is_image_paused(image)
+            builds = sorted(store.get_builds(image), key=lambda b: b.state_time)
+            rows += [status.build_row(b, paused, now) for b in builds]
+    finally:
+        client.disconnect()
+    _print_rows(args, status.DIB_IMAGE_COLUMNS, rows)
+    return EXIT_OK
+
+
+def cmd_image_list(args: argparse.Namespace) -> int:
+    from nodepool import status
+    _, client, store = _store(args)
+    try:
+        now = time.time()
+        rows = []
+        for image in store.image_names():
+            for build in sorted(store.get_builds(image), key=lambda b: b.state_time):
+                for provider in store.upload_providers(image, build.id):
+                    uploads = sorted(store.get_uploads(image, build.id, provider),
+                                     key=lambda u: u.id)
+                    rows += [status.upload_row(u, now) for u in uploads]
+    finally:
+        client.disconnect()
+    _print_rows(args, status.IMAGE_COLUMNS, rows)
+    return EXIT_OK
+
+
+def cmd_image_status(args: argparse.Namespace) -> int:
+    from nodepool import status
+    _, client, store = _store(args)
+    try:
+        now = time.time()
+        rows = [status.image_status_row(image, store.is_image_paused(image),
+                                        store.build_request_status(image),
+                                        store.build_requested_at(image), now)
+                for image in store.image_names()]
+    finally:
+        client.disconnect()
+    _print_rows(args, status.IMAGE_STATUS_COLUMNS, rows)
+    return EXIT_OK
+
+
+def cmd_image_build(args: argparse.Namespace) -> int:
+    config, client, store = _store(args)
+    try:
+        diskimage = config.diskimages.get(args.image)
+        if diskimage is None:
+            raise CommandError("Trying to build a non disk-image-builder image: "
+                               f"{args.image}")
+        if diskimage.pause:
+            raise CommandError(f"Skipping build request for image {args.image}; "
+                               "paused")
+        store.request_build(args.image)
+    finally:
+        client.disconnect()
+    return EXIT_OK
+
+
+def cmd_image_pause(args: argparse.Namespace) -> int:
+    _, client, store = _store(args)
+    try:
+        if args.command == "image-pause":
+            store.pause_image(args.image)
+        else:
+            store.unpause_image(args.image)
+    finally:
+        client.disconnect()
+    return EXIT_OK
+
+
+def cmd_dib_image_delete(args: argparse.Namespace) -> int:
+    from nodepool.zk.records import BuildState
+    if "-" not in args.id:
+        raise CommandError(f"{args.id} is not <image>-<build id>")
+    image, build_id = args.id.rsplit("-", 1)
+    _, client, store = _store(args)
+    try:
+        build = store.get_build(image, build_id)
+        if build is None:
+            print(f"Build {args.id} not found")
+            return EXIT_OK
+        if build.state == BuildState.BUILDING:
+            print("Cannot delete a build in progress")
+            return EXIT_OK
+        build.state = BuildState.DELETING
+        build.state_time = time.time()
+        store.update_build(build)
+    finally:
+        client.disconnect()
+    return EXIT_OK
+
+
+def cmd_image_delete(args: argparse.Namespace) -> int:
+    from nodepool.zk.records import UploadState
+    _, client, store = _store(args)
+    try:
+        upload = store.get_upload(args.image, args.build_id, args.provider,
+                                  args.upload_id)
+        if upload is None:
+            print("Image upload not found")
+            return EXIT_OK
+        if upload.state == UploadState.UPLOADING:
+            print("Cannot delete because image upload in progress")
+            return EXIT_OK
+        upload.state = UploadState.DELETING
+        upload.state_time = time.time()
+        store.store_upload(upload)
+    finally:
+        client.disconnect()
+    return EXIT_OK
+
+
+def cmd_export_image_data(args: argparse.Namespace) -> int:
+    from nodepool.zk import paths
+    _, client, store = _store(args)
+    data: dict[str, str] = {}
+    try:
+        kazoo = client.kazoo
+        for image in store.image_names():
+            if store.is_image_paused(image):
+                data[paths.image_pause(image)] = ""
+            for build_id in store.build_ids(image):
+                build_path = paths.build(image, build_id)
+                raw, _ = kazoo.get(build_path)
+                data[build_path] = raw.decode("utf-8")
+                for provider in store.upload_providers(image, build_id):
+                    base = paths.uploads(image, build_id, provider)
+                    for upload_id in kazoo.get_children(base):
+                        if upload_id == paths.LOCK_DIR:
+                            continue
+                        raw, _ = kazoo.get(f"{base}/{upload_id}")
+                        data[f"{base}/{upload_id}"] = raw.decode("utf-8")
+    finally:
+        client.disconnect()
+    # Only the operator may read it (it names every cloud image).
+    descriptor = os.open(args.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+    print(f"Exported {len(data)} records to {args.path}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_import_image_data(args: argparse.Namespace) -> int:
+    from kazoo.exceptions import NodeExistsError
+    try:
+        with open(args.path) as handle:
+            data = json.load(handle)
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"cannot read {args.path}: {exc}") from None
+    if not isinstance(data, dict) or not all(
+            isinstance(k, str) and k.startswith("/nodepool/images/") and
+            isinstance(v, str) for k, v in data.items()):
+        raise CommandError(f"{args.path} is not an export-image-data file")
+    _, client, _ = _store(args)
+    try:
+        kazoo = client.kazoo
+        # Advance each upload directory's sequence counter past the highest
+        # restored number, so new uploads never reuse one.
+        highest: dict[str, int] = {}
+        for path in data:
+            parts = path.split("/")
+            if len(parts) == 10 and parts[9].isdigit():
+                parent = "/".join(parts[:9])
+                highest[parent] = max(highest.get(parent, -1), int(parts[9]))
+        for parent, number in highest.items():
+            kazoo.ensure_path(parent)
+            while True:
+                created = kazoo.create(parent + "/", b"", sequence=True)
+                if created not in data:
+                    kazoo.delete(created)
+                if int(created.rsplit("/", 1)[1]) >= number:
+                    break
+        for path, text in sorted(data.items()):
+            raw = text.encode("utf-8")
+            if kazoo.exists(path):
+                kazoo.set(path, raw)
+            else:
+                try:
+                    kazoo.create(path, raw, makepath=True)
+                except NodeExistsError:
+                    kazoo.set(path, raw)
+    finally:
+        client.disconnect()
+    print(f"Imported {len(data)} records from {args.path}", file=sys.stderr)
+    return EXIT_OK
+
+
+def add_parsers(sub) -> None:
+    def listing(name, func, help_text):
+        parser = sub.add_parser(name, help=help_text, description=help_text)
+        parser.add_argument("--json", action="store_true", help="print JSON")
+        parser.set_defaults(func=func)
+
+    listing("dib-image-list", cmd_dib_image_list, "list image builds")
+    listing("image-list", cmd_image_list, "list image uploads")
+    listing("image-status", cmd_image_status,
+            "list images with their pause flag and build requests")
+
+    build = sub.add_parser("image-build", help="request a build of an image",
+                           description="Ask the builders to build this diskimage "
+                           "as soon as possible.")
+    build.add_argument("image", help="diskimage name")
+    build.set_defaults(func=cmd_image_build)
+    for name, text in (("image-pause", "stop building an image"),
+                       ("image-unpause", "resume building an image")):
+        parser = sub.add_parser(name, help=text, description=text + " (uploads of "
+                                "existing builds continue)")
+        parser.add_argument("image", help="diskimage name")
+        parser.set_defaults(func=cmd_image_pause)
+
+    dib_delete = sub.add_parser(
+        "dib-image-delete", help="delete a build and all its uploads",
+        description="Mark a build deleting; the builders remove its uploads, "
+        "files and record.")
+    dib_delete.add_argument("id", help="<image>-<build id>, as dib-image-list shows")
+    dib_delete.set_defaults(func=cmd_dib_image_delete)
+
+    delete = sub.add_parser(
+        "image-delete", help="delete one upload",
+        description="Mark an upload deleting; launchers fall back to the previous "
+        "image, and the build is uploaded again unless paused.")
+    for option in ("--provider", "--image", "--build-id", "--upload-id"):
+        delete.add_argument(option, required=True)
+    delete.set_defaults(func=cmd_image_delete)
+
+    export = sub.add_parser("export-image-data",
+                            help="back up build and upload records to a file")
+    export.add_argument("path")
+    export.set_defaults(func=cmd_export_image_data)
+    restore = sub.add_parser(
+        "import-image-data",
+        help="restore build and upload records (into an empty ZooKeeper)")
+    restore.add_argument("path")
+    restore.set_defaults(func=cmd_import_image_data)
