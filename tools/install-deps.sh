@@ -12,6 +12,12 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 # openssh-server: real sshd hosts for the static driver's tests.
 # openssl, qemu-utils: image formats and TLS material for the builder.
 PACKAGES="zookeeper openssh-server openssl qemu-utils procps"
+# The optional real diskimage-builder test (NODEPOOL_TEST_REAL_DIB=1) builds
+# a Debian image: DIB's own tools for that.
+if [ -n "${NODEPOOL_TEST_REAL_DIB:-}" ]; then
+    PACKAGES="$PACKAGES debootstrap kpartx parted dosfstools e2fsprogs squashfs-tools \
+gdisk sudo util-linux xz-utils"
+fi
 missing=""
 for pkg in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \

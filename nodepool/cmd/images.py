@@ -96,46 +96,46 @@ def cmd_image_pause(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _mark_deleting(args, read, busy_state: str, not_found: str, busy: str,
+                   save) -> int:
+    """What both delete commands do: mark the record ``deleting`` (the
+    builders do the rest), unless it is missing or still being made."""
+    _, client, store = _store(args)
+    try:
+        record = read(store)
+        if record is None:
+            print(not_found)
+            return EXIT_OK
+        if record.state == busy_state:
+            print(busy)
+            return EXIT_OK
+        record.state = "deleting"
+        record.state_time = time.time()
+        save(store, record)
+    finally:
+        client.disconnect()
+    return EXIT_OK
+
+
 def cmd_dib_image_delete(args: argparse.Namespace) -> int:
     from nodepool.zk.records import BuildState
     if "-" not in args.id:
         raise CommandError(f"{args.id} is not <image>-<build id>")
     image, build_id = args.id.rsplit("-", 1)
-    _, client, store = _store(args)
-    try:
-        build = store.get_build(image, build_id)
-        if build is None:
-            print(f"Build {args.id} not found")
-            return EXIT_OK
-        if build.state == BuildState.BUILDING:
-            print("Cannot delete a build in progress")
-            return EXIT_OK
-        build.state = BuildState.DELETING
-        build.state_time = time.time()
-        store.update_build(build)
-    finally:
-        client.disconnect()
-    return EXIT_OK
+    return _mark_deleting(args, lambda store: store.get_build(image, build_id),
+                          BuildState.BUILDING, f"Build {args.id} not found",
+                          "Cannot delete a build in progress",
+                          lambda store, build: store.update_build(build))
 
 
 def cmd_image_delete(args: argparse.Namespace) -> int:
     from nodepool.zk.records import UploadState
-    _, client, store = _store(args)
-    try:
-        upload = store.get_upload(args.image, args.build_id, args.provider,
-                                  args.upload_id)
-        if upload is None:
-            print("Image upload not found")
-            return EXIT_OK
-        if upload.state == UploadState.UPLOADING:
-            print("Cannot delete because image upload in progress")
-            return EXIT_OK
-        upload.state = UploadState.DELETING
-        upload.state_time = time.time()
-        store.store_upload(upload)
-    finally:
-        client.disconnect()
-    return EXIT_OK
+    return _mark_deleting(
+        args, lambda store: store.get_upload(args.image, args.build_id, args.provider,
+                                             args.upload_id),
+        UploadState.UPLOADING, "Image upload not found",
+        "Cannot delete because image upload in progress",
+        lambda store, upload: store.store_upload(upload))
 
 
 def cmd_export_image_data(args: argparse.Namespace) -> int:

@@ -556,3 +556,73 @@ def test_export_then_import_into_an_empty_zookeeper(env, store, zuul, tmp_path,
         assert cloud().servers[node["external_id"]].image == upload.external_id
     finally:
         restored_zuul.stop()
+
+
+def test_uploads_to_openstack_through_glance(env, store, tmp_path, monkeypatch):
+    """The builder against the OpenStack simulator: real openstacksdk image
+    upload over HTTP, properties in Glance, and deletion of superseded
+    images."""
+    import yaml
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    from openstack_sim import OpenStackSimulator
+    sim = OpenStackSimulator().start()
+    try:
+        clouds = tmp_path / "clouds.yaml"
+        clouds.write_text(yaml.safe_dump(sim.clouds_yaml()))
+        monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
+        text = config_text(tmp_path).replace(
+            "  - name: fake-cloud\n    cloud: fake\n",
+            "  - name: cloud-sim\n    cloud: sim\n    region-name: RegionOne\n"
+            "    rate: 0.001\n    image-name-format: 'np-{image_name}-{upload_id}'\n")
+        path = env.config(text)
+        env.start_builder(path)
+        wait_until(lambda: ready_uploads(store, provider="cloud-sim"), timeout=30,
+                   message="uploaded to the simulator")
+        [upload] = ready_uploads(store, provider="cloud-sim")
+        image = sim.images[upload.external_id]
+        assert image["status"] == "active" and image["disk_format"] == "qcow2"
+        assert image["name"] == f"np-ubuntu-{upload.id}" == upload.external_name
+        assert image["nodepool_build_id"] == upload.build_id
+        assert image["nodepool_upload_id"] == upload.id
+        assert image["nodepool_provider_name"] == "cloud-sim"
+        assert image["team"] == "ci"
+        # Rebuild twice: the first image is superseded and deleted in Glance.
+        for count in (2, 3):
+            store.request_build("ubuntu")
+            wait_until(lambda: len({u.build_id for u in ready_uploads(
+                store, provider="cloud-sim")} | {upload.build_id}) >= count
+                and store.build_requested_at("ubuntu") is None, timeout=30,
+                message=f"build {count} uploaded")
+        wait_until(lambda: upload.external_id not in sim.images, timeout=30,
+                   message="the oldest image deleted from Glance")
+        ours = [i for i in sim.images.values() if "nodepool_build_id" in i]
+        assert len(ours) == 2
+    finally:
+        sim.stop()
+
+
+@pytest.mark.skipif(
+    not os.environ.get("NODEPOOL_TEST_REAL_DIB"),
+    reason="builds a real Debian image with diskimage-builder: needs root, "
+           "debootstrap, a Debian mirror and several minutes; set "
+           "NODEPOOL_TEST_REAL_DIB=1 to run it")
+def test_real_diskimage_builder_debian_image(env, store, tmp_path):
+    disk_image_create = os.path.join(os.path.dirname(sys.executable),
+                                     "disk-image-create")
+    text = config_text(tmp_path, build_timeout=3600).replace(
+        f"    dib-cmd: {DIB}\n", f"    dib-cmd: {disk_image_create}\n").replace(
+        "    elements: [ubuntu-minimal, vm]\n    release: noble\n",
+        "    elements: [debian-minimal, vm, simple-init]\n    release: bookworm\n"
+    ).replace("      FAKE_DIB_EXPECT_DIB_RELEASE: noble\n", "      DIB_DEBIAN_COMPONENTS: main\n")
+    started = time.monotonic()
+    env.start_builder(env.config(text))
+    wait_until(lambda: ready_builds(store) or any(
+        b.state == BuildState.FAILED for b in store.get_builds("ubuntu")),
+        timeout=3600, interval=5, message="the real build finished")
+    [build] = ready_builds(store)
+    path = tmp_path / "images" / f"ubuntu-{build.id}.qcow2"
+    info = subprocess.run(["qemu-img", "info", "--output=json", str(path)],
+                          capture_output=True, text=True, check=True).stdout
+    assert '"format": "qcow2"' in info
+    wait_for_ready_upload(store)
+    print(f"real diskimage-builder build took {time.monotonic() - started:.0f}s")
