@@ -626,3 +626,24 @@ def test_real_diskimage_builder_debian_image(env, store, tmp_path):
     assert '"format": "qcow2"' in info
     wait_for_ready_upload(store)
     print(f"real diskimage-builder build took {time.monotonic() - started:.0f}s")
+
+
+def test_config_reload_adds_a_provider_and_pauses_an_image(env, store, tmp_path):
+    path = env.config(config_text(tmp_path))
+    env.start_builder(path)
+    wait_for_ready_upload(store)
+    second = ("  - name: fake-two\n    cloud: fake-two\n    diskimages:\n"
+              "      - name: ubuntu\n")
+    env.rewrite(path, config_text(tmp_path) + second)
+    wait_until(lambda: ready_uploads(store, provider="fake-two"), timeout=30,
+               message="uploaded to the added provider")
+    assert len(store.get_builds("ubuntu")) == 1  # the same build, not a new one
+    # pause: true in the configuration stops builds, even requested ones.
+    env.rewrite(path, config_text(tmp_path, image_extra="    pause: true\n") + second)
+    time.sleep(0.5)
+    store.request_build("ubuntu")
+    time.sleep(1.5)
+    assert len(store.get_builds("ubuntu")) == 1
+    env.rewrite(path, config_text(tmp_path) + second)
+    wait_until(lambda: len(ready_builds(store)) == 2, timeout=30,
+               message="built once unpaused")
