@@ -275,15 +275,23 @@ def test_image_delete_falls_back_and_is_reuploaded(env, store, zuul, tmp_path):
     store.request_build("ubuntu")
     wait_until(lambda: len(ready_builds(store)) == 2 and len(ready_uploads(store)) == 2,
                timeout=30, message="two builds uploaded")
-    newest, previous = ready_uploads(store)[:2]
-    if newest.state_time < previous.state_time:
-        newest, previous = previous, newest
-    # What `nodepool image-delete` does: mark the upload deleting.
-    newest.state = UploadState.DELETING
-    store.store_upload(newest)
+    previous, newest = sorted(ready_uploads(store), key=lambda u: u.state_time)
+    # Hold uploads to this provider, so the fallback is what the launcher sees.
+    paused = "      - name: ubuntu\n        pause: true\n"
+    env.rewrite(path, config_text(tmp_path, provider_images=paused))
+    env.start(path)
+    result = nodepool_cli(path, "image-delete", "--provider", "fake-cloud",
+                          "--image", "ubuntu", "--build-id", newest.build_id,
+                          "--upload-id", newest.id)
+    assert result.returncode == 0, result.stderr
     wait_until(lambda: newest.external_id not in cloud().images, timeout=30,
                message="deleted from the cloud")
-    # Re-uploaded from the same build, as the newest build lacks an upload.
+    request = zuul.wait_for_request(zuul.submit(["small"]), timeout=30)
+    node = zuul.get_node(request["nodes"][0])
+    assert node["image_id"] == previous.path
+    assert cloud().servers[node["external_id"]].image == previous.external_id
+    # Unpaused, the newest build is uploaded again (a new upload record).
+    env.rewrite(path, config_text(tmp_path))
     wait_until(lambda: any(u.build_id == newest.build_id and u.id != newest.id
                            for u in ready_uploads(store)), timeout=30,
                message="re-uploaded")
@@ -613,7 +621,11 @@ def test_real_diskimage_builder_debian_image(env, store, tmp_path):
         f"    dib-cmd: {DIB}\n", f"    dib-cmd: {disk_image_create}\n").replace(
         "    elements: [ubuntu-minimal, vm]\n    release: noble\n",
         "    elements: [debian-minimal, vm, simple-init]\n    release: bookworm\n"
-    ).replace("      FAKE_DIB_EXPECT_DIB_RELEASE: noble\n", "      DIB_DEBIAN_COMPONENTS: main\n")
+    ).replace("      FAKE_DIB_EXPECT_DIB_RELEASE: noble\n",
+              "      DIB_DEBIAN_COMPONENTS: main\n"
+              # deb.debian.org serves the security suite too (some networks
+              # only let the main mirror through).
+              "      DIB_DEBIAN_SECURITY_MIRROR: http://deb.debian.org/debian-security/\n")
     started = time.monotonic()
     env.start_builder(env.config(text))
     wait_until(lambda: ready_builds(store) or any(
