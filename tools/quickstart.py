@@ -41,6 +41,17 @@ def wanted_ready(env) -> dict[str, int]:
             for label in yaml.safe_load(text).get("labels", [])}
 
 
+def start_daemon(name: str, state: str, env) -> tuple[subprocess.Popen, str]:
+    """One daemon in the foreground, its output in <state>/<name>.log."""
+    log_path = os.path.join(state, f"{name.split('-')[1]}.log")
+    print(f"Starting {name} (log in {log_path}) ...", flush=True)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen([os.path.join(BIN, name), "-f", "-c", CONFIG],
+                                   env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL)
+    return process, log_path
+
+
 def main() -> int:
     state = tempfile.mkdtemp(prefix="nodepool-quickstart-")
     zookeeper = ZooKeeperServerProcess(os.path.join(state, "zookeeper"))
@@ -57,20 +68,8 @@ def main() -> int:
     try:
         nodepool("config-validate", env=env, check=True)
         os.makedirs(os.path.join(state, "images"), exist_ok=True)
-        builder_log = os.path.join(state, "builder.log")
-        print(f"Starting nodepool-builder (log in {builder_log}) ...", flush=True)
-        with open(builder_log, "ab") as log:
-            builder = subprocess.Popen(
-                [os.path.join(BIN, "nodepool-builder"), "-f", "-c", CONFIG],
-                env=env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL)
-        log_path = os.path.join(state, "launcher.log")
-        print(f"Starting nodepool-launcher (log in {log_path}) ...", flush=True)
-        with open(log_path, "ab") as log:
-            launcher = subprocess.Popen(
-                [os.path.join(BIN, "nodepool-launcher"), "-f", "-c", CONFIG],
-                env=env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL)
+        builder, builder_log = start_daemon("nodepool-builder", state, env)
+        launcher, log_path = start_daemon("nodepool-launcher", state, env)
         wanted = wanted_ready(env)
         print(f"Waiting for min-ready nodes: {wanted} ...", flush=True)
         deadline = time.monotonic() + 120

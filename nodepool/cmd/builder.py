@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
-import threading
 
 from nodepool.cmd import common, daemon
-
-log = logging.getLogger("nodepool.builder")
 
 
 def build_parser():
@@ -47,26 +43,13 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
 
-    def setup_logging():
-        common.setup_logging(args.logconfig, args.debug,
-                             stream=sys.stdout if (args.debug or args.foreground)
-                             else sys.stderr)
+    def make():
+        from nodepool.builder.builder import Builder
+        return Builder(config_path, args.secure, build_workers=args.build_workers,
+                       upload_workers=args.upload_workers)
 
-    def serve(stop: threading.Event) -> int:
-        from nodepool.builder.builder import Builder, BuilderError
-        try:
-            builder = Builder(config_path, args.secure, build_workers=args.build_workers,
-                              upload_workers=args.upload_workers)
-        except (ConfigError, BuilderError) as exc:
-            log.error("%s", exc)
-            return 1
-        builder.start()
-        stop.wait()
-        builder.stop()
-        return 0
-
-    return daemon.run(serve, foreground=args.debug or args.foreground,
-                      pidfile=args.pidfile, setup_logging=setup_logging)
+    from nodepool.builder.builder import BuilderError
+    return daemon.run_service(args, make, (ConfigError, BuilderError))
 
 
 def _startup_problems(config) -> list[str]:

@@ -103,3 +103,32 @@ def _serve(main: Callable[[threading.Event], int]) -> int:
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGUSR2, DebugSignal())
     return main(stop)
+
+
+def run_service(args, make: Callable[[], object], errors: tuple) -> int:
+    """The daemons' common life: set up logging, build the service with
+    ``make()`` (an error of ``errors`` is logged and exits 1), ``start()``
+    it, and ``stop()`` it on SIGINT/SIGTERM."""
+    import sys
+
+    from nodepool.cmd import common
+    log = logging.getLogger("nodepool.daemon")
+    foreground = args.debug or args.foreground
+
+    def setup_logging():
+        common.setup_logging(args.logconfig, args.debug,
+                             stream=sys.stdout if foreground else sys.stderr)
+
+    def serve(stop: threading.Event) -> int:
+        try:
+            service = make()
+        except errors as exc:
+            log.error("%s", exc)
+            return 1
+        service.start()
+        stop.wait()
+        service.stop()
+        return 0
+
+    return run(serve, foreground=foreground, pidfile=args.pidfile,
+               setup_logging=setup_logging)

@@ -19,53 +19,52 @@ def _store(args):
     return config, client, Store(client)
 
 
-def cmd_dib_image_list(args: argparse.Namespace) -> int:
-    from nodepool import status
+def _listing(args: argparse.Namespace, columns, rows_of) -> int:
+    """Connect, compute ``rows_of(store, now)``, disconnect, print."""
     _, client, store = _store(args)
     try:
-        now = time.time()
-        rows = []
+        rows = rows_of(store, time.time())
+    finally:
+        client.disconnect()
+    _print_rows(args, columns, rows)
+    return EXIT_OK
+
+
+def cmd_dib_image_list(args: argparse.Namespace) -> int:
+    from nodepool import status
+
+    def rows(store, now):
+        found = []
         for image in store.image_names():
             paused = store.is_image_paused(image)
             builds = sorted(store.get_builds(image), key=lambda b: b.state_time)
-            rows += [status.build_row(b, paused, now) for b in builds]
-    finally:
-        client.disconnect()
-    _print_rows(args, status.DIB_IMAGE_COLUMNS, rows)
-    return EXIT_OK
+            found += [status.build_row(b, paused, now) for b in builds]
+        return found
+    return _listing(args, status.DIB_IMAGE_COLUMNS, rows)
 
 
 def cmd_image_list(args: argparse.Namespace) -> int:
     from nodepool import status
-    _, client, store = _store(args)
-    try:
-        now = time.time()
-        rows = []
+
+    def rows(store, now):
+        found = []
         for image in store.image_names():
             for build in sorted(store.get_builds(image), key=lambda b: b.state_time):
                 for provider in store.upload_providers(image, build.id):
                     uploads = sorted(store.get_uploads(image, build.id, provider),
                                      key=lambda u: u.id)
-                    rows += [status.upload_row(u, now) for u in uploads]
-    finally:
-        client.disconnect()
-    _print_rows(args, status.IMAGE_COLUMNS, rows)
-    return EXIT_OK
+                    found += [status.upload_row(u, now) for u in uploads]
+        return found
+    return _listing(args, status.IMAGE_COLUMNS, rows)
 
 
 def cmd_image_status(args: argparse.Namespace) -> int:
     from nodepool import status
-    _, client, store = _store(args)
-    try:
-        now = time.time()
-        rows = [status.image_status_row(image, store.is_image_paused(image),
-                                        store.build_request_status(image),
-                                        store.build_requested_at(image), now)
-                for image in store.image_names()]
-    finally:
-        client.disconnect()
-    _print_rows(args, status.IMAGE_STATUS_COLUMNS, rows)
-    return EXIT_OK
+    return _listing(args, status.IMAGE_STATUS_COLUMNS, lambda store, now: [
+        status.image_status_row(image, store.is_image_paused(image),
+                                store.build_request_status(image),
+                                store.build_requested_at(image), now)
+        for image in store.image_names()])
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:

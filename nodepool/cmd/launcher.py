@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
-import threading
 
 from nodepool.cmd import common, daemon
-
-log = logging.getLogger("nodepool.cmd.launcher")
 
 
 def build_parser():
@@ -38,25 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 1
 
-    def setup_logging():
-        common.setup_logging(args.logconfig, args.debug,
-                             stream=sys.stdout if (args.debug or args.foreground)
-                             else sys.stderr)
-
-    def serve(stop: threading.Event) -> int:
+    def make():
         from nodepool.launcher.launcher import Launcher
-        try:
-            launcher = Launcher(config_path, args.secure)
-        except ConfigError as exc:
-            log.error("%s", exc)
-            return 1
-        launcher.start()
-        stop.wait()
-        launcher.stop()
-        return 0
+        return Launcher(config_path, args.secure)
 
-    return daemon.run(serve, foreground=args.debug or args.foreground,
-                      pidfile=args.pidfile, setup_logging=setup_logging)
+    return daemon.run_service(args, make, (ConfigError,))
 
 
 if __name__ == "__main__":

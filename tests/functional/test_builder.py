@@ -80,6 +80,20 @@ def wait_for_ready_upload(store, count=1, timeout=30, image="ubuntu"):
     return ready_uploads(store, image)
 
 
+def with_dib_env(text: str, **variables: str) -> str:
+    """A config whose diskimage passes extra env-vars to the DIB command."""
+    line = "      FAKE_DIB_EXPECT_DIB_IMAGE_NAME: ubuntu\n"
+    extra = "".join(f"      {k}: '{v}'\n" for k, v in variables.items())
+    return text.replace(line, line + extra)
+
+
+def wait_for_log(tmp_path, text: str, message: str) -> None:
+    logs = tmp_path / "logs"
+    wait_until(lambda: logs.exists() and any(
+        text in (logs / n).read_text() for n in os.listdir(logs)),
+        timeout=30, message=message)
+
+
 def cloud():
     return FakeCloud.get("fake")
 
@@ -166,14 +180,9 @@ def test_scheduled_rebuilds_keep_exactly_two_builds_and_uploads(env, store, tmp_
 
 
 def test_failed_build_keeps_its_log_and_is_cleaned_up(env, store, tmp_path, statsd):
-    text = config_text(tmp_path).replace(
-        "      FAKE_DIB_EXPECT_DIB_IMAGE_NAME: ubuntu\n",
-        "      FAKE_DIB_EXPECT_DIB_IMAGE_NAME: ubuntu\n      FAKE_DIB_FAIL: '127'\n")
-    env.start_builder(env.config(text))
-    logs = tmp_path / "logs"
-    wait_until(lambda: logs.exists() and any(
-        "Exit code: 127" in (logs / n).read_text() for n in os.listdir(logs)),
-        timeout=30, message="a failed build's log")
+    env.start_builder(env.config(with_dib_env(config_text(tmp_path),
+                                              FAKE_DIB_FAIL="127")))
+    wait_for_log(tmp_path, "Exit code: 127", "a failed build's log")
     # Failed records are removed, and their files with them; no upload.
     wait_until(lambda: all(b.state != BuildState.FAILED
                            for b in store.get_builds("ubuntu"))
@@ -189,26 +198,17 @@ def test_failed_build_keeps_its_log_and_is_cleaned_up(env, store, tmp_path, stat
 
 
 def test_disk_full_gives_a_failed_build_with_the_log(env, store, tmp_path):
-    text = config_text(tmp_path).replace(
-        "      FAKE_DIB_EXPECT_DIB_IMAGE_NAME: ubuntu\n",
-        "      FAKE_DIB_EXPECT_DIB_IMAGE_NAME: ubuntu\n      FAKE_DIB_ENOSPC: '1'\n")
-    env.start_builder(env.config(text))
-    logs = tmp_path / "logs"
-    wait_until(lambda: logs.exists() and any(
-        "No space left on device" in (logs / n).read_text() for n in os.listdir(logs)),
-        timeout=30, message="the failed build's log names the cause")
+    env.start_builder(env.config(with_dib_env(config_text(tmp_path),
+                                              FAKE_DIB_ENOSPC="1")))
+    wait_for_log(tmp_path, "No space left on device",
+                 "the failed build's log names the cause")
     assert not ready_builds(store)
 
 
 def test_build_timeout(env, store, tmp_path):
-    text = config_text(tmp_path, build_timeout=1).replace(
-        "      FAKE_DIB_EXPECT_DIB_IMAGE_NAME: ubuntu\n",
-        "      FAKE_DIB_EXPECT_DIB_IMAGE_NAME: ubuntu\n      FAKE_DIB_SLEEP: '60'\n")
-    env.start_builder(env.config(text))
-    logs = tmp_path / "logs"
-    wait_until(lambda: logs.exists() and any(
-        "timed out after 1s" in (logs / n).read_text() for n in os.listdir(logs)),
-        timeout=30, message="the build timed out")
+    env.start_builder(env.config(with_dib_env(config_text(tmp_path, build_timeout=1),
+                                              FAKE_DIB_SLEEP="60")))
+    wait_for_log(tmp_path, "timed out after 1s", "the build timed out")
     assert not ready_builds(store)
     # The timed-out command was killed, not left running.
     wait_until(lambda: subprocess.run(
