@@ -267,7 +267,7 @@ class BuildWorker(BuilderWorker):
                     log.exception("Build check of %s failed", diskimage.name)
 
     def _buildable(self, diskimage: DiskImage) -> bool:
-        if diskimage.pause or self.store.is_image_paused(diskimage.name):
+        if diskimage.pause or self.builder.images.flags(diskimage.name).paused:
             self.status[diskimage.name] = PAUSED
             return False
         self.status[diskimage.name] = IDLE
@@ -277,7 +277,8 @@ class BuildWorker(BuilderWorker):
         if not self._buildable(diskimage):
             return
         name = diskimage.name
-        current = newest_ready(self.store.get_builds(name))
+        # The cache answers "is a build due?"; under the lock, ZooKeeper does.
+        current = newest_ready(self.builder.images.builds(name))
         if current is not None and \
                 time.time() - current.state_time < diskimage.rebuild_age and \
                 set(diskimage.formats) <= set(current.formats):
@@ -302,7 +303,7 @@ class BuildWorker(BuilderWorker):
         if not self._buildable(diskimage):
             return
         name = diskimage.name
-        if self.store.build_requested_at(name) is None:
+        if self.builder.images.flags(name).build_requested_at is None:
             return
         lock = self.store.lock_image_build(name)
         if lock is None:
@@ -411,14 +412,17 @@ class UploadWorker(BuilderWorker):
         diskimage = config.diskimages.get(name)
         if diskimage is None:
             return False
-        build = newest_ready(self.store.get_builds(name))
+        # Cheap checks from the cache; the upload lock's holder re-reads.
+        images = self.builder.images
+        build = newest_ready(images.builds(name))
         if build is None:
+            return False
+        if any(u.build_id == build.id for u in images.uploads(
+                name, provider.name, states=[UploadState.READY])):
             return False
         files = local.image_files(self.builder.images_dir, name, build.id)
         if not files:
             return False  # built elsewhere, or pruned
-        if self._has_ready_upload(name, build.id, provider.name):
-            return False
         if provider.image_type not in build.formats:
             return False
         lock = self.store.lock_upload(name, build.id, provider.name)
