@@ -137,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
         "not.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     validate.set_defaults(func=cmd_config_validate)
 
-    from nodepool.cmd import images
+    from nodepool.cmd import images, nodes
     images.add_parsers(sub)
+    nodes.add_parsers(sub)
 
     listing = sub.add_parser("list", help="list nodes",
                              description="List every node with its state.")

@@ -192,6 +192,11 @@ class Adapter:
     def delete_image(self, external_id: str) -> None:
         raise NotImplementedError
 
+    def list_images(self) -> list[dict]:
+        """Every image the cloud shows: ``{"id", "name", "properties"}``
+        (for ``alien-image-list``); empty for drivers without images."""
+        return []
+
     def reconfigure(self, provider: Provider) -> None:
         """Accept a changed provider config that needs no new connection."""
         self.provider = provider

@@ -392,3 +392,8 @@ class FakeAdapter(Adapter):
 
     def delete_image(self, external_id: str) -> None:
         self.cloud.delete_image(external_id)
+
+    def list_images(self) -> list[dict]:
+        with self.cloud.lock:
+            return [{"id": i.id, "name": i.name, "properties": dict(i.metadata)}
+                    for i in self.cloud.images.values()]

@@ -1,0 +1,280 @@
+"""The ``nodepool`` node and provider subcommands: hold, delete, info,
+erase, label-list and alien-image-list."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from nodepool.cmd.common import CommandError
+from nodepool.cmd.nodepool import EXIT_OK, _connect, _print_rows
+
+LOCK_TIMEOUT = 5.0
+# ``delete --now``: how long the cloud deletion may take before we give up.
+DELETE_NOW_TIMEOUT = 600.0
+
+
+def _node_table(args, client, node_id: str) -> None:
+    """The ``list`` table restricted to one node (empty once it is gone)."""
+    from nodepool import status
+    from nodepool.cmd.nodepool import read_nodes
+    now = time.time()
+    rows = [status.node_row(node, locked, now) for node, locked in read_nodes(client)
+            if node.id == node_id]
+    _print_rows(args, status.NODE_COLUMNS[:status.NODE_COLUMNS_SHORT], rows)
+
+
+def _locked_node(store, node_id: str):
+    """(node, lock), or (None, None) with the message printed."""
+    node = store.get_node(node_id)
+    if node is None:
+        print(f"Node id {node_id} not found")
+        return None, None
+    lock = store.lock_node(node_id, blocking=True, timeout=LOCK_TIMEOUT)
+    if lock is None:
+        raise CommandError(f"node {node_id} is locked by someone else (in use?); "
+                           f"gave up after {LOCK_TIMEOUT:.0f}s")
+    node = store.get_node(node_id)
+    if node is None:
+        lock.release()
+        print(f"Node id {node_id} not found")
+        return None, None
+    return node, lock
+
+
+def cmd_hold(args: argparse.Namespace) -> int:
+    from nodepool.zk.records import NodeState
+    from nodepool.zk.store import Store
+    _, client = _connect(args)
+    try:
+        store = Store(client)
+        node, lock = _locked_node(store, args.id)
+        if node is None:
+            return EXIT_OK
+        try:
+            node.set_state(NodeState.HOLD)
+            if args.reason:
+                node.comment = args.reason
+            store.update_node(node)
+        finally:
+            lock.release()
+        _node_table(args, client, args.id)
+    finally:
+        client.disconnect()
+    return EXIT_OK
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from nodepool.zk.records import NodeState
+    from nodepool.zk.store import Store
+    config, client = _connect(args)
+    try:
+        store = Store(client)
+        node, lock = _locked_node(store, args.id)
+        if node is None:
+            return EXIT_OK
+        try:
+            if not args.now:
+                node.set_state(NodeState.DELETING)
+                store.update_node(node)
+            else:
+                provider = config.providers.get(node.provider)
+                if provider is None:
+                    print(f"Provider {node.provider} for node {node.id} not defined "
+                          "on this launcher")
+                    return EXIT_OK
+                node.set_state(NodeState.DELETING)
+                store.update_node(node)
+                if node.external_id:
+                    _delete_in_cloud(provider, node.external_id)
+                store.delete_locked_node(node, lock)
+        finally:
+            if lock.is_acquired:
+                lock.release()
+        _node_table(args, client, args.id)
+    finally:
+        client.disconnect()
+    return EXIT_OK
+
+
+def _delete_in_cloud(provider, external_id: str) -> None:
+    """Run the driver's delete state machine to the end, here and now."""
+    from nodepool.drivers import NotFound, make_adapter
+    adapter = make_adapter(provider)
+    try:
+        machine = adapter.delete_state_machine(external_id)
+        deadline = time.monotonic() + DELETE_NOW_TIMEOUT
+        while not machine.complete:
+            if time.monotonic() > deadline:
+                raise CommandError(f"{external_id} still not deleted after "
+                                   f"{DELETE_NOW_TIMEOUT:.0f}s")
+            try:
+                machine.advance()
+            except NotFound:
+                return
+            time.sleep(max(0.01, getattr(machine, "poll_delay", 0.1) or 0.1))
+    finally:
+        adapter.stop()
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from nodepool import status
+    from nodepool.cmd.nodepool import read_nodes
+    from nodepool.zk.store import Store
+    _, client = _connect(args)
+    try:
+        store = Store(client)
+        image_rows = []
+        for image in store.image_names():
+            for build_id in sorted(store.build_ids(image)):
+                if args.provider not in store.upload_providers(image, build_id):
+                    continue
+                uploads = sorted(u.id for u in store.get_uploads(image, build_id,
+                                                                 args.provider))
+                image_rows.append({"image": image, "build": build_id,
+                                   "uploads": ",".join(uploads)})
+        node_rows = [{"id": node.id, "server_id": node.external_id}
+                     for node, _ in read_nodes(client) if node.provider == args.provider]
+    finally:
+        client.disconnect()
+    if args.json:
+        print(status.render_json([{"images": image_rows, "nodes": node_rows}]))
+        return EXIT_OK
+    print(f"ZooKeeper data for provider {args.provider}\n")
+    print("Image data:")
+    print(status.render_table([("image", "Image Name"), ("build", "Build ID"),
+                               ("uploads", "Upload IDs")], image_rows))
+    print("\nNodes:")
+    print(status.render_table([("id", "ID"), ("server_id", "Server ID")], node_rows))
+    return EXIT_OK
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    from kazoo.exceptions import NoNodeError
+
+    from nodepool.cmd.nodepool import read_nodes
+    from nodepool.zk import paths
+    from nodepool.zk.store import Store
+    if not args.force:
+        print("\nWARNING! This action is not reversible!")
+        answer = input(f"Erase ZooKeeper data for provider {args.provider}? [N/y] ")
+        if answer.strip().lower() != "y":
+            print("Aborting. No data erased.")
+            return EXIT_OK
+    _, client = _connect(args)
+    try:
+        store = Store(client)
+        print(f"Erasing build data for {args.provider}...")
+        for image in store.image_names():
+            for build_id in store.build_ids(image):
+                if args.provider in store.upload_providers(image, build_id):
+                    try:
+                        client.kazoo.delete(
+                            f"{paths.build_providers(image, build_id)}/{args.provider}",
+                            recursive=True)
+                    except NoNodeError:
+                        pass
+        print(f"Erasing node data for {args.provider}...")
+        for node, _ in read_nodes(client):
+            if node.provider == args.provider:
+                store.delete_node(node)
+    finally:
+        client.disconnect()
+    return EXIT_OK
+
+
+def cmd_label_list(args: argparse.Namespace) -> int:
+    from nodepool import status
+    from nodepool.zk.store import Store
+    _, client = _connect(args)
+    try:
+        labels = set()
+        for component in Store(client).components("pool"):
+            labels.update(getattr(component, "supported_labels", None) or [])
+    finally:
+        client.disconnect()
+    _print_rows(args, status.LABEL_COLUMNS, [{"label": label} for label in sorted(labels)])
+    return EXIT_OK
+
+
+def cmd_alien_image_list(args: argparse.Namespace) -> int:
+    """Cloud images carrying nodepool's properties that no upload record of
+    that provider accounts for (what a crashed upload or a lost ZooKeeper
+    leaves behind)."""
+    from nodepool.drivers import make_adapter
+    from nodepool.zk.store import Store
+    config, client = _connect(args)
+    rows = []
+    try:
+        store = Store(client)
+        providers = [p for p in config.providers.values() if p.manages_images
+                     and (args.provider is None or p.name == args.provider)]
+        if args.provider is not None and not providers:
+            raise CommandError(f"no image-managing provider {args.provider} in the "
+                               "configuration")
+        for provider in providers:
+            known = set()
+            for image in store.image_names():
+                for build_id in store.build_ids(image):
+                    known.update(u.external_id for u in store.get_uploads(
+                        image, build_id, provider.name) if u.external_id)
+            try:
+                adapter = make_adapter(provider)
+                try:
+                    images = adapter.list_images()
+                finally:
+                    adapter.stop()
+            except Exception as exc:
+                print(f"warning: cannot list images of {provider.name}: {exc}",
+                      file=sys.stderr)
+                continue
+            for image in images:
+                properties = image.get("properties") or {}
+                if "nodepool_build_id" in properties and image["id"] not in known:
+                    rows.append({"provider": provider.name, "name": image["name"],
+                                 "id": image["id"]})
+    finally:
+        client.disconnect()
+    _print_rows(args, [("provider", "Provider"), ("name", "Name"), ("id", "Image ID")],
+                rows)
+    return EXIT_OK
+
+
+def add_parsers(sub) -> None:
+    hold = sub.add_parser("hold", help="hold a node (keep it; nodepool will not "
+                          "delete or reuse it)")
+    hold.add_argument("id", help="node id")
+    hold.add_argument("--reason", help="stored as the node's comment")
+    hold.add_argument("--json", action="store_true", help="print JSON")
+    hold.set_defaults(func=cmd_hold)
+
+    delete = sub.add_parser("delete", help="delete a node",
+                            description="Mark a node for deletion by its launcher, "
+                            "or with --now delete it from the cloud right here.")
+    delete.add_argument("id", help="node id")
+    delete.add_argument("--now", action="store_true",
+                        help="delete the instance now, from this process")
+    delete.add_argument("--json", action="store_true", help="print JSON")
+    delete.set_defaults(func=cmd_delete)
+
+    info = sub.add_parser("info", help="show a provider's data in ZooKeeper")
+    info.add_argument("provider")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(func=cmd_info)
+
+    erase = sub.add_parser("erase", help="erase a removed provider's data from "
+                           "ZooKeeper (nothing is deleted in the cloud)")
+    erase.add_argument("provider")
+    erase.add_argument("--force", action="store_true", help="do not ask")
+    erase.set_defaults(func=cmd_erase)
+
+    labels = sub.add_parser("label-list", help="labels the running launchers serve")
+    labels.add_argument("--json", action="store_true", help="print JSON")
+    labels.set_defaults(func=cmd_label_list)
+
+    alien = sub.add_parser("alien-image-list",
+                           help="cloud images of nodepool that no upload knows")
+    alien.add_argument("provider", nargs="?")
+    alien.add_argument("--json", action="store_true", help="print JSON")
+    alien.set_defaults(func=cmd_alien_image_list)
