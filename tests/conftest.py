@@ -127,6 +127,23 @@ def statsd(monkeypatch):
 
 
 @pytest.fixture
+def sim(tmp_path, monkeypatch, request):
+    """The OpenStack API simulator on loopback, with a clouds.yaml entry
+    ``sim`` pointing at it. A test shapes the cloud with
+    ``@pytest.mark.sim(max_volumes=1, ...)``."""
+    import yaml
+    from openstack_sim import OpenStackSimulator  # tools/
+    marker = request.node.get_closest_marker("sim")
+    simulator = OpenStackSimulator(boot_delay=0.1,
+                                   **(marker.kwargs if marker else {})).start()
+    clouds = tmp_path / "clouds.yaml"
+    clouds.write_text(yaml.safe_dump(simulator.clouds_yaml()))
+    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
+    yield simulator
+    simulator.stop()
+
+
+@pytest.fixture
 def zk_proxy(zk_server):
     """A TCP proxy in front of the server, to drop connections on purpose."""
     proxy = TCPProxy(zk_server.port)

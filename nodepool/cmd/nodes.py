@@ -43,30 +43,9 @@ def _locked_node(store, node_id: str):
     return node, lock
 
 
-def cmd_hold(args: argparse.Namespace) -> int:
-    from nodepool.zk.records import NodeState
-    from nodepool.zk.store import Store
-    _, client = _connect(args)
-    try:
-        store = Store(client)
-        node, lock = _locked_node(store, args.id)
-        if node is None:
-            return EXIT_OK
-        try:
-            node.set_state(NodeState.HOLD)
-            if args.reason:
-                node.comment = args.reason
-            store.update_node(node)
-        finally:
-            lock.release()
-        _node_table(args, client, args.id)
-    finally:
-        client.disconnect()
-    return EXIT_OK
-
-
-def cmd_delete(args: argparse.Namespace) -> int:
-    from nodepool.zk.records import NodeState
+def _change_locked_node(args, change) -> int:
+    """Lock the node, ``change(config, store, node, lock)``, unlock, and
+    print what is left of it."""
     from nodepool.zk.store import Store
     config, client = _connect(args)
     try:
@@ -75,20 +54,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
         if node is None:
             return EXIT_OK
         try:
-            if not args.now:
-                node.set_state(NodeState.DELETING)
-                store.update_node(node)
-            else:
-                provider = config.providers.get(node.provider)
-                if provider is None:
-                    print(f"Provider {node.provider} for node {node.id} not defined "
-                          "on this launcher")
-                    return EXIT_OK
-                node.set_state(NodeState.DELETING)
-                store.update_node(node)
-                if node.external_id:
-                    _delete_in_cloud(provider, node.external_id)
-                store.delete_locked_node(node, lock)
+            change(config, store, node, lock)
         finally:
             if lock.is_acquired:
                 lock.release()
@@ -96,6 +62,35 @@ def cmd_delete(args: argparse.Namespace) -> int:
     finally:
         client.disconnect()
     return EXIT_OK
+
+
+def cmd_hold(args: argparse.Namespace) -> int:
+    from nodepool.zk.records import NodeState
+
+    def hold(config, store, node, lock):
+        node.set_state(NodeState.HOLD)
+        if args.reason:
+            node.comment = args.reason
+        store.update_node(node)
+    return _change_locked_node(args, hold)
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from nodepool.zk.records import NodeState
+
+    def delete(config, store, node, lock):
+        provider = config.providers.get(node.provider)
+        if args.now and provider is None:
+            print(f"Provider {node.provider} for node {node.id} not defined on "
+                  "this launcher")
+            return
+        node.set_state(NodeState.DELETING)
+        store.update_node(node)
+        if args.now:
+            if node.external_id:
+                _delete_in_cloud(provider, node.external_id)
+            store.delete_locked_node(node, lock)
+    return _change_locked_node(args, delete)
 
 
 def _delete_in_cloud(provider, external_id: str) -> None:

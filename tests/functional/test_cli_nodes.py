@@ -7,14 +7,9 @@ import os
 import subprocess
 import sys
 
-import pytest
-import yaml
-
 from conftest import wait_until
 from launcher_fixtures import FAKE_PROVIDER, add_upload
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
-from openstack_sim import OpenStackSimulator  # noqa: E402
 
 SIM_PROVIDER = """
 labels:
@@ -48,16 +43,6 @@ def nodepool(path, *args, stdin=None):
     return subprocess.run([sys.executable, "-m", "nodepool.cmd.nodepool", "-c", path,
                            *args], capture_output=True, text=True, timeout=120,
                           input=stdin, env=dict(os.environ))
-
-
-@pytest.fixture
-def sim(tmp_path, monkeypatch):
-    simulator = OpenStackSimulator(boot_delay=0.05).start()
-    clouds = tmp_path / "clouds.yaml"
-    clouds.write_text(yaml.safe_dump(simulator.clouds_yaml()))
-    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
-    yield simulator
-    simulator.stop()
 
 
 def test_hold_and_delete(env, zuul):

@@ -1,17 +1,12 @@
 """The openstack driver through real openstacksdk over HTTP, against the
 simulator in tools/openstack_sim.py."""
 
-import os
-import sys
 import time
 
 import pytest
-import yaml
 
 from conftest import wait_until
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
-from openstack_sim import OpenStackSimulator  # noqa: E402
 
 CONFIG = """
 labels:
@@ -35,19 +30,6 @@ providers:
             min-ram: 1024
             instance-properties: {{team: ci}}
 """
-
-
-@pytest.fixture
-def sim(tmp_path, monkeypatch, request):
-    # A test can shape the simulated cloud: @pytest.mark.sim(max_volumes=1)
-    marker = request.node.get_closest_marker("sim")
-    simulator = OpenStackSimulator(boot_delay=0.1,
-                                   **(marker.kwargs if marker else {})).start()
-    clouds = tmp_path / "clouds.yaml"
-    clouds.write_text(yaml.safe_dump(simulator.clouds_yaml()))
-    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
-    yield simulator
-    simulator.stop()
 
 
 def start(env, retries=3):
