@@ -417,8 +417,11 @@ def test_delete_after_upload(env, store, tmp_path, keep):
     wait_for_ready_upload(store)
     [build] = ready_builds(store)
     images = tmp_path / "images"
-    wait_until(lambda: not (images / f"ubuntu-{build.id}.qcow2").exists(), timeout=30,
-               message="the uploaded format deleted")
+    # Both decisions are made in one cleanup pass; wait for its end.
+    wait_until(lambda: not (images / f"ubuntu-{build.id}.qcow2").exists() and
+               (images / f"ubuntu-{build.id}.raw").exists() == keep, timeout=30,
+               message="the uploaded format deleted, raw kept only if asked")
+    time.sleep(0.5)  # (and a later pass does not change its mind)
     assert (images / f"ubuntu-{build.id}.raw").exists() == keep
     assert (images / f"ubuntu-{build.id}.d").is_dir()
 
