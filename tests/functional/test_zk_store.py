@@ -279,3 +279,25 @@ def test_missing_chroot_is_created_on_connect(make_zk_client, zk_hosts, zk_admin
     Store(client).create_node(Node(provider="p", type=["a"]))
     assert zk_admin.get_children(f"{zk_chroot}/nested/deeper/nodepool/nodes") == \
         ["0000000000"]
+
+
+def test_bulk_reads_keep_order_and_report_missing_znodes(zk_client):
+    """get_many/get_children_many span several multiRead requests (200 reads
+    each); answers come back in request order, a missing znode as None."""
+    kazoo = zk_client.kazoo
+    kazoo.ensure_path("/bulk")
+    present = {i for i in range(450) if i % 3}
+    tx = kazoo.transaction()
+    for i in sorted(present):
+        tx.create(f"/bulk/{i:04d}", str(i).encode())
+    tx.commit()
+    kazoo.create("/bulk/0001/child-a")
+    kazoo.create("/bulk/0001/child-b")
+    paths = [f"/bulk/{i:04d}" for i in range(450)]
+    datas = zk_client.get_many(paths)
+    assert [d[0].decode() if d else None for d in datas] == \
+        [str(i) if i in present else None for i in range(450)]
+    children = zk_client.get_children_many(paths)
+    assert sorted(children[1]) == ["child-a", "child-b"]
+    assert children[0] is None and children[2] == []
+    assert zk_client.get_many([]) == []
