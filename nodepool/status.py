@@ -128,22 +128,23 @@ IMAGE_STATUS_COLUMNS = [
 ]
 
 
-def build_row(build, paused: bool, now: float | None = None) -> dict[str, Any]:
+def build_row(build, paused: bool) -> dict[str, Any]:
     return {"id": f"{build.image_name}-{build.id}", "image": build.image_name,
             "builder": build.builder, "formats": list(build.formats),
             "state": "paused" if paused else build.state,
-            "age": format_age(build.state_time, now)}
+            # An epoch, as upstream's web app gives; tables show it elapsed.
+            "age": int(build.state_time)}
 
 
-def upload_row(upload, now: float | None = None) -> dict[str, Any]:
+def upload_row(upload) -> dict[str, Any]:
     return {"id": upload.build_id, "upload_id": upload.id,
             "provider": upload.provider_name, "image": upload.image_name,
             "external_name": upload.external_name, "external_id": upload.external_id,
-            "state": upload.state, "age": format_age(upload.state_time, now)}
+            "state": upload.state, "age": int(upload.state_time)}
 
 
 def image_status_row(image: str, paused: bool, request: str | None,
-                     requested_at: float | None, now: float | None = None
-                     ) -> dict[str, Any]:
-    return {"image": image, "paused": paused, "build_request": request or "",
-            "build_request_age": format_age(requested_at, now) if request else ""}
+                     requested_at: float | None) -> dict[str, Any]:
+    return {"image": image, "paused": paused, "build_request": request,
+            "build_request_age": int(requested_at) if request and requested_at
+            else None}

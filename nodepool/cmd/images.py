@@ -20,10 +20,10 @@ def _store(args):
 
 
 def _listing(args: argparse.Namespace, columns, rows_of) -> int:
-    """Connect, compute ``rows_of(store, now)``, disconnect, print."""
+    """Connect, compute ``rows_of(store)``, disconnect, print."""
     _, client, store = _store(args)
     try:
-        rows = rows_of(store, time.time())
+        rows = rows_of(store)
     finally:
         client.disconnect()
     _print_rows(args, columns, rows)
@@ -33,12 +33,12 @@ def _listing(args: argparse.Namespace, columns, rows_of) -> int:
 def cmd_dib_image_list(args: argparse.Namespace) -> int:
     from nodepool import status
 
-    def rows(store, now):
+    def rows(store):
         found = []
         for image in store.image_names():
             paused = store.is_image_paused(image)
             builds = sorted(store.get_builds(image), key=lambda b: b.state_time)
-            found += [status.build_row(b, paused, now) for b in builds]
+            found += [status.build_row(b, paused) for b in builds]
         return found
     return _listing(args, status.DIB_IMAGE_COLUMNS, rows)
 
@@ -46,24 +46,24 @@ def cmd_dib_image_list(args: argparse.Namespace) -> int:
 def cmd_image_list(args: argparse.Namespace) -> int:
     from nodepool import status
 
-    def rows(store, now):
+    def rows(store):
         found = []
         for image in store.image_names():
             for build in sorted(store.get_builds(image), key=lambda b: b.state_time):
                 for provider in store.upload_providers(image, build.id):
                     uploads = sorted(store.get_uploads(image, build.id, provider),
                                      key=lambda u: u.id)
-                    found += [status.upload_row(u, now) for u in uploads]
+                    found += [status.upload_row(u) for u in uploads]
         return found
     return _listing(args, status.IMAGE_COLUMNS, rows)
 
 
 def cmd_image_status(args: argparse.Namespace) -> int:
     from nodepool import status
-    return _listing(args, status.IMAGE_STATUS_COLUMNS, lambda store, now: [
+    return _listing(args, status.IMAGE_STATUS_COLUMNS, lambda store: [
         status.image_status_row(image, store.is_image_paused(image),
                                 store.build_request_status(image),
-                                store.build_requested_at(image), now)
+                                store.build_requested_at(image))
         for image in store.image_names()])
 
 

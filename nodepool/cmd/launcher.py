@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def make():
         from nodepool.launcher.launcher import Launcher
-        return Launcher(config_path, args.secure)
+        return Launcher(config_path, args.secure, webapp=not args.no_webapp)
 
     return daemon.run_service(args, make, (ConfigError,))
 

@@ -228,7 +228,8 @@ class Launcher:
                  delete_sweep_interval: float = 10.0,
                  min_ready_interval: float = 5.0,
                  config_check_interval: float = 1.0,
-                 accept_threads: int = 16, stats: Stats | None = None):
+                 accept_threads: int = 16, stats: Stats | None = None,
+                 webapp: bool = False, webapp_port: int | None = None):
         self.config_path = config_path
         self.secure_path = secure_path
         self.idle_interval = idle_interval
@@ -253,6 +254,13 @@ class Launcher:
         self._failed_mtimes: dict | None = None
         self.registration: ComponentRegistration | None = None
         self.config_errors = 0
+        self.webapp = None
+        if webapp:
+            from nodepool.launcher.webapp import StatusWebApp
+            web = self.config.webapp
+            self.webapp = StatusWebApp(
+                self, web.listen_address,
+                web.port if webapp_port is None else webapp_port)
 
     # -- start and stop ----------------------------------------------------
 
@@ -283,6 +291,8 @@ class Launcher:
         self._config_thread.start()
         self.registration.update(state=ComponentState.RUNNING)
         self.min_ready.wake.set()
+        if self.webapp is not None:
+            self.webapp.start()
         self.ready.set()
         log.info("Launcher running with providers %s", ", ".join(self.managers) or
                  "(none)")
@@ -304,6 +314,8 @@ class Launcher:
         log.info("Launcher stopping")
         self._stopped.set()
         self.ready.clear()
+        if self.webapp is not None:
+            self.webapp.stop()
         for part in (self.min_ready, self.cleanup, self.delete_worker):
             part.stop()
         for manager in list(self.managers.values()):

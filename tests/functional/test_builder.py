@@ -490,8 +490,8 @@ def test_image_commands(env, store, tmp_path):
     # Pause: shown by image-status and dib-image-list; no build while paused.
     assert nodepool_cli(path, "image-pause", "ubuntu").returncode == 0
     [status] = json.loads(nodepool_cli(path, "image-status", "--json").stdout)
-    assert status == {"image": "ubuntu", "paused": True, "build_request": "",
-                      "build_request_age": ""}
+    assert status == {"image": "ubuntu", "paused": True, "build_request": None,
+                      "build_request_age": None}
     assert json.loads(nodepool_cli(path, "dib-image-list", "--json").stdout)[0][
         "state"] == "paused"
     assert nodepool_cli(path, "image-build", "ubuntu").returncode == 0

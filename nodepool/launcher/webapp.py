@@ -1,0 +1,217 @@
+"""The launcher's status web server: the CLI's tables and JSON over HTTP,
+answered from the launcher's ZooKeeper caches (no ZooKeeper reads)."""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+from urllib.parse import parse_qs, urlparse
+
+from nodepool import status
+
+log = logging.getLogger("nodepool.launcher.webapp")
+
+CACHE_SECONDS = 1.0
+
+
+def wants_json(accept: str | None) -> bool:
+    """Is application/json the best of text/html, text/plain,
+    application/json (preferred in that order on ties)?"""
+    if not accept:
+        return False
+    offered = ["text/html", "text/plain", "application/json"]
+    best, best_q = None, -1.0
+    for part in accept.split(","):
+        fields = [f.strip() for f in part.split(";")]
+        media = fields[0].lower()
+        q = 1.0
+        for param in fields[1:]:
+            if param.startswith("q="):
+                try:
+                    q = float(param[2:])
+                except ValueError:
+                    q = 0.0
+        for candidate in offered:
+            matches = media in (candidate, "*/*") or (
+                media.endswith("/*") and candidate.startswith(media[:-1]))
+            if matches and (q > best_q or (q == best_q and best is not None and
+                            offered.index(candidate) < offered.index(best))):
+                if q > 0:
+                    best, best_q = candidate, q
+    return best == "application/json"
+
+
+class StatusWebApp:
+    """Serves ``/node-list``, ``/request-list``, ``/label-list``,
+    ``/image-list``, ``/dib-image-list``, ``/image-status`` and ``/ready``."""
+
+    def __init__(self, launcher, host: str, port: int):
+        self.launcher = launcher
+        self.host = host
+        self.port = port
+        self._server: ThreadingHTTPServer | None = None
+        self._cache: dict[tuple, tuple[float, bytes, str]] = {}
+        self._lock = threading.Lock()
+        self.routes: dict[str, tuple[list, Callable[[dict], list[dict]]]] = {
+            "/node-list": (status.NODE_COLUMNS, self.node_rows),
+            "/request-list": (status.REQUEST_COLUMNS, self.request_rows),
+            "/label-list": (status.LABEL_COLUMNS, self.label_rows),
+            "/image-list": (status.IMAGE_COLUMNS, self.image_rows),
+            "/dib-image-list": (status.DIB_IMAGE_COLUMNS, self.dib_image_rows),
+            "/image-status": (status.IMAGE_STATUS_COLUMNS, self.image_status_rows),
+        }
+
+    # -- data, from the caches ------------------------------------------------
+
+    def node_rows(self, query: dict) -> list[dict]:
+        nodes = self.launcher.nodes
+        wanted = query.get("node_id")
+        now = time.time()
+        return [status.node_row(n, nodes.is_locked(n.id), now)
+                for n in sorted(nodes.nodes(), key=lambda n: n.id)
+                if wanted is None or n.id == wanted]
+
+    def request_rows(self, query: dict) -> list[dict]:
+        requests = sorted(self.launcher.requests.requests(), key=lambda r: r.sort_key)
+        return [status.request_row(r) for r in requests]
+
+    def label_rows(self, query: dict) -> list[dict]:
+        labels = set()
+        for pool in self.launcher.components.pools():
+            labels.update(pool.supported_labels or [])
+        return [{"label": label} for label in sorted(labels)]
+
+    def image_rows(self, query: dict) -> list[dict]:
+        uploads = sorted(self.launcher.images.uploads(),
+                         key=lambda u: (u.image_name, u.build_id, u.provider_name, u.id))
+        return [status.upload_row(u) for u in uploads]
+
+    def dib_image_rows(self, query: dict) -> list[dict]:
+        images = self.launcher.images
+        builds = sorted(images.builds(), key=lambda b: (b.image_name, b.state_time))
+        return [status.build_row(b, images.flags(b.image_name).paused) for b in builds]
+
+    def image_status_rows(self, query: dict) -> list[dict]:
+        images = self.launcher.images
+        rows = []
+        for image in images.image_names():
+            flags = images.flags(image)
+            request = None
+            if flags.build_requested_at is not None:
+                building = images.is_building(image) and any(
+                    b.state == "building" and b.state_time >= flags.build_requested_at
+                    for b in images.builds(image))
+                request = "building" if building else "pending"
+            rows.append(status.image_status_row(image, flags.paused, request,
+                                                flags.build_requested_at))
+        return rows
+
+    # -- serving ---------------------------------------------------------------
+
+    def render(self, path: str, query: dict, as_json: bool) -> bytes | None:
+        route = self.routes.get(path)
+        if route is None:
+            return None
+        key = (path, tuple(sorted(query.items())), as_json)
+        now = time.monotonic()
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None and now - cached[0] < CACHE_SECONDS:
+                return cached[1]
+        columns, rows_of = route
+        rows = rows_of(query)
+        if as_json:
+            body = status.render_json(rows)
+        else:
+            fields = query.get("fields")
+            body = status.render_table(columns, rows,
+                                       fields.split(",") if fields else None)
+        data = (body + "\n").encode("utf-8")
+        with self._lock:
+            self._cache[key] = (now, data, email.utils.formatdate(usegmt=True))
+        return data
+
+    def last_modified(self, path: str, query: dict, as_json: bool) -> str:
+        key = (path, tuple(sorted(query.items())), as_json)
+        with self._lock:
+            cached = self._cache.get(key)
+        return cached[2] if cached else email.utils.formatdate(usegmt=True)
+
+    def start(self) -> None:
+        app = self
+
+        class Handler(_Handler):
+            webapp = app
+
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True,
+                         name="webapp").start()
+        log.info("Status web server on http://%s:%d/", self.host, self.port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    webapp: StatusWebApp
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):
+        log.debug("%s %s", self.address_string(), fmt % args)
+
+    def _reply(self, code: int, body: bytes, content_type: str,
+               last_modified: str | None = None) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Access-Control-Allow-Origin", "*")
+        self.send_header("Cache-Control", f"public, max-age={int(CACHE_SECONDS)}")
+        if last_modified:
+            self.send_header("Last-Modified", last_modified)
+            expires = email.utils.parsedate_to_datetime(last_modified).timestamp() \
+                + CACHE_SECONDS
+            self.send_header("Expires", email.utils.formatdate(expires, usegmt=True))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        url = urlparse(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        path = url.path.rstrip("/") or "/"
+        as_json = wants_json(self.headers.get("Accept"))
+        if path.endswith(".json"):
+            path, as_json = path[:-len(".json")], True
+        if path == "/ready":
+            ready = self.webapp.launcher.ready.is_set()
+            self._reply(200 if ready else 503, b"OK\n" if ready else b"Not ready\n",
+                        "text/plain; charset=UTF-8")
+            return
+        try:
+            body = self.webapp.render(path, query, as_json)
+        except Exception:
+            log.exception("Rendering %s failed", self.path)
+            self._reply(500, b"Internal error\n", "text/plain; charset=UTF-8")
+            return
+        if body is None:
+            self._reply(404, b"Not found\n", "text/plain; charset=UTF-8")
+            return
+        modified = self.webapp.last_modified(path, query, as_json)
+        since = self.headers.get("If-Modified-Since")
+        if since:
+            try:
+                if email.utils.parsedate_to_datetime(since) >= \
+                        email.utils.parsedate_to_datetime(modified):
+                    self._reply(304, b"", "text/plain; charset=UTF-8", modified)
+                    return
+            except (TypeError, ValueError):
+                pass
+        self._reply(200, body, "application/json" if as_json else
+                    "text/plain; charset=UTF-8", modified)
