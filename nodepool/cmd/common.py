@@ -48,6 +48,9 @@ def setup_logging(logconfig: str | None, debug: bool = False,
         except yaml.YAMLError:
             data = None
         if isinstance(data, dict):
+            # Loggers made at import time (before this runs) must keep
+            # working; dictConfig would silence them by default.
+            data.setdefault("disable_existing_loggers", False)
             logging.config.dictConfig(data)
         else:
             logging.config.fileConfig(logconfig, disable_existing_loggers=False)

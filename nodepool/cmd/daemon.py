@@ -76,10 +76,14 @@ def run(main: Callable[[threading.Event], int], *, foreground: bool,
         try:
             if pid:
                 os.kill(pid, 0)
+                print(f"already running as pid {pid} (pid file {path})",
+                      file=sys.stderr)
+                return 1
         except ProcessLookupError:
-            lock.break_lock()
+            lock.break_lock()  # a stale pid file: its process is gone
         except PermissionError:
-            pass
+            print(f"already running as pid {pid} (pid file {path})", file=sys.stderr)
+            return 1
     # Surface "already running" or an unwritable directory on the terminal.
     try:
         lock.acquire()
