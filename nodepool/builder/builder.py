@@ -95,6 +95,9 @@ class Builder:
             if cleanup_interval > 0 else None
         self.config_watcher = ConfigWatcher(self, config_check_interval)
         self.running = threading.Event()
+        # Set when stopping has waited long enough: running DIB commands are
+        # killed (with their whole process group) instead of orphaned.
+        self.dib_stop = threading.Event()
 
     @property
     def workers(self) -> list[PeriodicWorker]:
@@ -121,17 +124,25 @@ class Builder:
                  self.builder_id, len(self.build_workers), len(self.upload_workers),
                  self.images_dir)
 
-    def stop(self) -> None:
-        """Builds in progress finish (bounded by build-timeout); uploads are
+    def stop(self, grace: float = 60.0) -> None:
+        """Builds in progress get ``grace`` seconds to finish, then their DIB
+        process groups are killed and they are recorded failed. Uploads are
         not waited for: their records are cleaned up by any builder later."""
         log.info("Builder stopping")
         self.running.clear()
         self.config_watcher.stop()
-        for worker in self.upload_workers:
+        for worker in self.workers:
             worker.signal_stop()
-        for worker in [*self.build_workers,
-                       *([self.cleanup_worker] if self.cleanup_worker else [])]:
-            worker.stop()
+        deadline = time.monotonic() + grace
+        for worker in self.build_workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        if any(worker.alive for worker in self.build_workers):
+            log.warning("Builds still running after %.0fs; killing them", grace)
+            self.dib_stop.set()
+            for worker in self.build_workers:
+                worker.join(30)
+        if self.cleanup_worker is not None:
+            self.cleanup_worker.stop()
         with self._adapter_lock:
             for _, adapter in self._adapters.values():
                 try:
@@ -243,6 +254,14 @@ class BuilderWorker(PeriodicWorker):
         self._stopped.set()
         self.wake.set()
 
+    def join(self, timeout: float) -> None:
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     @property
     def should_stop(self) -> bool:
         return self.stopped or not self.builder.client.connected
@@ -336,7 +355,8 @@ class BuildWorker(BuilderWorker):
         self.status[name] = BUILDING
         log.info("Build %s-%s started, log %s", name, record.id, log_path)
         try:
-            result = dib.run(diskimage, base, log_path, config.elements_dir)
+            result = dib.run(diskimage, base, log_path, config.elements_dir,
+                             stop=builder.dib_stop)
         except Exception:
             log.exception("Build %s-%s could not run", name, record.id)
             result = dib.DibResult(1, False, 0.0)

@@ -92,7 +92,7 @@ def run(diskimage: DiskImage, base: str, log_path: str, elements_dir: str | None
         stop: threading.Event | None = None) -> DibResult:
     """Run DIB to completion or ``build-timeout``; its merged output goes to
     ``log_path``. A command that cannot start is a failed build (rc 1) with
-    the reason in the log."""
+    the reason in the log. Setting ``stop`` kills the build (shutdown)."""
     argv = command(diskimage, base)
     env = environment(diskimage, base, elements_dir)
     started = time.monotonic()
@@ -114,6 +114,10 @@ def run(diskimage: DiskImage, base: str, log_path: str, elements_dir: str | None
                 break
             except subprocess.TimeoutExpired:
                 pass
+            if stop is not None and stop.is_set():
+                _kill(process)
+                log_file.write(b"Build interrupted: the builder is stopping\n")
+                return DibResult(1, False, time.monotonic() - started)
             if time.monotonic() > deadline:
                 _kill(process)
                 log_file.write(f"Build timed out after {diskimage.build_timeout}s\n"

@@ -665,3 +665,19 @@ def test_config_reload_adds_a_provider_and_pauses_an_image(env, store, tmp_path)
     env.rewrite(path, config_text(tmp_path) + second)
     wait_until(lambda: len(ready_builds(store)) == 2, timeout=30,
                message="built once unpaused")
+
+
+def test_stopping_kills_a_build_that_outlasts_the_grace_period(env, store, tmp_path):
+    path = env.config(config_text(tmp_path))
+    pause = tmp_path / "images" / "fake-image-create.pause"
+    pause.touch()
+    builder = env.start_builder(path)
+    wait_until(lambda: store.get_builds("ubuntu"), timeout=15, message="building")
+    [build] = store.get_builds("ubuntu")
+    builder.stop(grace=0.5)
+    # No DIB process is left behind, and the build is not left "building".
+    assert subprocess.run(["pgrep", "-f", str(tmp_path / "images")],
+                          capture_output=True).returncode == 1
+    assert store.get_build("ubuntu", build.id).state == BuildState.FAILED
+    log_text = (tmp_path / "logs" / f"ubuntu-{build.id}.log").read_text()
+    assert "Build interrupted: the builder is stopping" in log_text
