@@ -247,6 +247,8 @@ class Launcher:
         self.delete_worker = DeleteWorker(self, delete_sweep_interval)
         self.min_ready = MinReady(self, min_ready_interval)
         self.cleanup = Cleanup(self, cleanup_interval)
+        from nodepool.launcher.reporter import StatsReporter
+        self.reporter = StatsReporter(self)
         self.ready = threading.Event()
         self._stopped = threading.Event()
         self._config_thread = threading.Thread(target=self._watch_config,
@@ -288,6 +290,8 @@ class Launcher:
         self.delete_worker.start()
         self.min_ready.start()
         self.cleanup.start()
+        if self.stats.enabled:
+            self.reporter.start()
         self._config_thread.start()
         self.registration.update(state=ComponentState.RUNNING)
         self.min_ready.wake.set()
@@ -316,7 +320,7 @@ class Launcher:
         self.ready.clear()
         if self.webapp is not None:
             self.webapp.stop()
-        for part in (self.min_ready, self.cleanup, self.delete_worker):
+        for part in (self.min_ready, self.cleanup, self.delete_worker, self.reporter):
             part.stop()
         for manager in list(self.managers.values()):
             manager.stop()
