@@ -113,10 +113,10 @@ class StatsReporter(PeriodicWorker):
         for provider in config.providers.values():
             total = 0.0
             for pool in provider.pools.values():
-                if pool.max_servers is None or pool.max_servers <= 0:
-                    total = float("inf")
-                else:
-                    total += pool.max_servers
+                if pool.max_servers is None:
+                    total = float("inf")  # unlimited: statsd cannot carry it
+                elif pool.max_servers > 0:
+                    total += pool.max_servers  # 0 or less: a disabled pool
             if total != float("inf"):
                 pipe.gauge(f"nodepool.provider.{provider.name}.max_servers", total)
         for tenant, limits in config.tenant_resource_limits.items():
