@@ -30,6 +30,42 @@ def launch_keys(node: Node, request: NodeRequest | None, result: str) -> list[st
     return keys
 
 
+# -- names of the gauges and prefixes used outside this module -----------------
+
+def nodes_key(state: str) -> str:
+    return f"nodepool.nodes.{state}"
+
+
+def provider_nodes_key(provider: str, state: str) -> str:
+    return f"nodepool.provider.{provider}.nodes.{state}"
+
+
+def label_nodes_key(label: str, state: str) -> str:
+    return f"nodepool.label.{label}.nodes.{state}"
+
+
+def addressable_requests_key(provider: str, pool: str) -> str:
+    return f"nodepool.provider.{provider}.pool.{pool}.addressable_requests"
+
+
+def max_servers_key(provider: str) -> str:
+    return f"nodepool.provider.{provider}.max_servers"
+
+
+def tenant_limit_key(tenant: str, limit: str) -> str:
+    return f"nodepool.tenant_limits.{normalize(tenant)}.{normalize(limit)}"
+
+
+def zk_queue_key(hostname: str, part: str) -> str:
+    """``part``: ``client.connection_queue``, ``node_cache.event_queue`` ..."""
+    return f"nodepool.launcher.{hostname}.zk.{part}"
+
+
+def api_task_prefix(provider: str) -> str:
+    """openstacksdk appends ``<service>.<METHOD>.<operation>[.<status>]``."""
+    return f"nodepool.task.{provider}"
+
+
 def make_client():
     host = os.environ.get("STATSD_HOST")
     if not host:

@@ -15,7 +15,7 @@ import socket
 import time
 
 from nodepool.launcher.worker import PeriodicWorker
-from nodepool.stats import normalize
+from nodepool import stats
 from nodepool.zk import paths
 from nodepool.zk.locks import Lock
 from nodepool.zk.records import NodeState
@@ -94,19 +94,19 @@ class StatsReporter(PeriodicWorker):
                 by_label.setdefault(label, dict.fromkeys(NodeState.ALL, 0))[
                     node.state] += 1
         for state, count in states.items():
-            pipe.gauge(f"nodepool.nodes.{state}", count)
+            pipe.gauge(stats.nodes_key(state), count)
         for provider, counts in by_provider.items():
             for state, count in counts.items():
-                pipe.gauge(f"nodepool.provider.{provider}.nodes.{state}", count)
+                pipe.gauge(stats.provider_nodes_key(provider, state), count)
         for label, counts in by_label.items():
             for state, count in counts.items():
-                pipe.gauge(f"nodepool.label.{label}.nodes.{state}", count)
+                pipe.gauge(stats.label_nodes_key(label, state), count)
         requests = launcher.requests.requests()
         for pool in pools:
             supported = set(pool.supported_labels or [])
             count = sum(1 for r in requests if set(r.node_types) <= supported)
-            pipe.gauge(f"nodepool.provider.{pool.provider_name}.pool.{pool.name}."
-                       "addressable_requests", count)
+            pipe.gauge(stats.addressable_requests_key(pool.provider_name, pool.name),
+                       count)
 
     def provider_gauges(self, pipe) -> None:
         config = self.launcher.config
@@ -118,22 +118,20 @@ class StatsReporter(PeriodicWorker):
                 elif pool.max_servers > 0:
                     total += pool.max_servers  # 0 or less: a disabled pool
             if total != float("inf"):
-                pipe.gauge(f"nodepool.provider.{provider.name}.max_servers", total)
+                pipe.gauge(stats.max_servers_key(provider.name), total)
         for tenant, limits in config.tenant_resource_limits.items():
             for key, value in limits.limits.items():
-                pipe.gauge(f"nodepool.tenant_limits.{normalize(tenant)}."
-                           f"{normalize(key)}", value)
+                pipe.gauge(stats.tenant_limit_key(tenant, key), value)
 
     def internal_gauges(self, pipe) -> None:
         launcher = self.launcher
-        base = f"nodepool.launcher.{self.hostname}.zk"
         kazoo = launcher.client.kazoo
         queue = len(kazoo._queue) if kazoo is not None else 0
-        pipe.gauge(f"{base}.client.connection_queue", queue)
+        pipe.gauge(stats.zk_queue_key(self.hostname, "client.connection_queue"), queue)
         for name, cache in (("node_cache", launcher.nodes),
                             ("request_cache", launcher.requests),
                             ("image_cache", launcher.images)):
             depth = getattr(cache, "queue_depth", 0)
-            pipe.gauge(f"{base}.{name}.event_queue", depth() if callable(depth)
-                       else depth)
-            pipe.gauge(f"{base}.{name}.playback_queue", 0)
+            pipe.gauge(stats.zk_queue_key(self.hostname, f"{name}.event_queue"),
+                       depth() if callable(depth) else depth)
+            pipe.gauge(stats.zk_queue_key(self.hostname, f"{name}.playback_queue"), 0)

@@ -98,7 +98,8 @@ def api_metrics_config(provider: Provider) -> dict | None:
     host = os.environ.get("STATSD_HOST")
     if not host:
         return None
-    prefix = f"nodepool.task.{provider.name}"
+    from nodepool.stats import api_task_prefix
+    prefix = api_task_prefix(provider.name)
     if os.environ.get("STATSD_PREFIX"):
         prefix = f"{os.environ['STATSD_PREFIX']}.{prefix}"
     return {"host": host, "port": int(os.environ.get("STATSD_PORT", 8125)),
