@@ -152,6 +152,15 @@ def build_parser() -> argparse.ArgumentParser:
                               description="List node requests in priority order.")
     requests.add_argument("--json", action="store_true", help="print JSON")
     requests.set_defaults(func=cmd_request_list)
+    # -c and -s work after the subcommand too (``nodepool list -c f``);
+    # SUPPRESS keeps the global value when they are not repeated there.
+    for subparser in sub.choices.values():
+        subparser.add_argument("-c", "--config", dest="config",
+                               default=argparse.SUPPRESS,
+                               help="path to the configuration file")
+        subparser.add_argument("-s", "--secure", dest="secure",
+                               default=argparse.SUPPRESS,
+                               help="path to the secure configuration file")
     return parser
 
 

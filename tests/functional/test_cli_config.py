@@ -69,3 +69,37 @@ def test_missing_file_and_usage_errors(tmp_path):
     assert nodepool("no-such-command").returncode == 2
     version = nodepool("--version")
     assert version.returncode == 0 and "Nodepool version:" in version.stdout
+
+
+def test_every_subcommand_has_help():
+    import subprocess
+    import sys
+    from nodepool.cmd.nodepool import build_parser
+    commands = sorted(build_parser()._subparsers._group_actions[0].choices)
+    assert {"list", "delete", "hold", "info", "erase", "request-list", "label-list",
+            "alien-image-list", "config-validate", "dib-image-list", "image-status",
+            "image-list", "image-build", "dib-image-delete", "image-delete",
+            "image-pause", "image-unpause", "export-image-data",
+            "import-image-data"} <= set(commands)
+    for command in commands:
+        result = subprocess.run([sys.executable, "-m", "nodepool.cmd.nodepool",
+                                 command, "--help"], capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 0 and "usage: nodepool" in result.stdout, command
+        assert "-c CONFIG" in result.stdout and "-s SECURE" in result.stdout, command
+
+
+def test_config_option_after_the_subcommand(tmp_path):
+    import subprocess
+    import sys
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("labels: 3\n")
+    good = tmp_path / "good.yaml"
+    good.write_text("labels: []\n")
+    run = [sys.executable, "-m", "nodepool.cmd.nodepool"]
+    # The file given after the subcommand is the one validated...
+    assert subprocess.run(run + ["-c", str(good), "config-validate", "-c", str(bad)],
+                          capture_output=True, timeout=60).returncode == 1
+    # ... and without it, the global one still applies.
+    assert subprocess.run(run + ["-c", str(good), "config-validate"],
+                          capture_output=True, timeout=60).returncode == 0
