@@ -132,6 +132,10 @@ class StatusWebApp:
                                        fields.split(",") if fields else None)
         data = (body + "\n").encode("utf-8")
         with self._lock:
+            # Drop expired entries, so arbitrary query strings cannot grow it.
+            for old in [k for k, v in self._cache.items()
+                        if now - v[0] >= CACHE_SECONDS]:
+                del self._cache[old]
             self._cache[key] = (now, data, email.utils.formatdate(usegmt=True))
         return data
 
