@@ -22,6 +22,8 @@ def build_parser():
                         help="number of build worker threads")
     parser.add_argument("--upload-workers", type=int, default=4,
                         help="number of upload worker threads")
+    parser.add_argument("--cleanup-interval", type=float, default=60.0,
+                        help="seconds between retention and cleanup passes")
     return parser
 
 
@@ -46,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     def make():
         from nodepool.builder.builder import Builder
         return Builder(config_path, args.secure, build_workers=args.build_workers,
-                       upload_workers=args.upload_workers)
+                       upload_workers=args.upload_workers,
+                       cleanup_interval=args.cleanup_interval)
 
     from nodepool.builder.builder import BuilderError
     return daemon.run_service(args, make, (ConfigError, BuilderError))

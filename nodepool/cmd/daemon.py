@@ -124,12 +124,30 @@ def run_service(args, make: Callable[[], object], errors: tuple) -> int:
                              stream=sys.stdout if foreground else sys.stderr)
 
     def serve(stop: threading.Event) -> int:
-        try:
-            service = make()
-        except errors as exc:
-            log.error("%s", exc)
-            return 1
-        service.start()
+        from kazoo.exceptions import KazooException
+
+        from nodepool.zk.client import ZooKeeperError
+        while True:
+            try:
+                service = make()
+            except errors as exc:
+                log.error("%s", exc)
+                return 1
+            try:
+                service.start()
+                break
+            except (KazooException, ZooKeeperError) as exc:
+                # ZooKeeper went away mid-start (a restart, an expired
+                # session): start again from scratch rather than die.
+                log.warning("Start-up interrupted by ZooKeeper (%s: %s); "
+                            "starting again", type(exc).__name__, exc)
+                try:
+                    service.stop()
+                except Exception:
+                    log.debug("Stopping the half-started service failed",
+                              exc_info=True)
+                if stop.wait(2.0):
+                    return 0
         stop.wait()
         service.stop()
         return 0

@@ -18,8 +18,10 @@ def build_parser():
     parser.add_argument("-f", dest="foreground", action="store_true",
                         help="stay in the foreground")
     parser.add_argument("--no-webapp", action="store_true",
-                        help="do not start the status web server (accepted for "
-                        "compatibility; the web server is not built yet)")
+                        help="do not start the status web server")
+    parser.add_argument("--cleanup-interval", type=float, default=60.0,
+                        help="seconds between leak and lost-request cleanups "
+                        "(a leaked resource is removed on its second sighting)")
     return parser
 
 
@@ -36,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def make():
         from nodepool.launcher.launcher import Launcher
-        return Launcher(config_path, args.secure, webapp=not args.no_webapp)
+        return Launcher(config_path, args.secure, webapp=not args.no_webapp,
+                        cleanup_interval=args.cleanup_interval)
 
     return daemon.run_service(args, make, (ConfigError,))
 

@@ -329,8 +329,10 @@ class Launcher:
         self.finisher.shutdown(wait=True, cancel_futures=False)
         if self.registration is not None:
             self.registration.unregister()
-        for cache in (self.nodes, self.requests, self.images, self.components):
-            cache.stop()
+        for name in ("nodes", "requests", "images", "components"):
+            cache = getattr(self, name, None)  # (None if start was cut short)
+            if cache is not None:
+                cache.stop()
         self.client.disconnect()
         log.info("Launcher stopped")
 
