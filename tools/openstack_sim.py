@@ -76,10 +76,12 @@ class OpenStackSimulator:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, boot_delay: float = 0.0,
                  max_instances: int = 100, max_cores: int = 400,
                  max_ram: int = 1_000_000, max_volumes: int = 100,
-                 max_volume_gb: int = 10_000, server_address: str | None = None):
+                 max_volume_gb: int = 10_000, server_address: str | None = None,
+                 password: str = "secret"):
         self.host = host
         self.port = port
         self.boot_delay = boot_delay
+        self.password = password
         self.limits = {"instances": max_instances, "cores": max_cores, "ram": max_ram,
                        "volumes": max_volumes, "volume-gb": max_volume_gb}
         # Every server gets this fixed address when set (e.g. 127.0.0.1 so
@@ -147,7 +149,7 @@ class OpenStackSimulator:
     def clouds_yaml(self, name: str = "sim", region: str = "RegionOne") -> dict:
         return {"clouds": {name: {
             "auth": {"auth_url": self.auth_url, "username": "demo",
-                     "password": "secret", "project_name": "demo",
+                     "password": self.password, "project_name": "demo",
                      "user_domain_name": "Default", "project_domain_name": "Default"},
             "region_name": region, "identity_api_version": 3,
             "image_format": "qcow2"}}}
@@ -374,7 +376,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._body()
         password = (body.get("auth", {}).get("identity", {}).get("password", {})
                     .get("user", {}).get("password"))
-        if password != "secret":
+        if password != self.sim.password:
             self._error(401, "The request you have made requires authentication.")
             return
         now = time.time()

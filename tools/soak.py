@@ -121,8 +121,10 @@ class Soak:
         self.zk = ZooKeeperServerProcess(os.path.join(self.state, "zk"), tls=True)
         self.zk.start()
         self.proxy = TCPProxy(self.zk.tls_port)
-        self.sim = OpenStackSimulator(boot_delay=0.3, max_instances=40,
-                                      max_cores=400).start()
+        # A cloud password no log line or listing may ever show.
+        self.password = f"soak-Pa55-{self.random.randrange(10**12):012d}"
+        self.sim = OpenStackSimulator(boot_delay=0.3, max_instances=40, max_cores=400,
+                                      password=self.password).start()
         clouds = os.path.join(self.state, "clouds.yaml")
         with open(clouds, "w") as handle:
             yaml.safe_dump(self.sim.clouds_yaml(), handle)
@@ -410,6 +412,24 @@ class Soak:
         if not (1 <= ready <= 2 and uploads <= 2):
             self.violations.append(f"soak-image: {ready} ready builds, {uploads} ready "
                                    "uploads (retention keeps two)")
+        # Secrets: the cloud password and the TLS key never appear in logs,
+        # the CLI's listings or the web server's.
+        with open(self.zk.tls_files.client_key) as handle:
+            key_line = handle.read().splitlines()[1]
+        outputs = {}
+        for name in os.listdir(self.state):
+            if name.endswith(".log"):
+                with open(os.path.join(self.state, name), errors="replace") as handle:
+                    outputs[name] = handle.read()
+        for command in (["list", "--detail"], ["image-list"], ["info", "soak-cloud"]):
+            done = subprocess.run([os.path.join(BIN, "nodepool"), "-c",
+                                   self.configs["launcher-a"], *command],
+                                  capture_output=True, text=True, timeout=60, env=self.env)
+            outputs["nodepool " + " ".join(command)] = done.stdout + done.stderr
+        for name, text in outputs.items():
+            for secret in (self.password, key_line):
+                if secret in text:
+                    self.violations.append(f"a secret appears in {name}")
         # Both launchers still serve: each alone fulfils a request.
         for name in ("launcher-a", "launcher-b"):
             if self.processes[name].poll() is not None:
