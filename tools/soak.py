@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 import traceback
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
@@ -426,6 +427,15 @@ class Soak:
                                    self.configs["launcher-a"], *command],
                                   capture_output=True, text=True, timeout=60, env=self.env)
             outputs["nodepool " + " ".join(command)] = done.stdout + done.stderr
+        web = yaml.safe_load(open(self.configs["launcher-a"]))["webapp"]["port"]
+        for path in ("/node-list.json", "/image-list.json", "/request-list.json",
+                     "/dib-image-list", "/label-list"):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{web}{path}",
+                                            timeout=10) as response:
+                    outputs[f"web {path}"] = response.read().decode(errors="replace")
+            except Exception as exc:
+                self.violations.append(f"web {path} failed: {exc}")
         for name, text in outputs.items():
             for secret in (self.password, key_line):
                 if secret in text:
