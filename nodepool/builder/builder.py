@@ -106,8 +106,11 @@ class Builder:
 
     # -- start and stop ----------------------------------------------------
 
-    def start(self, connect_timeout: float | None = None) -> None:
-        self.client.connect(timeout=connect_timeout)
+    def start(self, connect_timeout: float | None = None,
+              stop: threading.Event | None = None) -> None:
+        """Connect and start working. ``stop`` (set by SIGTERM) ends a wait
+        for an unreachable ZooKeeper with ConnectInterrupted."""
+        self.client.connect(timeout=connect_timeout, stop=stop)
         self.images = ImageCache(self.client)
         self.images.start()
         self.images.wait_synced(60)
@@ -130,6 +133,11 @@ class Builder:
         not waited for: their records are cleaned up by any builder later."""
         log.info("Builder stopping")
         self.running.clear()
+        # Out of reach of ZooKeeper nothing can be recorded: builds are not
+        # waited for, and no call waits for the server to come back.
+        self.client.abort_when_disconnected()
+        if not self.client.connected:
+            grace = 0.0
         self.config_watcher.stop()
         for worker in self.workers:
             worker.signal_stop()
@@ -622,20 +630,9 @@ class CleanupWorker(BuilderWorker):
                     u.state == UploadState.DELETING for u in remaining):
                 if not self.mark_build_deleting(image, build.id):
                     return
-            if not remaining and not self._has_upload_znodes(image, build.id):
+            if not remaining and not self.store.has_upload_records(image, build.id):
                 log.info("Deleting build record %s-%s", image, build.id)
                 self.store.delete_build(image, build.id)
-
-    def _has_upload_znodes(self, image: str, build_id: str) -> bool:
-        kazoo = self.builder.client.kazoo
-        for provider in self.store.upload_providers(image, build_id):
-            try:
-                children = kazoo.get_children(paths.uploads(image, build_id, provider))
-            except Exception:
-                continue
-            if any(c != paths.LOCK_DIR for c in children):
-                return True
-        return False
 
     def mark_build_deleting(self, image: str, build_id: str) -> bool:
         lock = Lock(self.builder.client, paths.build_lock(image, build_id))

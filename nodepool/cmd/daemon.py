@@ -109,6 +109,18 @@ def _serve(main: Callable[[threading.Event], int]) -> int:
     return main(stop)
 
 
+def _abort_start_on_stop(service, stop: threading.Event,
+                         started: threading.Event) -> None:
+    """A stop asked for while start-up waits on an unreachable ZooKeeper
+    (a call queued until the server comes back) cuts that wait short."""
+    while not started.is_set():
+        if stop.wait(0.5):
+            client = getattr(service, "client", None)
+            if client is not None and not started.is_set():
+                client.abort_when_disconnected()
+            return
+
+
 def run_service(args, make: Callable[[], object], errors: tuple) -> int:
     """The daemons' common life: set up logging, build the service with
     ``make()`` (an error of ``errors`` is logged and exits 1), ``start()``
@@ -126,16 +138,24 @@ def run_service(args, make: Callable[[], object], errors: tuple) -> int:
     def serve(stop: threading.Event) -> int:
         from kazoo.exceptions import KazooException
 
-        from nodepool.zk.client import ZooKeeperError
+        from nodepool.zk.client import ConnectInterrupted, ZooKeeperError
         while True:
             try:
                 service = make()
             except errors as exc:
                 log.error("%s", exc)
                 return 1
+            started = threading.Event()
+            threading.Thread(target=_abort_start_on_stop, args=(service, stop, started),
+                             daemon=True, name="start-watch").start()
             try:
-                service.start()
+                service.start(stop=stop)
+                started.set()
                 break
+            except ConnectInterrupted:
+                log.info("Stopped before ZooKeeper could be reached")
+                service.stop()
+                return 0
             except (KazooException, ZooKeeperError) as exc:
                 # ZooKeeper went away mid-start (a restart, an expired
                 # session): start again from scratch rather than die.
@@ -148,6 +168,8 @@ def run_service(args, make: Callable[[], object], errors: tuple) -> int:
                               exc_info=True)
                 if stop.wait(2.0):
                     return 0
+            finally:
+                started.set()
         stop.wait()
         service.stop()
         return 0

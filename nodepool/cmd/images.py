@@ -138,25 +138,9 @@ def cmd_image_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_export_image_data(args: argparse.Namespace) -> int:
-    from nodepool.zk import paths
     _, client, store = _store(args)
-    data: dict[str, str] = {}
     try:
-        kazoo = client.kazoo
-        for image in store.image_names():
-            if store.is_image_paused(image):
-                data[paths.image_pause(image)] = ""
-            for build_id in store.build_ids(image):
-                build_path = paths.build(image, build_id)
-                raw, _ = kazoo.get(build_path)
-                data[build_path] = raw.decode("utf-8")
-                for provider in store.upload_providers(image, build_id):
-                    base = paths.uploads(image, build_id, provider)
-                    for upload_id in kazoo.get_children(base):
-                        if upload_id == paths.LOCK_DIR:
-                            continue
-                        raw, _ = kazoo.get(f"{base}/{upload_id}")
-                        data[f"{base}/{upload_id}"] = raw.decode("utf-8")
+        data = store.export_image_data()
     finally:
         client.disconnect()
     # Only the operator may read it (it names every cloud image).
@@ -168,7 +152,6 @@ def cmd_export_image_data(args: argparse.Namespace) -> int:
 
 
 def cmd_import_image_data(args: argparse.Namespace) -> int:
-    from kazoo.exceptions import NodeExistsError
     try:
         with open(args.path) as handle:
             data = json.load(handle)
@@ -178,34 +161,9 @@ def cmd_import_image_data(args: argparse.Namespace) -> int:
             isinstance(k, str) and k.startswith("/nodepool/images/") and
             isinstance(v, str) for k, v in data.items()):
         raise CommandError(f"{args.path} is not an export-image-data file")
-    _, client, _ = _store(args)
+    _, client, store = _store(args)
     try:
-        kazoo = client.kazoo
-        # Advance each upload directory's sequence counter past the highest
-        # restored number, so new uploads never reuse one.
-        highest: dict[str, int] = {}
-        for path in data:
-            parts = path.split("/")
-            if len(parts) == 10 and parts[9].isdigit():
-                parent = "/".join(parts[:9])
-                highest[parent] = max(highest.get(parent, -1), int(parts[9]))
-        for parent, number in highest.items():
-            kazoo.ensure_path(parent)
-            while True:
-                created = kazoo.create(parent + "/", b"", sequence=True)
-                if created not in data:
-                    kazoo.delete(created)
-                if int(created.rsplit("/", 1)[1]) >= number:
-                    break
-        for path, text in sorted(data.items()):
-            raw = text.encode("utf-8")
-            if kazoo.exists(path):
-                kazoo.set(path, raw)
-            else:
-                try:
-                    kazoo.create(path, raw, makepath=True)
-                except NodeExistsError:
-                    kazoo.set(path, raw)
+        store.import_image_data(data)
     finally:
         client.disconnect()
     print(f"Imported {len(data)} records from {args.path}", file=sys.stderr)

@@ -49,11 +49,8 @@ def read_nodes(client):
     """All nodes and whether each is locked, in two pipelined rounds."""
     from nodepool.zk import paths
     from nodepool.zk.records import CorruptRecord, Node
-    kazoo = client.kazoo
-    try:
-        ids = sorted(kazoo.get_children(paths.NODES))
-    except Exception:
-        ids = []
+    from nodepool.zk.store import Store
+    ids = Store(client).node_ids()
     datas = client.get_many(paths.node(i) for i in ids)
     locks = client.get_children_many(paths.node_lock(i) for i in ids)
     nodes = []

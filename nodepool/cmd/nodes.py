@@ -146,10 +146,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
-    from kazoo.exceptions import NoNodeError
-
     from nodepool.cmd.nodepool import read_nodes
-    from nodepool.zk import paths
     from nodepool.zk.store import Store
     if not args.force:
         print("\nWARNING! This action is not reversible!")
@@ -164,12 +161,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
         for image in store.image_names():
             for build_id in store.build_ids(image):
                 if args.provider in store.upload_providers(image, build_id):
-                    try:
-                        client.kazoo.delete(
-                            f"{paths.build_providers(image, build_id)}/{args.provider}",
-                            recursive=True)
-                    except NoNodeError:
-                        pass
+                    store.erase_provider_uploads(image, build_id, args.provider)
         print(f"Erasing node data for {args.provider}...")
         for node, _ in read_nodes(client):
             if node.provider == args.provider:

@@ -24,7 +24,7 @@ from nodepool.drivers.base import RuntimeConfigurationError
 from nodepool.launcher.lifecycle import NodeDelete, NodeLaunch, Runner
 from nodepool.launcher.maintenance import Cleanup, DeleteWorker, MinReady
 from nodepool.launcher.pool import PoolWorker
-from nodepool.launcher.quota import Resources, UsageIndex
+from nodepool.launcher.quota import Resources, UsageIndex, pool_limits
 from nodepool.launcher.static import StaticRegistrar
 from nodepool.stats import Stats
 from nodepool.zk.cache import ComponentCache, ImageCache, NodeCache, RequestCache
@@ -206,6 +206,33 @@ class ProviderManager:
         self._cloud_limits = (now, result)
         return result.copy() if result is not None else None
 
+    def room_for(self, label_name: str) -> float:
+        """How many more nodes of ``label_name`` this provider's pools could
+        start now, from pool limits, the last known cloud quota (no cloud call
+        here) and max-concurrency; ``UNLIMITED`` if nothing limits it."""
+        need = self.label_quota(label_name)
+        if need is None:
+            return 0
+        total = 0.0
+        cloud_room = None
+        for worker in list(self.workers.values()):
+            pool = worker.pool
+            label = pool.labels.get(label_name)
+            if label is None or (pool.max_servers is not None and pool.max_servers <= 0) \
+                    or not self.label_available(label):
+                continue
+            pool_used, provider_used = worker.usage_now()
+            total += pool_limits(pool).subtract(pool_used).count_fitting(need)
+            if cloud_room is None and not pool.ignore_provider_quota:
+                cached = self._cloud_limits
+                if cached is not None and cached[1] is not None:
+                    cloud_room = cached[1].copy().subtract(provider_used)
+        if cloud_room is not None:
+            total = min(total, cloud_room.count_fitting(need))
+        if self.provider.max_concurrency > 0:
+            total = min(total, max(0, self.provider.max_concurrency - self._launches))
+        return total
+
     def azs(self) -> list[str]:
         if self._azs is None:
             try:
@@ -266,8 +293,11 @@ class Launcher:
 
     # -- start and stop ----------------------------------------------------
 
-    def start(self, connect_timeout: float | None = None) -> None:
-        self.client.connect(timeout=connect_timeout)
+    def start(self, connect_timeout: float | None = None,
+              stop: threading.Event | None = None) -> None:
+        """Connect and start serving. ``stop`` (set by SIGTERM) ends a wait
+        for an unreachable ZooKeeper with ConnectInterrupted."""
+        self.client.connect(timeout=connect_timeout, stop=stop)
         self.nodes = NodeCache(self.client)
         self.requests = RequestCache(self.client)
         self.images = ImageCache(self.client)
@@ -318,6 +348,10 @@ class Launcher:
         log.info("Launcher stopping")
         self._stopped.set()
         self.ready.clear()
+        # Requests in hand are given back and our records removed if the
+        # server answers; if it is (or goes) out of reach, nothing waits for
+        # it: our locks and registrations go with the session.
+        self.client.abort_when_disconnected()
         if self.webapp is not None:
             self.webapp.stop()
         for part in (self.min_ready, self.cleanup, self.delete_worker, self.reporter):

@@ -34,6 +34,10 @@ from nodepool.zk.store import RecordNotFound, Store, VersionConflict
 log = logging.getLogger("nodepool.launcher.lifecycle")
 
 DELETE_TIMEOUT = 600.0
+# A launch rides out this many ZooKeeper errors in a row (a dropped
+# connection comes back within seconds), each retried after the delay.
+MAX_ZK_ERRORS = 30
+ZK_RETRY_DELAY = 1.0
 
 
 class Task:
@@ -190,14 +194,39 @@ class NodeLaunch(Task):
         self.image_name: str | None = None
         self.started = time.monotonic()
         self.finished = False
+        # A node write that met a ZooKeeper error, and what was to follow it.
+        self.unsaved: Callable[[], float | None] | None = None
+        self.zk_errors = 0
 
     def __repr__(self) -> str:
         return f"<NodeLaunch {self.node.id} {self.label.name}>"
 
     # -- helpers -------------------------------------------------------------
 
-    def _save(self) -> None:
-        self.store.update_node(self.node)
+    def _save_then(self, then: Callable[[], float | None]) -> float | None:
+        """Write the node, then go on with ``then()``. A ZooKeeper error
+        (a dropped connection, typically) keeps the launch and its cloud
+        resources: the write is tried again on the next step, while the lock
+        still holds; a node record that vanished ends the launch as failed."""
+        try:
+            self.store.update_node(self.node)
+        except RecordNotFound:
+            log.error("Node %s: its record vanished during the launch", self.node.id)
+            self._finish("failed")
+            return None
+        except KazooException as exc:
+            self.zk_errors += 1
+            if self.zk_errors > MAX_ZK_ERRORS:
+                log.error("Node %s: cannot write to ZooKeeper (%s); giving the "
+                          "launch up", self.node.id, exc)
+                self._finish("failed")
+                return None
+            log.warning("Node %s: cannot write to ZooKeeper (%s); retrying",
+                        self.node.id, exc)
+            self.unsaved = then
+            return ZK_RETRY_DELAY
+        self.zk_errors = 0
+        return then()
 
     def _choose_image(self) -> None:
         """Newest ready upload of the diskimage, or the configured cloud image."""
@@ -296,8 +325,10 @@ class NodeLaunch(Task):
                                       node.connection_type or "ssh")
 
     def _finish(self, result: str) -> None:
+        if self.finished:
+            return
         self.finished = True
-        if self.stats is not None:
+        if self.stats is not None and result != "lost":
             self.stats.launch_result(self.node, self.request, result,
                                      time.monotonic() - self.started)
         try:
@@ -308,12 +339,31 @@ class NodeLaunch(Task):
     # -- the task --------------------------------------------------------------
 
     def step(self) -> float | None:
+        if self.finished:
+            return None
+        if self.lock.session_lost:
+            # Our lock went with the session: the node is no longer ours to
+            # write. Unlocked, it is reclaimed (instance included) by whoever
+            # sees it next; an instance not yet recorded is found as a leak.
+            log.warning("Node %s: the ZooKeeper session was lost; leaving the "
+                        "launch", self.node.id)
+            self._finish("lost")
+            return None
+        if self.unsaved is not None:
+            then, self.unsaved = self.unsaved, None
+            return self._save_then(then)
         try:
             return self._step()
         except KazooException as exc:
-            log.error("Node %s: ZooKeeper error during launch: %s", self.node.id, exc)
-            self._finish("failed")
-            return None
+            # Outside a node write (a lock or read in the driver path): the
+            # attempt goes on at the next step if the session holds.
+            self.zk_errors += 1
+            if self.zk_errors > MAX_ZK_ERRORS:
+                log.error("Node %s: ZooKeeper error during launch: %s",
+                          self.node.id, exc)
+                self._finish("failed")
+                return None
+            return ZK_RETRY_DELAY
 
     def _step(self) -> float | None:
         if self.cleanup is not None:
@@ -332,14 +382,8 @@ class NodeLaunch(Task):
                     self.node.external_id != self.machine.external_id:
                 # Record the cloud id at once, so a crash leaves a deletable node.
                 self.node.external_id = self.machine.external_id
-                self._save()
-            if not self.machine.complete:
-                return self.machine.poll_delay
-            self._apply_instance(instance)
-            self._start_scan()
-            if self.scan is None:
-                return self._ready()
-            return 0.05
+                return self._save_then(lambda: self._advanced(instance))
+            return self._advanced(instance)
         except QuotaError as exc:
             log.info("Node %s: cloud quota exceeded, aborting launch: %s",
                      self.node.id, exc)
@@ -349,6 +393,15 @@ class NodeLaunch(Task):
             raise
         except Exception as exc:
             return self._attempt_failed(exc)
+
+    def _advanced(self, instance: Instance | None) -> float | None:
+        if not self.machine.complete:
+            return self.machine.poll_delay
+        self._apply_instance(instance)
+        self._start_scan()
+        if self.scan is None:
+            return self._ready()
+        return 0.05
 
     def _step_scan(self) -> float | None:
         if not self.scan.done():
@@ -367,13 +420,14 @@ class NodeLaunch(Task):
             self.node.host_keys = keys
         return self._ready()
 
-    def _ready(self) -> None:
+    def _ready(self) -> float | None:
         self.node.set_state(NodeState.READY)
-        self._save()
-        log.info("Node %s is ready (%s in %s, %s)", self.node.id, self.label.name,
-                 self.provider.name, self.node.interface_ip)
-        self._finish("ready")
-        return None
+
+        def done() -> None:
+            log.info("Node %s is ready (%s in %s, %s)", self.node.id,
+                     self.label.name, self.provider.name, self.node.interface_ip)
+            self._finish("ready")
+        return self._save_then(done)
 
     def _record_error(self, exc: Exception) -> None:
         if self.stats is not None:
@@ -381,14 +435,12 @@ class NodeLaunch(Task):
             self.stats.launch_result(self.node, self.request, key,
                                      time.monotonic() - self.started)
 
-    def _abort(self) -> None:
+    def _abort(self) -> float | None:
         # The instance (if any) is deleted by the delete worker with the node.
         if self.machine is not None and self.machine.external_id:
             self.node.external_id = self.machine.external_id
         self.node.set_state(NodeState.ABORTED)
-        self._save()
-        self._finish("aborted")
-        return None
+        return self._save_then(lambda: self._finish("aborted"))
 
     def _attempt_failed(self, exc: Exception) -> float | None:
         external_id = self.machine.external_id if self.machine else None
@@ -399,9 +451,7 @@ class NodeLaunch(Task):
             if external_id:
                 self.node.external_id = external_id
             self.node.set_state(NodeState.FAILED)
-            self._save()
-            self._finish("failed")
-            return None
+            return self._save_then(lambda: self._finish("failed"))
         log.warning("Node %s: launch attempt %s/%s failed, retrying: %s",
                     self.node.id, self.attempts, self.provider.launch_retries, exc)
         self.machine = None

@@ -19,7 +19,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from kazoo.exceptions import KazooException, NoNodeError, NotEmptyError
+from kazoo.exceptions import KazooException
 
 from nodepool.drivers.base import META_BUILD_ID, META_NODE_ID, META_PROVIDER, \
     META_UPLOAD_ID
@@ -275,27 +275,47 @@ class MinReady(PeriodicWorker):
                     for label in node.type:
                         ready[label] = ready.get(label, 0) + 1
             outstanding: dict[str, int] = {}
+            unserved: dict[str, int] = {}
             for request in launcher.requests.requests():
                 if request.requestor == MIN_READY_REQUESTOR and \
                         request.state != RequestState.FAILED:
                     for label in request.node_types:
                         outstanding[label] = outstanding.get(label, 0) + 1
+                        if request.state == RequestState.REQUESTED:
+                            unserved[label] = unserved.get(label, 0) + 1
             for label, target in sorted(wanted.items()):
                 deficit = target - ready.get(label, 0) - outstanding.get(label, 0)
-                for _ in range(max(0, deficit)):
+                if deficit <= 0:
+                    continue
+                # No more requests in flight than the pools could start now
+                # (a min-ready far above max-servers must not flood the queue
+                # with requests that can only wait); freed room wakes us.
+                room = self._room(label) - unserved.get(label, 0)
+                count = int(min(deficit, max(0, room)))
+                submitted = 0
+                for _ in range(count):
+                    if self.stopped:
+                        break
                     request = NodeRequest(node_types=[label], reuse=False,
                                           requestor=MIN_READY_REQUESTOR)
                     launcher.store.submit_request(request, priority="900",
                                                   ephemeral=True)
                     self.submitted.add(request.id)
-                if deficit > 0:
-                    log.info("min-ready: requested %d %s node(s) (%d ready, %d "
-                             "requested, %d wanted)", deficit, label,
-                             ready.get(label, 0), outstanding.get(label, 0), target)
+                    submitted += 1
+                log.info("min-ready: requested %d %s node(s) (%d ready, %d "
+                         "requested, %d wanted%s)", submitted, label,
+                         ready.get(label, 0), outstanding.get(label, 0), target,
+                         "" if submitted == deficit else
+                         f"; the pools have room for {max(0, room):.0f} more now")
             # Make our requests visible to the next lock holder's barrier.
             launcher.requests.barrier()
         finally:
             lock.release()
+
+    def _room(self, label: str) -> float:
+        """How many nodes of ``label`` this launcher's pools could start now."""
+        return sum(manager.room_for(label)
+                   for manager in list(self.launcher.managers.values()))
 
 
 class Cleanup(PeriodicWorker):
@@ -305,6 +325,7 @@ class Cleanup(PeriodicWorker):
         super().__init__("cleanup", interval, launcher.client)
         self.launcher = launcher
         self._suspects: dict[tuple[str, str, str], float] = {}
+        self._orphan_lock_dirs: set[str] = set()
 
     def static_hosts(self) -> None:
         for manager in list(self.launcher.managers.values()):
@@ -448,35 +469,27 @@ class Cleanup(PeriodicWorker):
         self._suspects = suspects
 
     def request_lock_dirs(self) -> None:
-        """Remove lock directories whose request is gone."""
+        """Remove lock directories whose request has been gone a while (kept
+        meanwhile, as upstream does: another launcher may still lock it)."""
         launcher = self.launcher
-        kazoo = launcher.client.kazoo
-        try:
-            names = kazoo.get_children(paths.REQUEST_LOCKS)
-        except NoNodeError:
-            return
-        orphans = [n for n in names if launcher.requests.get(n) is None]
-        stats = [kazoo.exists_async(paths.request_lock(n)) for n in orphans]
-        now = time.time()
-        for name, pending in zip(orphans, stats):
-            stat = pending.get(timeout=30)
-            if stat is None or now - stat.mtime / 1000.0 < REQUEST_LOCK_AGE:
-                continue
-            if launcher.store.get_request(name) is not None:
-                continue
-            try:
-                kazoo.delete(paths.request_lock(name))
-            except (NoNodeError, NotEmptyError):
-                pass
+        store = launcher.store
+
+        def exists(request_id: str) -> bool:
+            return launcher.requests.get(request_id) is not None
+
+        # Removed only on the second sighting, so each stays for at least a
+        # cleanup interval after its request went.
+        stale = set(store.stale_request_lock_dirs(exists, REQUEST_LOCK_AGE))
+        for name in stale & self._orphan_lock_dirs:
+            # The cache may lag behind a request created just now.
+            if store.get_request(name) is None:
+                store.delete_request_lock_dir(name)
+        self._orphan_lock_dirs = stale
 
     def empty_nodes(self) -> None:
         """Node znodes without data (a lock attempt raced a deletion)."""
-        launcher = self.launcher
-        for node_id in list(launcher.nodes.empty_ids):
-            try:
-                data, _ = launcher.client.kazoo.get(paths.node(node_id))
-            except NoNodeError:
-                continue
-            if not data:
+        store = self.launcher.store
+        for node_id in list(self.launcher.nodes.empty_ids):
+            if store.node_znode_is_empty(node_id):
                 log.info("Removing empty node znode %s", node_id)
-                launcher.store.delete_node_znode(node_id)
+                store.delete_node_znode(node_id)

@@ -22,17 +22,16 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from kazoo.exceptions import KazooException, NoNodeError, NotEmptyError
+from kazoo.exceptions import KazooException
 
 from nodepool.config.model import Pool, Provider
 from nodepool.launcher import scheduler
 from nodepool.launcher.lifecycle import NodeLaunch
 from nodepool.launcher.quota import Resources, pool_limits, tenant_limits
-from nodepool.zk import paths
 from nodepool.zk.locks import Lock
 from nodepool.zk.records import Node, NodeRequest, NodeState, RequestState
 from nodepool.zk.store import (ComponentRegistration, RecordNotFound, VersionConflict,
-                                new_pool_component)
+                                new_pool_component, request_fits)
 
 if TYPE_CHECKING:  # pragma: no cover
     from nodepool.launcher.launcher import Launcher, ProviderManager
@@ -92,6 +91,8 @@ class RequestHandler:
                 return "busy"
             if self.launching:
                 return "waiting"
+            if "lost" in self.results:
+                return "lost"
             if self.cancelled:
                 return "cancel"
             if "failed" in self.results:
@@ -157,6 +158,8 @@ class PoolWorker:
         # Handlers with empty slots to launch again (after a quota abort).
         self.needing: set[str] = set()
         self.claimed: set[str] = set()
+        # Requests too large to be served, each logged once.
+        self.too_large: set[str] = set()
         self.mutex = threading.Lock()
         self.wake = threading.Event()
         self._stopped = threading.Event()
@@ -271,7 +274,7 @@ class PoolWorker:
             action = handler.evaluate()
             if action == "needs":
                 self.needing.add(request_id)
-            if action in ("fulfil", "decline", "cancel"):
+            if action in ("fulfil", "decline", "cancel", "lost"):
                 handler.finishing = True
                 self.launcher.finisher.submit(self._finish, handler, action)
 
@@ -281,33 +284,99 @@ class PoolWorker:
                 self._fulfil(handler)
             elif action == "decline":
                 self._decline_handler(handler, "a node launch failed")
+            elif action == "lost":
+                self._drop_lost(handler)
             else:
                 self._release(handler)
-        except Exception:
-            log.exception("Request %s: finishing (%s) failed", handler.id, action)
-            self._release_node_locks(handler, clear=False)
-            handler.lock.release()
+        except Exception as exc:
+            if isinstance(exc, KazooException):
+                log.warning("Request %s: finishing (%s) failed: %r", handler.id,
+                            action, exc)
+            else:
+                log.exception("Request %s: finishing (%s) failed", handler.id, action)
+            self._hand_back(handler)
         finally:
             with self.mutex:
                 self.handlers.pop(handler.id, None)
             self.wake.set()
 
     def _fulfil(self, handler: RequestHandler) -> None:
+        """Store the request fulfilled, its nodes and itself unlocked at once.
+
+        When the write fails, nothing may stay locked or allocated: after a
+        connection loss the request is re-read to learn whether the write
+        applied; if it did not, it is tried once more, then the request is
+        handed back with its ready nodes freed for reuse."""
         request = handler.request
         request.nodes = [n.id for n in handler.nodes]
         request.set_state(RequestState.FULFILLED)
+        store = self.launcher.store
+        with handler.mutex:
+            locks = [lock for lock in handler.node_locks if lock is not None]
+        for attempt in (1, 2):
+            if handler.lock.session_lost or any(lock.session_lost for lock in locks):
+                self._drop_lost(handler)
+                return
+            try:
+                applied = store.fulfil_request(request, locks, handler.lock)
+            except KazooException as exc:
+                log.warning("Request %s: storing the fulfilment failed (%r); "
+                            "checking whether it applied", request.id, exc)
+                applied = self._fulfilment_applied(request)
+                if applied is None:
+                    # Out of reach: whatever we hold is released when the
+                    # connection is back, or goes with the session; the
+                    # request, pending and unlocked, is then requeued and its
+                    # nodes freed by the lost-request cleanup.
+                    self._drop_lost(handler)
+                    return
+                if applied:
+                    for lock in locks:
+                        lock.forget()
+                    handler.lock.forget()
+                elif attempt == 1:
+                    continue
+            if applied:
+                with handler.mutex:
+                    handler.node_locks = [None] * len(handler.nodes)
+                log.info("Request %s fulfilled with nodes %s", request.id,
+                         ",".join(request.nodes))
+                self.launcher.stats.request_done(request, "fulfilled")
+                return
+            if store.get_request(request.id) is None:
+                log.info("Request %s vanished before fulfilment; its nodes are "
+                         "released", request.id)
+                self._release_node_locks(handler, clear=True)
+                handler.lock.release()
+                return
+        log.warning("Request %s: could not store its fulfilment; handing it back "
+                    "with its nodes freed", request.id)
+        self._hand_back(handler)
+
+    def _fulfilment_applied(self, request: NodeRequest) -> bool | None:
+        """After a write whose reply was lost: whether the request now says
+        fulfilled with our nodes (None: ZooKeeper still out of reach)."""
+        client = self.launcher.client
+        if not client.wait_until_connected(client.timeout * 2):
+            return None
+        try:
+            stored = self.launcher.store.get_request(request.id)
+        except KazooException:
+            return None
+        return (stored is not None and stored.state == RequestState.FULFILLED
+                and stored.nodes == request.nodes)
+
+    def _drop_lost(self, handler: RequestHandler) -> None:
+        """Our locks went with the session (or cannot be told apart from
+        gone): write nothing, give up whatever may still be held."""
+        log.warning("Request %s: ZooKeeper session lost or out of reach; "
+                    "leaving it to be requeued", handler.id)
         with handler.mutex:
             locks = [lock for lock in handler.node_locks if lock is not None]
             handler.node_locks = [None] * len(handler.nodes)
-        # Nodes unlocked (as upstream, before the request says fulfilled) and
-        # the request stored and unlocked, atomically.
-        if self.launcher.store.fulfil_request(request, locks, handler.lock):
-            log.info("Request %s fulfilled with nodes %s", request.id,
-                     ",".join(request.nodes))
-            self.launcher.stats.request_done(request, "fulfilled")
-        else:
-            log.info("Request %s vanished before fulfilment; its nodes will be "
-                     "released", request.id)
+        for lock in locks:
+            lock.release()
+        handler.lock.release()
 
     def _release(self, handler: RequestHandler) -> None:
         """The request was cancelled: nodes become free, ready ones reusable."""
@@ -317,6 +386,8 @@ class PoolWorker:
         self._unlock_request(handler)
 
     def _release_node_locks(self, handler: RequestHandler, clear: bool) -> None:
+        """Unlock the handler's nodes; with ``clear``, ready ones are freed
+        (allocated to no request) first, so they can be reused."""
         with handler.mutex:
             pairs = list(zip(handler.nodes, handler.node_locks, handler.results))
             handler.node_locks = [None] * len(handler.nodes)
@@ -324,26 +395,21 @@ class PoolWorker:
             if lock is None:
                 continue
             try:
-                if clear and node is not None and node.state == NodeState.READY:
+                if clear and node is not None and node.state == NodeState.READY \
+                        and not lock.session_lost:
                     node.allocated_to = None
                     self.launcher.store.update_node(node)
             except RecordNotFound:
                 pass
-            except KazooException as exc:
-                log.warning("Node %s: cannot release: %s", node.id, exc)
+            except Exception as exc:
+                log.warning("Node %s: cannot free it: %r", node.id, exc)
             finally:
                 lock.release()
 
     def _unlock_request(self, handler: RequestHandler) -> None:
+        # The lock directory stays (as upstream's): the cleanup removes it
+        # once the request has been gone for a while.
         handler.lock.release()
-        # Nobody needs the lock directory of a finished request (Zuul only
-        # locks requests to revise them while they are requested).
-        try:
-            self.launcher.client.kazoo.delete(paths.request_lock(handler.id))
-        except (NoNodeError, NotEmptyError):
-            pass
-        except KazooException as exc:
-            log.debug("Request %s: lock directory not removed: %s", handler.id, exc)
 
     def _decline_handler(self, handler: RequestHandler, reason: str) -> None:
         self._release_node_locks(handler, clear=True)
@@ -371,15 +437,19 @@ class PoolWorker:
         self.launcher.store.update_request(request)
 
     def _hand_back(self, handler: RequestHandler) -> None:
-        """Return a held request to the queue (we are stopping)."""
+        """Return a held request to the queue, undeclined, its nodes freed
+        (we are stopping, or finishing it failed)."""
         self._release_node_locks(handler, clear=True)
         request = handler.request
         try:
-            request.nodes = []
-            request.set_state(RequestState.REQUESTED)
-            self.launcher.store.update_request(request)
-        except (RecordNotFound, KazooException):
+            if not handler.lock.session_lost:
+                request.nodes = []
+                request.set_state(RequestState.REQUESTED)
+                self.launcher.store.update_request(request)
+        except RecordNotFound:
             pass
+        except Exception as exc:
+            log.warning("Request %s: cannot hand it back: %r", request.id, exc)
         handler.lock.release()
 
     def cancel(self, request_id: str) -> None:
@@ -397,7 +467,7 @@ class PoolWorker:
             components = components + [self.component]
         return components
 
-    def _usage(self) -> tuple[Resources, Resources]:
+    def usage_now(self) -> tuple[Resources, Resources]:
         """Resources used in this pool and in the whole provider (any state):
         the cache's index, plus our nodes not yet in the cache, plus what
         accepts in progress have reserved."""
@@ -433,7 +503,7 @@ class PoolWorker:
         my_labels = set(pool.labels)
         components = self._components()
         me = next(c for c in components if c.id == self.id)
-        pool_used, provider_used = self._usage()
+        pool_used, provider_used = self.usage_now()
         pool_room = pool_limits(pool).subtract(pool_used)
         cloud_limits = None if pool.ignore_provider_quota else self.manager.cloud_limits()
         cloud_room = cloud_limits.copy().subtract(provider_used) \
@@ -488,6 +558,9 @@ class PoolWorker:
             candidates = scheduler.candidate_pools(request, components)
             if scheduler.skip_reason(request, me, my_labels, candidates):
                 continue
+            if not request_fits(request):
+                self._too_large(request)
+                continue
             reason = scheduler.decline_reason(
                 request, provider, pool, self._image_available, self._label_need,
                 cloud_limits)
@@ -532,6 +605,18 @@ class PoolWorker:
         self.deferred = deferred
         if short_of_quota:
             self._make_room(reusable)
+
+    def _too_large(self, request: NodeRequest) -> None:
+        """A request we could not write back once fulfilled (ZooKeeper would
+        drop our connection): left untouched, for its requestor to cancel."""
+        if request.id in self.too_large:
+            return
+        if len(self.too_large) > 10000:
+            self.too_large.clear()
+        self.too_large.add(request.id)
+        log.error("Request %s is %d bytes: too large to be stored again once "
+                  "fulfilled (ZooKeeper's limit is about 1 MiB); it is not served",
+                  request.id, request.encoded_size())
 
     def _make_room(self, reusable: dict[str, list[Node]]) -> None:
         """At quota: delete the oldest unused ready node of this pool.
@@ -679,21 +764,25 @@ class PoolWorker:
         lock = store.lock_node(node.id)
         if lock is None:
             return
-        fresh = store.get_node(node.id)
-        if (fresh is None or fresh.state != NodeState.READY or fresh.allocated_to
-                or (handler.az and fresh.az and fresh.az != handler.az)):
-            lock.release()
-            return
-        if not self.manager.reusable(fresh):
-            fresh.set_state(NodeState.DELETING)
+        try:
+            fresh = store.get_node(node.id)
+            if (fresh is None or fresh.state != NodeState.READY or fresh.allocated_to
+                    or (handler.az and fresh.az and fresh.az != handler.az)):
+                lock.release()
+                return
+            if not self.manager.reusable(fresh):
+                fresh.set_state(NodeState.DELETING)
+                store.update_node(fresh)
+                lock.release()
+                return
+            request = handler.request
+            fresh.allocated_to = request.id
+            fresh.tenant_name = request.tenant_name
+            fresh.requestor = request.requestor
             store.update_node(fresh)
+        except BaseException:
             lock.release()
-            return
-        request = handler.request
-        fresh.allocated_to = request.id
-        fresh.tenant_name = request.tenant_name
-        fresh.requestor = request.requestor
-        store.update_node(fresh)
+            raise
         log.debug("Request %s: reusing ready node %s", request.id, fresh.id)
         with handler.mutex:
             handler.nodes[index] = fresh

@@ -49,6 +49,17 @@ class Resources(dict):
         return all(self.get_amount(k) - v >= 0 for k, v in need.items()
                    if isinstance(v, (int, float)) and v > 0)
 
+    def count_fitting(self, need: Mapping[str, float]) -> float:
+        """How many times ``need`` fits in what this (remaining) allows
+        (``UNLIMITED`` if nothing limits it)."""
+        count = UNLIMITED
+        for key, value in need.items():
+            if isinstance(value, (int, float)) and value > 0:
+                available = self.get_amount(key)
+                if available != UNLIMITED:
+                    count = min(count, max(0, math.floor(available / value)))
+        return count
+
     def non_negative(self) -> bool:
         return all(v >= 0 for v in self.values())
 

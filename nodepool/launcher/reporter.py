@@ -42,7 +42,7 @@ class StatsReporter(PeriodicWorker):
 
     def _elect(self) -> None:
         if self.leader:
-            if self.election.is_still_valid():
+            if self.election.is_still_valid:
                 return
             self.election = None
         lock = Lock(self.launcher.client, paths.STATS_ELECTION, self.hostname)
@@ -124,14 +124,15 @@ class StatsReporter(PeriodicWorker):
                 pipe.gauge(stats.tenant_limit_key(tenant, key), value)
 
     def internal_gauges(self, pipe) -> None:
+        """Queue depths: requests waiting to be sent to ZooKeeper, and each
+        cache's events and replies waiting to be applied (our caches apply
+        events as they come, so there is no separate playback queue: 0)."""
         launcher = self.launcher
-        kazoo = launcher.client.kazoo
-        queue = len(kazoo._queue) if kazoo is not None else 0
-        pipe.gauge(stats.zk_queue_key(self.hostname, "client.connection_queue"), queue)
+        pipe.gauge(stats.zk_queue_key(self.hostname, "client.connection_queue"),
+                   launcher.client.queued_requests)
         for name, cache in (("node_cache", launcher.nodes),
                             ("request_cache", launcher.requests),
                             ("image_cache", launcher.images)):
-            depth = getattr(cache, "queue_depth", 0)
             pipe.gauge(stats.zk_queue_key(self.hostname, f"{name}.event_queue"),
-                       depth() if callable(depth) else depth)
+                       cache.queue_size)
             pipe.gauge(stats.zk_queue_key(self.hostname, f"{name}.playback_queue"), 0)

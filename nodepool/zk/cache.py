@@ -27,12 +27,29 @@ from nodepool.zk import paths
 from nodepool.zk.client import RESYNC, ZooKeeperClient
 from nodepool.zk.records import (
     Component, CorruptRecord, ImageBuild, ImageFlags, ImageUpload, Node,
-    NodeRequest, PoolComponent, UploadState,
+    NodeRequest, PoolComponent, UploadState, short_repr,
 )
 
 log = logging.getLogger("nodepool.zk.cache")
 
 _STOP = object()
+
+
+class _BarrierWaiter:
+    """A caller of :meth:`TreeCache.barrier` waiting for the cache thread."""
+
+    __slots__ = ("event", "ok")
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.ok = False
+
+    def finish(self, ok: bool) -> None:
+        self.ok = ok
+        self.event.set()
+
+    def wait(self, timeout: float) -> bool:
+        return self.event.wait(timeout) and self.ok
 
 # Listener signature: (kind, key, record) where kind is "changed" or "deleted".
 Listener = Callable[[str, object, object], None]
@@ -56,6 +73,9 @@ class TreeCache:
         self._children: dict[str, set[str]] = {}
         self._resync_pending = 0
         self._resync_generation = 0
+        # Barriers whose read came back during a resynchronisation.
+        self._after_resync: list[_BarrierWaiter] = []
+        self._resync_incomplete = False
         self.synced = threading.Event()
         self.events_applied = 0
 
@@ -99,17 +119,27 @@ class TreeCache:
     def barrier(self, timeout: float = 10.0) -> bool:
         """Wait until the cache reflects every change committed before now.
 
-        A read sent after a sync is answered after the watch events of all
-        earlier changes (ZooKeeper's ordering guarantee), and this cache
-        applies replies and events in arrival order.
+        1. ``sync`` makes our server catch up with the leader; the watch
+           events of every change committed before it reach our queue before
+           its reply (the server sends them in order, and kazoo's connection
+           thread queues them before it wakes us).
+        2. A marker queued now is therefore behind all those events; the cache
+           thread, having sent the reads for them, sends one more read when it
+           reaches the marker.
+        3. Replies come in the order the reads were sent, so when that read's
+           reply is applied, every earlier read's reply has been applied too
+           (and a resynchronisation in progress has finished).
+
+        False if ZooKeeper could not be reached or ``timeout`` passed.
         """
         try:
             self.client.kazoo.sync(self.root)
-        except Exception:
+        except Exception as exc:
+            log.debug("%s cache barrier: sync failed: %s", self.name, exc)
             return False
-        done = threading.Event()
-        self._send(("barrier", done), "get", self.root)
-        return done.wait(timeout)
+        waiter = _BarrierWaiter()
+        self._queue.put(("barrier", waiter))
+        return waiter.wait(timeout)
 
     @property
     def queue_size(self) -> int:
@@ -153,7 +183,8 @@ class TreeCache:
                     self.events_applied += 1
                     self._changed.notify_all()
             except Exception:
-                log.exception("%s cache failed to apply %r", self.name, item)
+                log.exception("%s cache failed to apply %s", self.name,
+                              short_repr(item))
 
     def _send(self, tag, request: str, path: str) -> None:
         try:
@@ -162,9 +193,16 @@ class TreeCache:
             # Not connected: the resync after reconnection will catch up.
             log.debug("%s cache cannot read %s now: %s", self.name, path, exc)
             if tag[0] == "resync":
+                self._resync_incomplete = True
                 self._resync_done()
+            elif tag[0] == "barrier":
+                tag[1].finish(False)
 
     def _apply(self, item) -> None:
+        if item[0] == "barrier":
+            # Every event queued before the marker has had its read sent.
+            self._send(("barrier", item[1]), "get", self.root)
+            return
         if item[0] == "event":
             event = item[1]
             if event is RESYNC:
@@ -191,7 +229,12 @@ class TreeCache:
                           "is required)", self.name, tag[1], exc)
             return
         if kind == "barrier":
-            tag[1].set()
+            if exc is not None and not isinstance(exc, NoNodeError):
+                tag[1].finish(False)
+            elif self._resync_pending > 0:
+                self._after_resync.append(tag[1])
+            else:
+                tag[1].finish(True)
         elif kind == "get":
             self._got_data(tag[1], value, exc)
         elif kind == "resync":
@@ -235,6 +278,7 @@ class TreeCache:
     # -- resynchronisation -------------------------------------------------
 
     def _start_resync(self) -> None:
+        self._resync_incomplete = False
         self.synced.clear()
         self._resync_generation += 1
         self._resync_pending = 0
@@ -249,6 +293,9 @@ class TreeCache:
         if self._resync_pending <= 0:
             self._resync_pending = 0
             self.synced.set()
+            waiting, self._after_resync = self._after_resync, []
+            for waiter in waiting:
+                waiter.finish(not self._resync_incomplete)
 
     def _got_children(self, path: str, children, exc, generation) -> None:
         if exc is not None:

@@ -17,25 +17,23 @@ A thin layer over kazoo that adds what nodepool needs and kazoo lacks:
 from __future__ import annotations
 
 import logging
-import struct
 import threading
 import time
 import warnings
-from collections import namedtuple
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
-import select as select_module
+from kazoo.exceptions import (ConnectionClosedError, ConnectionLoss, NoNodeError,
+                              OperationTimeoutError, SessionExpiredError)
+from kazoo.protocol.serialization import GetChildren, GetData
+from kazoo.protocol.states import KazooState, WatchedEvent
 
-from kazoo.client import KazooClient
-from kazoo.handlers.threading import SequentialThreadingHandler
-from kazoo.exceptions import EXCEPTIONS, NoNodeError
-from kazoo.protocol.serialization import (GetChildren, GetData, MultiHeader, Watch,
-                                          int_struct, multiheader_struct,
-                                          read_buffer, read_string, stat_struct,
-                                          write_string)
-from kazoo.protocol.states import ZnodeStat
-from kazoo.protocol.states import (EVENT_TYPE_MAP, KazooState, WatchedEvent)
+from nodepool.zk.kazoo_ext import (AddWatch, MultiRead, NodepoolKazooClient,
+                                   PollingHandler, add_watch_request)
+
+__all__ = ["AddWatch", "MultiRead", "PollingHandler", "RESYNC", "ZooKeeperClient",
+           "ZooKeeperError", "ZooKeeperServer", "ZooKeeperTLS", "client_from_config",
+           "connection_string"]
 
 log = logging.getLogger("nodepool.zk.client")
 
@@ -95,99 +93,6 @@ def connection_string(servers: Sequence[ZooKeeperServer]) -> str:
             chroot = "/" + chroot
         result += chroot.rstrip("/")
     return result
-
-
-class PollingHandler(SequentialThreadingHandler):
-    """kazoo's threading handler with a cheaper ``select``.
-
-    kazoo builds, fills and closes an epoll set on every call (several system
-    calls, thousands of times a second under load); ``poll`` is one.
-    """
-
-    def select(self, rlist, wlist, xlist, timeout=None):
-        poller = select_module.poll()
-        objects: dict[int, object] = {}
-        for fileobj in rlist:
-            fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
-            objects[fd] = fileobj
-            poller.register(fd, select_module.POLLIN | select_module.POLLPRI)
-        writers: dict[int, object] = {}
-        for fileobj in wlist:
-            fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
-            writers[fd] = fileobj
-            mask = select_module.POLLOUT
-            if fd in objects:
-                mask |= select_module.POLLIN | select_module.POLLPRI
-            poller.register(fd, mask)
-        events = poller.poll(None if timeout is None else timeout * 1000.0)
-        readable, writable = [], []
-        error_bits = select_module.POLLERR | select_module.POLLHUP | \
-            select_module.POLLNVAL
-        for fd, mask in events:
-            if fd in objects and mask & (select_module.POLLIN | select_module.POLLPRI
-                                         | error_bits):
-                readable.append(objects[fd])
-            if fd in writers and mask & (select_module.POLLOUT | error_bits):
-                writable.append(writers[fd])
-        return readable, writable, []
-
-
-class AddWatch(namedtuple("AddWatch", "path mode")):
-    """The ``addWatch`` request (opcode 106), missing from kazoo 2.x."""
-
-    type = 106
-    PERSISTENT = 0
-    PERSISTENT_RECURSIVE = 1
-
-    def serialize(self):
-        b = bytearray()
-        b.extend(write_string(self.path))
-        b.extend(struct.pack("!i", self.mode))
-        return b
-
-    @classmethod
-    def deserialize(cls, bytes, offset):
-        return True
-
-
-class MultiRead(namedtuple("MultiRead", "operations")):
-    """The ``multiRead`` request (opcode 22, ZooKeeper 3.6+): many getData /
-    getChildren in one request and one reply. Missing from kazoo."""
-
-    type = 22
-
-    def serialize(self):
-        b = bytearray()
-        for op in self.operations:
-            b.extend(MultiHeader(op.type, False, -1).serialize() + op.serialize())
-        return b + multiheader_struct.pack(-1, True, -1)
-
-    @classmethod
-    def deserialize(cls, bytes, offset):
-        results = []
-        header, offset = MultiHeader.deserialize(bytes, offset)
-        while not header.done:
-            if header.type == GetData.type:
-                data, offset = read_buffer(bytes, offset)
-                stat = ZnodeStat._make(stat_struct.unpack_from(bytes, offset))
-                offset += stat_struct.size
-                results.append((data, stat))
-            elif header.type == GetChildren.type:
-                count = int_struct.unpack_from(bytes, offset)[0]
-                offset += int_struct.size
-                children = []
-                for _ in range(max(count, 0)):
-                    child, offset = read_string(bytes, offset)
-                    children.append(child)
-                results.append(children)
-            elif header.type == -1:
-                err = int_struct.unpack_from(bytes, offset)[0]
-                offset += int_struct.size
-                results.append(EXCEPTIONS[err]())
-            else:  # pragma: no cover - not a read
-                raise ValueError(f"unexpected multiRead result type {header.type}")
-            header, offset = MultiHeader.deserialize(bytes, offset)
-        return results
 
 
 # The marker a persistent-watch sink receives after a reconnection: events may
@@ -250,6 +155,115 @@ class _Batch:
                 self.finished.set()
 
 
+class ConnectInterrupted(ZooKeeperError):
+    """The caller asked to stop while the client was still connecting."""
+
+
+class _EventualDelete:
+    """One znode to delete for sure: retried across connection losses until
+    it is gone or the session that owned it has ended."""
+
+    __slots__ = ("path", "prefix", "generation", "done")
+
+    def __init__(self, path: str, prefix: str | None, generation: int):
+        # With a prefix, ``path`` is a directory and the znodes to delete are
+        # its children whose names start with ``prefix``.
+        self.path = path
+        self.prefix = prefix
+        self.generation = generation
+        self.done = threading.Event()
+
+
+# Errors after which a delete is simply sent again once connected; any other
+# (the session ended, the client closed) makes the ephemeral go by itself.
+_RETRYABLE = (ConnectionLoss, OperationTimeoutError)
+
+
+class _EventualDeletes:
+    """Deletes that must not be lost to a dropped connection (lock contenders,
+    above all): sent asynchronously, and on a connection loss kept until the
+    connection is back, then sent again. ZooKeeper applies one session's
+    requests in order, so a delete sent before a later request of ours takes
+    effect before it."""
+
+    def __init__(self, client: "ZooKeeperClient"):
+        self.client = client
+        self._lock = threading.Lock()
+        self._waiting: list[_EventualDelete] = []
+        self._in_flight = 0
+
+    @property
+    def pending(self) -> int:
+        """Deletes sent and not yet answered, or waiting for the connection."""
+        with self._lock:
+            return self._in_flight + len(self._waiting)
+
+    def add(self, path: str, prefix: str | None = None) -> threading.Event:
+        op = _EventualDelete(path, prefix, self.client.session_generation)
+        self._send(op)
+        return op.done
+
+    def _send(self, op: _EventualDelete) -> None:
+        kazoo = self.client.kazoo
+        if kazoo is None or op.generation != self.client.session_generation:
+            op.done.set()  # the session ended: its ephemerals went with it
+            return
+        with self._lock:
+            self._in_flight += 1
+        try:
+            if op.prefix is None:
+                result = kazoo.delete_async(op.path)
+            else:
+                result = kazoo.get_children_async(op.path)
+        except Exception as exc:  # closed or closing
+            with self._lock:
+                self._in_flight -= 1
+            log.debug("Cannot delete %s now: %s", op.path, exc)
+            op.done.set()
+            return
+        result.rawlink(lambda answer: self._answered(op, answer))
+
+    def _answered(self, op: _EventualDelete, answer) -> None:
+        with self._lock:
+            self._in_flight -= 1
+        exc = answer.exception
+        if exc is None:
+            if op.prefix is not None:
+                # The listing: delete each child of ours, then we are done.
+                for child in answer.value:
+                    if child.startswith(op.prefix):
+                        self._send(_EventualDelete(f"{op.path}/{child}", None,
+                                                   op.generation))
+            op.done.set()
+        elif isinstance(exc, NoNodeError):
+            op.done.set()
+        elif isinstance(exc, _RETRYABLE) and not self.client.closing \
+                and op.generation == self.client.session_generation:
+            with self._lock:
+                self._waiting.append(op)
+            # Connected again already (the answer came late): send now.
+            if self.client.connected:
+                self.flush()
+        else:
+            if not isinstance(exc, (SessionExpiredError, ConnectionClosedError)):
+                log.warning("Cannot delete %s: %r", op.path, exc)
+            op.done.set()
+
+    def flush(self) -> None:
+        """Send again what waited for the connection (on reconnection)."""
+        with self._lock:
+            waiting, self._waiting = self._waiting, []
+        for op in waiting:
+            self._send(op)
+
+    def forget_all(self) -> None:
+        """The session ended: nothing of it is left to delete."""
+        with self._lock:
+            waiting, self._waiting = self._waiting, []
+        for op in waiting:
+            op.done.set()
+
+
 class ZooKeeperClient:
     """One kazoo session with nodepool's connection handling."""
 
@@ -263,19 +277,21 @@ class ZooKeeperClient:
         self.timeout = float(timeout)
         self.tls = tls
         self.read_only = read_only
-        self.kazoo: KazooClient | None = None
+        self.kazoo: NodepoolKazooClient | None = None
         self._state_listeners: list[Callable[[str], None]] = []
         self._connected = threading.Event()
-        self._persistent: dict[str, Callable] = {}
         self._persistent_lock = threading.Lock()
         self._was_disconnected = False
-        self._closing = False
+        self.closing = False
+        self._abort_on_disconnect = False
+        self._abort_thread: threading.Thread | None = None
         # Counts session losses; callers compare it to notice re-registration.
         self.session_generation = 0
+        self.eventual = _EventualDeletes(self)
 
     # -- lifecycle ---------------------------------------------------------
 
-    def _make_kazoo(self) -> KazooClient:
+    def _make_kazoo(self) -> NodepoolKazooClient:
         kwargs = dict(hosts=self.hosts, timeout=self.timeout,
                       read_only=self.read_only, handler=PollingHandler())
         if self.tls:
@@ -283,18 +299,22 @@ class ZooKeeperClient:
             kwargs.update(use_ssl=True, certfile=self.tls.cert,
                           keyfile=self.tls.key, ca=self.tls.ca,
                           verify_certs=True)
-        client = KazooClient(**kwargs)
+        client = NodepoolKazooClient(**kwargs)
         client.add_listener(self._on_state)
-        self._install_event_hook(client)
         return client
 
-    def connect(self, timeout: float | None = None) -> None:
-        """Connect, retrying every second until ``timeout`` (None: forever)."""
+    def connect(self, timeout: float | None = None,
+                stop: threading.Event | None = None) -> None:
+        """Connect, retrying every second until ``timeout`` (None: forever)
+        or until ``stop`` is set (then ConnectInterrupted is raised)."""
         if self.kazoo is None:
             self.kazoo = self._make_kazoo()
         deadline = None if timeout is None else time.monotonic() + timeout
         last_warning = 0.0
         while True:
+            if stop is not None and stop.is_set():
+                self._drop_kazoo()
+                raise ConnectInterrupted("stopped while connecting to ZooKeeper")
             try:
                 attempt = 1.0 if deadline is None else max(
                     0.1, min(1.0, deadline - time.monotonic()))
@@ -309,8 +329,7 @@ class ZooKeeperClient:
                 except Exception:
                     pass
                 if deadline is not None and time.monotonic() >= deadline:
-                    self.kazoo.close()
-                    self.kazoo = None
+                    self._drop_kazoo()
                     raise ZooKeeperError(
                         f"cannot connect to ZooKeeper at {self.hosts}: "
                         f"{exc or type(exc).__name__}") from None
@@ -319,11 +338,22 @@ class ZooKeeperClient:
                     log.warning("Still trying to connect to ZooKeeper at %s: %s",
                                 self.hosts, exc or type(exc).__name__)
                     last_warning = now
-                time.sleep(0.2)
+                if stop is not None:
+                    stop.wait(0.2)
+                else:
+                    time.sleep(0.2)
         self._connected.set()
         if self.kazoo.chroot and not self.read_only:
             self._ensure_chroot()
         log.debug("Connected to ZooKeeper at %s", self.hosts)
+
+    def _drop_kazoo(self) -> None:
+        if self.kazoo is not None:
+            try:
+                self.kazoo.close()
+            except Exception:
+                pass
+            self.kazoo = None
 
     def _ensure_chroot(self) -> None:
         """Create the chroot itself (kazoo only prefixes paths with it)."""
@@ -337,17 +367,52 @@ class ZooKeeperClient:
         finally:
             self.kazoo.chroot = chroot
 
+    def abort_when_disconnected(self) -> None:
+        """For a process that is stopping: from now on, whenever the server
+        is out of reach, close the session at once, so that every call
+        waiting for a reconnection fails instead of waiting for ever (our
+        ephemeral znodes go when the server expires the session)."""
+        self._abort_on_disconnect = True
+        if not self.connected:
+            self._abort()
+
+    def _abort(self) -> None:
+        kazoo = self.kazoo
+        if kazoo is None or self.closing:
+            return
+        self.closing = True
+        log.warning("ZooKeeper is out of reach while stopping; closing the "
+                    "session without waiting for it")
+        # Not from kazoo's connection thread (a state listener may call us).
+        self._abort_thread = threading.Thread(
+            target=self._stop_kazoo, args=(kazoo,), daemon=True, name="zk-abort")
+        self._abort_thread.start()
+
+    @staticmethod
+    def _stop_kazoo(kazoo) -> None:
+        try:
+            kazoo.stop()
+        except Exception as exc:
+            log.debug("Stopping the ZooKeeper connection: %s", exc)
+
     def disconnect(self) -> None:
         if self.kazoo is None:
             return
-        self._closing = True
+        self.closing = True
+        aborting = self._abort_thread
+        if aborting is not None:
+            aborting.join(timeout=15)
         try:
-            self.kazoo.stop()
+            if self.kazoo.client_state != "CLOSED":
+                self.kazoo.stop()
             self.kazoo.close()
+        except Exception as exc:
+            log.debug("Closing the ZooKeeper connection: %s", exc)
         finally:
             self.kazoo = None
             self._connected.clear()
-            self._closing = False
+            self.eventual.forget_all()
+            self.closing = False
 
     def reset_hosts(self, hosts: str | Sequence[ZooKeeperServer]) -> None:
         """Apply a changed server list to the live connection."""
@@ -368,6 +433,11 @@ class ZooKeeperClient:
     @property
     def suspended(self) -> bool:
         return not self.connected
+
+    @property
+    def queued_requests(self) -> int:
+        kazoo = self.kazoo
+        return kazoo.queued_requests if kazoo is not None else 0
 
     def wait_until_connected(self, timeout: float | None = None) -> bool:
         return self._connected.wait(timeout)
@@ -390,44 +460,37 @@ class ZooKeeperClient:
             if self._was_disconnected:
                 self._was_disconnected = False
                 self._restore_persistent_watches()
+            self.eventual.flush()
         else:
             self._connected.clear()
             self._was_disconnected = True
-            if self._closing:
+            if self.closing:
                 pass
             elif state == KazooState.LOST:
                 self.session_generation += 1
+                self.eventual.forget_all()
                 log.warning("ZooKeeper session lost")
             else:
                 log.warning("ZooKeeper connection suspended")
+            if self._abort_on_disconnect:
+                self._abort()
         for listener in list(self._state_listeners):
             try:
                 listener(state)
             except Exception:
                 log.exception("ZooKeeper state listener failed")
 
+    # -- deletes that survive connection losses -----------------------------
+
+    def delete_eventually(self, path: str, prefix: str | None = None
+                          ) -> threading.Event:
+        """Delete ``path`` (or, with ``prefix``, the children of ``path`` whose
+        names start with it) without waiting, sent again after connection
+        losses until done or until the session ends. The returned event is set
+        then. For ephemeral znodes of this session: lock contenders."""
+        return self.eventual.add(path, prefix)
+
     # -- persistent recursive watches --------------------------------------
-
-    def _install_event_hook(self, client: KazooClient) -> None:
-        connection = client._connection
-        original = connection._read_watch_event
-        persistent = self._persistent
-
-        def read_watch_event(buffer, offset):
-            watch, _ = Watch.deserialize(buffer, offset)
-            original(buffer, offset)
-            if not persistent:
-                return
-            path = client.unchroot(watch.path)
-            event = None
-            for root, sink in list(persistent.items()):
-                if path == root or path.startswith(root + "/"):
-                    if event is None:
-                        event = WatchedEvent(EVENT_TYPE_MAP.get(watch.type),
-                                             client._state, path)
-                    sink(("event", event))
-
-        connection._read_watch_event = read_watch_event
 
     def add_persistent_watch(self, root: str, sink: Callable) -> None:
         """Deliver every create/delete/change below ``root`` to ``sink``.
@@ -438,23 +501,25 @@ class ZooKeeperClient:
         connection thread and must only enqueue.
         """
         with self._persistent_lock:
-            self._persistent[root] = sink
+            self.kazoo.persistent_sinks[root] = sink
         self._send_add_watch(root, sink)
 
     def remove_persistent_watch(self, root: str) -> None:
+        kazoo = self.kazoo
+        if kazoo is None:
+            return
         with self._persistent_lock:
-            self._persistent.pop(root, None)
+            kazoo.persistent_sinks.pop(root, None)
 
     def _send_add_watch(self, root: str, sink: Callable) -> None:
         kazoo = self.kazoo
-        request = AddWatch(kazoo.chroot + root if kazoo.chroot else root,
-                           AddWatch.PERSISTENT_RECURSIVE)
-        kazoo._call(request, _SinkResult(sink, ("addwatch", root)))
+        request = add_watch_request(kazoo.chroot + root if kazoo.chroot else root)
+        kazoo.submit(request, _SinkResult(sink, ("addwatch", root)))
 
     def _restore_persistent_watches(self) -> None:
         # Watches live in the server's connection state; after a reconnection
         # they are gone, and whatever happened meanwhile was not reported.
-        for root, sink in list(self._persistent.items()):
+        for root, sink in list(self.kazoo.persistent_sinks.items()):
             try:
                 self._send_add_watch(root, sink)
             except Exception:
@@ -477,7 +542,7 @@ class ZooKeeperClient:
             req = GetChildren(full, None)
         else:  # pragma: no cover - programming error
             raise ValueError(request)
-        kazoo._call(req, _SinkResult(sink, tag))
+        kazoo.submit(req, _SinkResult(sink, tag))
 
     # -- pipelined reads ---------------------------------------------------
 
@@ -486,22 +551,18 @@ class ZooKeeperClient:
     MULTI_READ_SIZE = 200
 
     def _pipeline(self, requests: list) -> list:
-        """Queue every request at once and wake kazoo's connection thread
-        with one write (kazoo's own async calls write a wake-up byte per
-        request: a syscall each, which dominated reading 10,000 nodes; its
-        loop still takes one byte per request sent). A missing znode gives
-        None; other errors are raised."""
+        """Send the reads as multiRead requests, all queued at once. A missing
+        znode gives None; other errors are raised."""
         kazoo = self.kazoo
-        if kazoo is None or kazoo._connection._write_sock is None:
+        if kazoo is None or not kazoo.connection_open:
             raise ZooKeeperError("not connected")
         size = self.MULTI_READ_SIZE
         chunks = [MultiRead(requests[i:i + size])
                   for i in range(0, len(requests), size)]
         batch = _Batch(len(chunks))
-        kazoo._queue.extend((chunk, _BatchResult(batch, index))
-                            for index, chunk in enumerate(chunks))
         try:
-            kazoo._connection._write_sock.sendall(b"\0" * len(chunks))
+            kazoo.submit_many((chunk, _BatchResult(batch, index))
+                              for index, chunk in enumerate(chunks))
         except OSError:
             raise ZooKeeperError("connection closed") from None
         if not batch.finished.wait(self.timeout * 3 + len(requests) / 1000):

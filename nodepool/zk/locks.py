@@ -5,7 +5,8 @@ protocol on the same paths: an ephemeral sequential contender named
 ``<uuid4 hex>__lock__`` in the lock directory, the lowest sequence holds the
 lock, waiters watch their predecessor, release deletes the contender and
 leaves the directory. Ours saves a round trip per acquisition against kazoo's
-(the directory is created only when the contender create reports it missing).
+(the directory is created only when the contender create reports it missing),
+and its release survives connection losses without blocking its caller.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 import uuid
 
 from kazoo.exceptions import (ConnectionLoss, NodeExistsError, NoNodeError,
-                              SessionExpiredError)
+                              OperationTimeoutError, SessionExpiredError)
 
 from nodepool.zk import paths
 from nodepool.zk.client import ZooKeeperClient
@@ -29,7 +30,16 @@ class LockError(Exception):
 
 
 class Lock:
-    """One acquisition of the lock at ``path``; not reusable after release."""
+    """One acquisition of the lock at ``path``; not reusable after release.
+
+    Release never blocks and is never lost: the contender's delete is sent
+    asynchronously and, if the connection drops before it is answered, sent
+    again once the connection is back (until it succeeds or the session ends,
+    taking the ephemeral contender with it). A failed acquisition likewise
+    leaves no contender of ours behind: anything created under our unique
+    prefix is removed. Our own later requests are ordered after the delete
+    (ZooKeeper applies one session's requests in order).
+    """
 
     def __init__(self, client: ZooKeeperClient, path: str, identifier: str = "",
                  new_directory: bool = False):
@@ -42,49 +52,57 @@ class Lock:
         # The caller knows the lock directory does not exist yet (a node it
         # just created): make it first instead of failing into it.
         self.new_directory = new_directory
+        self._released: threading.Event | None = None
 
     @property
     def is_acquired(self) -> bool:
         return self.node is not None
 
+    def _took(self, node: str) -> None:
+        self.node = node
+        self.generation = self.client.session_generation
+
+    def _abandon_attempt(self) -> None:
+        """A create of ours may have been applied without our learning its
+        name (connection loss): remove whatever carries our prefix."""
+        self._released = self.client.delete_eventually(self.path, prefix=self.prefix)
+
     def _create_contender(self) -> str:
         kazoo = self.client.kazoo
         data = self.identifier.encode("utf-8")
         full = f"{self.path}/{self.prefix}"
-        if self.new_directory:
-            # Directory and first contender in one round trip; if the
-            # directory exists after all, fall through to the plain create.
-            tx = kazoo.transaction()
-            tx.create(self.path, b"")
-            tx.create(full, data, ephemeral=True, sequence=True)
-            try:
+        try:
+            if self.new_directory:
+                # Directory and first contender in one round trip; if the
+                # directory exists after all, fall through to the plain create.
+                tx = kazoo.transaction()
+                tx.create(self.path, b"")
+                tx.create(full, data, ephemeral=True, sequence=True)
                 results = tx.commit()
-            except ConnectionLoss:
-                results = [None, None]
-            if not any(isinstance(r, Exception) for r in results) and results[1]:
-                return results[1]
-        for _ in range(2):
-            try:
-                return kazoo.create(full, data, ephemeral=True, sequence=True)
-            except NoNodeError:
+                if not any(isinstance(r, Exception) for r in results) and results[1]:
+                    return results[1]
+            for _ in range(2):
                 try:
-                    kazoo.create(self.path, b"", makepath=True)
-                except NodeExistsError:
-                    pass
-            except ConnectionLoss:
-                # The create may have succeeded; find ours by its unique prefix.
-                for child in kazoo.get_children(self.path):
-                    if child.startswith(self.prefix):
-                        return f"{self.path}/{child}"
-                raise
-        return kazoo.create(full, data, ephemeral=True, sequence=True)
+                    return kazoo.create(full, data, ephemeral=True, sequence=True)
+                except NoNodeError:
+                    try:
+                        kazoo.create(self.path, b"", makepath=True)
+                    except NodeExistsError:
+                        pass
+            return kazoo.create(full, data, ephemeral=True, sequence=True)
+        except (ConnectionLoss, OperationTimeoutError):
+            self._abandon_attempt()
+            raise
 
     def acquire_with_write(self, path: str, data: bytes, version: int = -1):
         """Take the lock of a directory that does not exist yet and write
         ``path`` in the same transaction, so the write happens exactly when
         the lock is held. Returns the write's stat, or None when the
         transaction did not apply (directory present, version changed): then
-        nothing happened and the caller takes the ordinary path."""
+        nothing happened and the caller takes the ordinary path. On a
+        connection loss the outcome is unknown: any contender of ours is
+        removed and the error raised (a write that did apply is then
+        unlocked, which every reader of that record must handle anyway)."""
         kazoo = self.client.kazoo
         full = f"{self.path}/{self.prefix}"
         tx = kazoo.transaction()
@@ -93,23 +111,13 @@ class Lock:
         tx.set_data(path, data, version)
         try:
             results = tx.commit()
-        except ConnectionLoss:
-            # It may have applied: our uniquely named contender would say so.
-            try:
-                children = kazoo.get_children(self.path)
-            except NoNodeError:
-                return None
-            for child in children:
-                if child.startswith(self.prefix):
-                    self.node = f"{self.path}/{child}"
-                    self.generation = self.client.session_generation
-                    return kazoo.exists(path)
-            return None
+        except (ConnectionLoss, OperationTimeoutError):
+            self._abandon_attempt()
+            raise
         if any(isinstance(r, Exception) for r in results):
             return None
         # A new directory's first contender holds the lock.
-        self.node = results[1]
-        self.generation = self.client.session_generation
+        self._took(results[1])
         return results[2]
 
     def _contenders(self) -> list[str]:
@@ -126,8 +134,7 @@ class Lock:
         name = node.rsplit("/", 1)[1]
         if paths.contender_sequence(name) == "0000000000":
             # The first contender ever in this directory: nobody can be ahead.
-            self.node = node
-            self.generation = self.client.session_generation
+            self._took(node)
             return True
         try:
             while True:
@@ -137,8 +144,7 @@ class Lock:
                     raise SessionExpiredError(f"lock contender {node} vanished")
                 index = contenders.index(name)
                 if index == 0:
-                    self.node = node
-                    self.generation = self.client.session_generation
+                    self._took(node)
                     return True
                 if not blocking:
                     self._delete(node)
@@ -158,22 +164,31 @@ class Lock:
                 if not gone.wait(remaining):
                     self._delete(node)
                     return False
-        except Exception:
+        except BaseException:
             self._delete(node)
             raise
 
     def _delete(self, node: str) -> None:
-        try:
-            self.client.kazoo.delete(node)
-        except NoNodeError:
-            pass
-        except Exception:
-            log.exception("Cannot delete lock contender %s", node)
+        self._released = self.client.delete_eventually(node)
 
     def release(self) -> None:
+        """Give the lock up (never blocks, never lost; see the class)."""
         node, self.node = self.node, None
         if node is not None:
             self._delete(node)
+
+    def forget(self) -> None:
+        """The contender was deleted by a transaction of the caller's."""
+        self.node = None
+
+    def wait_released(self, timeout: float | None = None) -> bool:
+        """Wait until the last release (or abandoned attempt) is done."""
+        return self._released is None or self._released.wait(timeout)
+
+    @property
+    def session_lost(self) -> bool:
+        """The session this lock was taken in has ended (so has the lock)."""
+        return self.generation != self.client.session_generation
 
     @property
     def is_still_valid(self) -> bool:

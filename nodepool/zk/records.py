@@ -9,7 +9,9 @@ callers log and skip; nothing here ever guesses at a broken record's meaning.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -121,8 +123,23 @@ def _coerce(kind: str, key: str, value: Any) -> Any:
     raise CorruptRecord(f"field {key!r}: expected {kind}, got {type(value).__name__}")
 
 
+def _reject_constant(name: str):
+    raise CorruptRecord(f"not JSON: {name} is not a number JSON allows")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise CorruptRecord(f"not JSON: number {short_repr(text, 40)} overflows")
+    return value
+
+
 def _load_object(raw: bytes | str | None) -> dict | None:
-    """Parse znode data; empty data means 'absent' (returns None)."""
+    """Parse znode data; empty data means 'absent' (returns None).
+
+    Strict where Python's json module is lax: ``NaN``/``Infinity`` and
+    numbers that overflow to infinity are corrupt, not floats, and nesting
+    too deep to parse is corrupt, not a RecursionError."""
     if raw is None:
         return None
     if isinstance(raw, bytes):
@@ -135,12 +152,42 @@ def _load_object(raw: bytes | str | None) -> dict | None:
     if not raw.strip():
         return None
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_reject_constant,
+                          parse_float=_finite_float)
+    except RecursionError:
+        raise CorruptRecord("not JSON this reader accepts: nested too deeply") from None
     except ValueError as exc:
-        raise CorruptRecord(f"not JSON: {exc}") from None
+        if isinstance(exc, CorruptRecord):
+            raise
+        raise CorruptRecord(f"not JSON: {short_repr(str(exc), 200)}") from None
     if not isinstance(data, dict):
         raise CorruptRecord(f"expected a JSON object, got {type(data).__name__}")
     return data
+
+
+def short_repr(value: Any, limit: int = 300) -> str:
+    """``repr`` cut to ``limit`` characters, for log lines about bad data."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _decoder(from_json):
+    """Make any failure to build a record from stored data a CorruptRecord
+    (a crafted record must never crash a reader with another exception)."""
+
+    @functools.wraps(from_json)
+    def decode(cls, *args, **kwargs):
+        try:
+            return from_json(cls, *args, **kwargs)
+        except CorruptRecord:
+            raise
+        except (ValueError, TypeError, OverflowError, RecursionError,
+                AttributeError, KeyError) as exc:
+            raise CorruptRecord(f"cannot decode: {type(exc).__name__}: "
+                                f"{short_repr(str(exc), 200)}") from None
+    return decode
 
 
 class Record:
@@ -236,6 +283,7 @@ class NodeRequest(Record):
         return cls(id=request_id, **cls._decode_fields(data))
 
     @classmethod
+    @_decoder
     def from_json(cls, request_id: str | None, raw: bytes | str | None,
                   version: int = -1) -> "NodeRequest | None":
         data = _load_object(raw)
@@ -271,6 +319,14 @@ class NodeRequest(Record):
     @property
     def is_min_ready(self) -> bool:
         return self.requestor == MIN_READY_REQUESTOR
+
+    def encoded_size(self) -> int:
+        """Bytes of this request as we would write it back (computed once per
+        object: a pass may ask for every open request)."""
+        cached = self.__dict__.get("_encoded_size")
+        if cached is None:
+            cached = self.__dict__["_encoded_size"] = len(self.to_json())
+        return cached
 
 
 def request_priority(request_id: str | None) -> str:
@@ -390,6 +446,7 @@ class Node(Record):
         return cls(id=node_id, **kwargs)
 
     @classmethod
+    @_decoder
     def from_json(cls, node_id: str | None, raw: bytes | str | None,
                   version: int = -1) -> "Node | None":
         data = _load_object(raw)
@@ -451,6 +508,7 @@ class ImageBuild(Record):
     version: int = -1
 
     @classmethod
+    @_decoder
     def from_json(cls, image_name: str, build_id: str | None,
                   raw: bytes | str | None, version: int = -1) -> "ImageBuild | None":
         data = _load_object(raw)
@@ -522,6 +580,7 @@ class ImageUpload(Record):
     version: int = -1
 
     @classmethod
+    @_decoder
     def from_json(cls, image_name: str, build_id: str, provider_name: str,
                   upload_id: str | None, raw: bytes | str | None,
                   version: int = -1) -> "ImageUpload | None":
@@ -581,6 +640,7 @@ class Component(Record):
     version_stat: int = -1
 
     @classmethod
+    @_decoder
     def from_json(cls, znode: str | None, raw: bytes | str | None,
                   version: int = -1) -> "Component | None":
         data = _load_object(raw)

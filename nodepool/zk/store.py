@@ -11,10 +11,12 @@ import json
 import logging
 import socket
 import threading
+import time
 import uuid
-from typing import Iterable
+from typing import Callable, Iterable
 
-from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+from kazoo.exceptions import (BadVersionError, NodeExistsError, NoNodeError,
+                              NotEmptyError)
 
 from nodepool import version as np_version
 from nodepool.zk import paths
@@ -34,6 +36,33 @@ class RecordNotFound(LookupError):
 
 class VersionConflict(Exception):
     """A versioned update lost against a concurrent writer."""
+
+
+class RecordTooLarge(Exception):
+    """A write ZooKeeper would refuse: it drops the whole connection (and
+    with it every request in flight) rather than answer with an error, so
+    such a write is never sent."""
+
+
+# ZooKeeper's default jute.maxbuffer: the largest request a server accepts.
+ZK_MAX_REQUEST_BYTES = 0xFFFFF
+# Room for a transaction's other operations and paths around the data.
+WRITE_MARGIN_BYTES = 8192
+MAX_RECORD_BYTES = ZK_MAX_REQUEST_BYTES - WRITE_MARGIN_BYTES
+
+
+def request_fits(request: NodeRequest) -> bool:
+    """Whether the request can be written back once fulfilled (its node ids
+    and a decline added): a launcher must not take one it cannot finish."""
+    extra = 16 * len(request.node_types) + 256
+    return request.encoded_size() + extra <= MAX_RECORD_BYTES
+
+
+def _check_size(what: str, data: bytes) -> bytes:
+    if len(data) > MAX_RECORD_BYTES:
+        raise RecordTooLarge(f"{what} is {len(data)} bytes; ZooKeeper accepts at "
+                             f"most about {MAX_RECORD_BYTES}")
+    return data
 
 
 class Store:
@@ -74,9 +103,9 @@ class Store:
     def update_request(self, request: NodeRequest, check_version: bool = False) -> None:
         """Write the whole request; raises RecordNotFound if it was deleted."""
         version = request.version if check_version else -1
+        data = _check_size(f"node request {request.id}", request.to_json())
         try:
-            stat = self.kazoo.set(paths.request(request.id), request.to_json(),
-                                  version=version)
+            stat = self.kazoo.set(paths.request(request.id), data, version=version)
         except NoNodeError:
             raise RecordNotFound(f"node request {request.id} does not exist") from None
         except BadVersionError:
@@ -124,43 +153,57 @@ class Store:
 
     def fulfil_request(self, request: NodeRequest, node_locks: list[Lock],
                        request_lock: Lock) -> bool:
-        """Unlock the nodes, store the request, unlock and remove its lock
-        directory - in one transaction. False if the request is gone."""
+        """Unlock the nodes, store the request and unlock it, in one
+        transaction (the lock directory stays, as upstream's does: an upstream
+        launcher in the same cluster may still try to lock the request).
+
+        True: done, every lock given up. False: the transaction did not apply
+        (the request is gone, or a lock of ours was lost with the session) and
+        every lock is as it was. A ZooKeeper error (a connection loss: it may
+        or may not have applied) is raised to the caller, who re-reads.
+        """
+        data = _check_size(f"node request {request.id}", request.to_json())
         tx = self.kazoo.transaction()
         for lock in node_locks:
             if lock.node:
                 tx.delete(lock.node)
-        tx.set_data(paths.request(request.id), request.to_json())
+        tx.set_data(paths.request(request.id), data)
         if request_lock.node:
             tx.delete(request_lock.node)
-            tx.delete(paths.request_lock(request.id))
         results = tx.commit()
-        if not any(isinstance(r, Exception) for r in results):
-            for lock in node_locks:
-                lock.node = None
-            request_lock.node = None
-            return True
-        # Something did not hold (request cancelled, a contender waiting on
-        # the request lock): do it step by step.
+        if any(isinstance(r, Exception) for r in results):
+            return False
         for lock in node_locks:
-            lock.release()
-        try:
-            self.update_request(request)
-            stored = True
-        except RecordNotFound:
-            stored = False
-        request_lock.release()
-        try:
-            self.kazoo.delete(paths.request_lock(request.id))
-        except Exception:
-            pass
-        return stored
+            lock.forget()
+        request_lock.forget()
+        return True
 
-    def delete_request_lock_dir(self, request_id: str) -> None:
+    def stale_request_lock_dirs(self, request_exists: Callable[[str], bool],
+                                min_age: float) -> list[str]:
+        """Lock directories of requests that are gone, created at least
+        ``min_age`` seconds ago (their stats read in one pipeline)."""
         try:
-            self.kazoo.delete(paths.request_lock(request_id), recursive=True)
+            names = self.kazoo.get_children(paths.REQUEST_LOCKS)
         except NoNodeError:
-            pass
+            return []
+        orphans = [n for n in names if not request_exists(n)]
+        if not orphans:
+            return []
+        now = time.time()
+        stale = []
+        for name, result in zip(orphans, self.client.get_many(
+                paths.request_lock(n) for n in orphans)):
+            if result is not None and now - result[1].ctime / 1000.0 >= min_age:
+                stale.append(name)
+        return stale
+
+    def delete_request_lock_dir(self, request_id: str) -> bool:
+        """Remove a request's lock directory unless someone contends for it."""
+        try:
+            self.kazoo.delete(paths.request_lock(request_id))
+            return True
+        except (NoNodeError, NotEmptyError):
+            return False
 
     # -- nodes -------------------------------------------------------------
 
@@ -204,8 +247,9 @@ class Store:
 
     def update_node(self, node: Node, check_version: bool = False) -> None:
         version = node.version if check_version else -1
+        data = _check_size(f"node {node.id}", node.to_json())
         try:
-            stat = self.kazoo.set(paths.node(node.id), node.to_json(), version=version)
+            stat = self.kazoo.set(paths.node(node.id), data, version=version)
         except NoNodeError:
             raise RecordNotFound(f"node {node.id} does not exist") from None
         except BadVersionError:
@@ -261,6 +305,14 @@ class Store:
         tx.delete(paths.node(node_id))
         results = tx.commit()
         return not any(isinstance(r, Exception) for r in results)
+
+    def node_znode_is_empty(self, node_id: str) -> bool:
+        """Whether the node's znode exists and holds no data."""
+        try:
+            data, _ = self.kazoo.get(paths.node(node_id))
+        except NoNodeError:
+            return False
+        return not data
 
     def delete_node_znode(self, node_id: str) -> None:
         """Remove a node znode (already marked deleted, or empty)."""
@@ -443,6 +495,82 @@ class Store:
         except NoNodeError:
             pass
 
+    def has_upload_records(self, image_name: str, build_id: str) -> bool:
+        """Whether any upload znode (any state, even empty) is left under the
+        build, for any provider."""
+        providers = self.upload_providers(image_name, build_id)
+        listings = self.client.get_children_many(
+            paths.uploads(image_name, build_id, p) for p in providers)
+        return any(c != paths.LOCK_DIR for children in listings
+                   for c in children or ())
+
+    def erase_provider_uploads(self, image_name: str, build_id: str,
+                               provider: str) -> None:
+        """Remove every upload record of one provider under a build."""
+        try:
+            self.kazoo.delete(f"{paths.build_providers(image_name, build_id)}/"
+                              f"{provider}", recursive=True)
+        except NoNodeError:
+            pass
+
+    def export_image_data(self) -> dict[str, str]:
+        """Every build and upload record and pause flag, by path."""
+        data: dict[str, str] = {}
+        for image in self.image_names():
+            if self.is_image_paused(image):
+                data[paths.image_pause(image)] = ""
+            for build_id in self.build_ids(image):
+                build_path = paths.build(image, build_id)
+                try:
+                    raw, _ = self.kazoo.get(build_path)
+                except NoNodeError:
+                    continue
+                data[build_path] = raw.decode("utf-8")
+                for provider in self.upload_providers(image, build_id):
+                    base = paths.uploads(image, build_id, provider)
+                    try:
+                        children = self.kazoo.get_children(base)
+                    except NoNodeError:
+                        continue
+                    for upload_id in children:
+                        if upload_id == paths.LOCK_DIR:
+                            continue
+                        try:
+                            raw, _ = self.kazoo.get(f"{base}/{upload_id}")
+                        except NoNodeError:
+                            continue
+                        data[f"{base}/{upload_id}"] = raw.decode("utf-8")
+        return data
+
+    def import_image_data(self, data: dict[str, str]) -> None:
+        """Write exported records back. Each upload directory's sequence
+        counter is first advanced past the highest restored number, so new
+        uploads never reuse one."""
+        kazoo = self.kazoo
+        highest: dict[str, int] = {}
+        for path in data:
+            parts = path.split("/")
+            if len(parts) == 10 and parts[9].isdigit():
+                parent = "/".join(parts[:9])
+                highest[parent] = max(highest.get(parent, -1), int(parts[9]))
+        for parent, number in highest.items():
+            kazoo.ensure_path(parent)
+            while True:
+                created = kazoo.create(parent + "/", b"", sequence=True)
+                if created not in data:
+                    kazoo.delete(created)
+                if int(created.rsplit("/", 1)[1]) >= number:
+                    break
+        for path, text in sorted(data.items()):
+            raw = text.encode("utf-8")
+            if kazoo.exists(path):
+                kazoo.set(path, raw)
+            else:
+                try:
+                    kazoo.create(path, raw, makepath=True)
+                except NodeExistsError:
+                    kazoo.set(path, raw)
+
     def pause_image(self, image_name: str) -> None:
         try:
             self.kazoo.create(paths.image_pause(image_name), b"", makepath=True)
@@ -599,18 +727,20 @@ class ComponentRegistration:
                 stat = self.client.kazoo.set(self.path, self.component.to_json())
                 self.component.version_stat = stat.version
 
-    def unregister(self) -> None:
+    def unregister(self, timeout: float = 5.0) -> None:
+        """Remove the record, waiting at most ``timeout`` seconds: out of
+        reach of ZooKeeper it is left to go with the session."""
         self.client.remove_state_listener(self._on_state)
-        with self._lock:
-            path, self.path = self.path, None
-        if path is None:
+        path, self.path = self.path, None
+        kazoo = self.client.kazoo
+        if path is None or kazoo is None or not self.client.connected:
             return
         try:
-            self.client.kazoo.delete(path)
+            kazoo.delete_async(path).get(timeout=timeout)
         except NoNodeError:
             pass
-        except Exception:
-            log.exception("Cannot unregister component %s", path)
+        except Exception as exc:
+            log.warning("Cannot unregister component %s: %r", path, exc)
 
 
 def new_pool_component(provider_name: str, pool_name: str, labels: Iterable[str],

@@ -20,7 +20,7 @@ class FlakyService:
         FlakyService.made += 1
         self.number = FlakyService.made
 
-    def start(self):
+    def start(self, stop=None):
         FlakyService.events.append(("start", self.number))
         if self.number == 1:
             raise SessionExpiredError()
