@@ -154,7 +154,10 @@ def run_service(args, make: Callable[[], object], errors: tuple) -> int:
                 break
             except ConnectInterrupted:
                 log.info("Stopped before ZooKeeper could be reached")
-                service.stop()
+                try:
+                    service.stop()
+                except Exception:
+                    log.debug("Stopping the unstarted service failed", exc_info=True)
                 return 0
             except (KazooException, ZooKeeperError) as exc:
                 # ZooKeeper went away mid-start (a restart, an expired

@@ -77,7 +77,8 @@ class DeleteWorker:
     def stop(self) -> None:
         self._stopped.set()
         self._queue.put(None)
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
 
     def consider(self, node: Node) -> None:
         """Cache listener hook: queue the node if it may need action."""

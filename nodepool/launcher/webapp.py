@@ -76,7 +76,7 @@ class StatusWebApp:
                 if wanted is None or n.id == wanted]
 
     def request_rows(self, query: dict) -> list[dict]:
-        requests = sorted(self.launcher.requests.requests(), key=lambda r: r.sort_key)
+        requests = sorted(self.launcher.requests.requests(), key=lambda r: r.sort_key())
         return [status.request_row(r) for r in requests]
 
     def label_rows(self, query: dict) -> list[dict]:

@@ -576,3 +576,74 @@ def test_launcher_survives_session_expiry(env, zuul, zk_server):
     # Nothing is left behind: every instance belongs to a node record.
     wait_until(lambda: {s.metadata["nodepool_node_id"] for s in cloud().servers.values()}
                <= set(launcher.nodes.ids()), timeout=20, message="no leaked instance")
+
+
+def test_min_ready_far_above_max_servers_does_not_flood(env, zuul):
+    """min-ready 100000 with max-servers 4: never more requests in flight
+    than the pool could start, and the pool fills."""
+    launcher = env.start(config(env, max_servers=4, small_options="min-ready: 100000"))
+    seen = []
+    deadline = time.monotonic() + 4.0
+    while time.monotonic() < deadline:
+        seen.append(len(zuul.kazoo.get_children("/nodepool/requests")))
+        time.sleep(0.02)
+    assert max(seen) <= 4, max(seen)
+    wait_until(lambda: len([n for n in launcher.nodes.nodes()
+                            if n.state == NodeState.READY]) == 4, message="pool full")
+    assert len(launcher.nodes.nodes()) == 4
+    # When a node goes, exactly one replacement is asked for.
+    request_id = zuul.submit(["small"])
+    assert zuul.wait_for_request(request_id)["state"] == "fulfilled"
+    zuul.run_job(request_id)
+    wait_until(lambda: len([n for n in launcher.nodes.nodes()
+                            if n.state == NodeState.READY and not n.allocated_to]) == 4,
+               message="replaced")
+    assert len(zuul.kazoo.get_children("/nodepool/requests")) <= 1
+
+
+def test_request_lock_directories_stay_until_the_request_is_long_gone(
+        env, zuul, monkeypatch):
+    from nodepool.launcher import maintenance
+    launcher = env.start(config(env))
+    request_id = zuul.submit(["small"])
+    assert zuul.wait_for_request(request_id)["state"] == "fulfilled"
+    lock_dir = f"/nodepool/requests-lock/{request_id}"
+    # Kept after fulfilment: an upstream launcher may still try to lock it.
+    assert zuul.kazoo.exists(lock_dir) is not None
+    assert zuul.kazoo.get_children(lock_dir) == []
+    # A request that is gone but whose lock someone holds keeps its directory.
+    held = zuul.submit(["small"])
+    zuul.wait_for_request(held)
+    from kazoo.recipe.lock import Lock as KazooLock
+    holder = KazooLock(zuul.kazoo, f"/nodepool/requests-lock/{held}")
+    assert holder.acquire(blocking=False)
+    zuul.run_job(request_id)
+    zuul.run_job(held)
+    monkeypatch.setattr(maintenance, "REQUEST_LOCK_AGE", 0.0)
+    wait_until(lambda: zuul.kazoo.exists(lock_dir) is None, timeout=15,
+               message="the directory of a request long gone removed")
+    assert zuul.kazoo.exists(f"/nodepool/requests-lock/{held}") is not None
+    holder.release()
+    wait_until(lambda: zuul.kazoo.exists(f"/nodepool/requests-lock/{held}") is None,
+               timeout=15, message="removed once nobody holds it")
+
+
+def test_a_request_too_large_to_store_again_is_left_alone(env, zuul, caplog):
+    launcher = env.start(config(env))
+    generation = launcher.client.session_generation
+    # Just small enough for ZooKeeper to take from Zuul, too large to take
+    # back once our fields are added: the server would cut the connection.
+    huge = zuul.submit(["small"], requestor_data={"blob": "x" * 1_047_700})
+    assert len(zuul.kazoo.get(f"/nodepool/requests/{huge}")[0]) > 1_047_700
+    wait_until(lambda: any(huge in r.getMessage() and "too large" in r.getMessage()
+                           for r in caplog.records), message="the error logged")
+    # Nothing was taken for it, the connection was never dropped, and the
+    # launcher goes on serving.
+    normal = zuul.submit(["small"])
+    assert zuul.wait_for_request(normal)["state"] == "fulfilled"
+    assert zuul.get_request(huge)["state"] == "requested"
+    assert not [n for n in launcher.nodes.nodes() if n.allocated_to == huge]
+    assert launcher.client.session_generation == generation
+    assert not [r for r in caplog.records if "connection suspended" in r.getMessage()]
+    assert sum(huge in r.getMessage() for r in caplog.records
+               if r.name == "nodepool.launcher.pool") == 1  # logged once

@@ -226,3 +226,45 @@ def test_request_prefix_must_be_three_characters():
     assert paths.request_prefix("200") == "/nodepool/requests/200-"
     with pytest.raises(ValueError):
         paths.request_prefix("50")
+
+
+DEEP = b'{"state": "ready", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+# Stored data that Python's json module would accept, or crash on, but that
+# no writer of records produces: each must be a CorruptRecord, nothing else.
+HOSTILE = [
+    pytest.param(b'{"state": "ready", "state_time": NaN}', id="nan"),
+    pytest.param(b'{"state": "ready", "state_time": Infinity}', id="infinity"),
+    pytest.param(b'{"state": "ready", "state_time": -Infinity}', id="-infinity"),
+    pytest.param(b'{"state": "ready", "state_time": 1e999}', id="float-overflow"),
+    pytest.param(b'{"state": "ready", "state_time": 1' + b"0" * 400 + b"}",
+                 id="int-too-big-for-a-float"),
+    pytest.param(b'{"state": "ready", "x": 1' + b"0" * 5000 + b"}",
+                 id="int-too-many-digits"),
+    pytest.param(DEEP, id="nested-100000-deep"),
+]
+
+
+@pytest.mark.parametrize("raw", HOSTILE)
+def test_hostile_data_is_corrupt_for_every_record_kind(raw):
+    readers = [
+        lambda: Node.from_json("0000000001", raw),
+        lambda: NodeRequest.from_json("100-0000000001", raw),
+        lambda: ImageBuild.from_json("image", "b1", raw),
+        lambda: ImageUpload.from_json("image", "b1", "p", "0000000001", raw),
+    ]
+    if b"state_time" not in raw:  # (components have no state_time field)
+        readers.append(lambda: Component.from_json(
+            "host0000000001", raw.replace(b'"state"', b'"kind": "pool", "state"', 1)))
+    for read in readers:
+        with pytest.raises(CorruptRecord) as caught:
+            read()
+        # The reason is short: never the payload itself.
+        assert len(str(caught.value)) < 400
+
+
+def test_hold_expiration_of_an_absurd_number_is_corrupt_not_a_crash():
+    raw = json.dumps(dict(NODE_F, hold_expiration=1e300)).encode()
+    node = Node.from_json("0000000001", raw)
+    assert node.hold_expiration == int(1e300)
+    with pytest.raises(CorruptRecord):
+        Node.from_json("0000000001", raw.replace(b"1e+300", b"1e999"))
