@@ -39,10 +39,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # Re-install only when the declared dependencies changed.
 stamp=".venv/.nodepool-installed"
-wanted="$(cat setup.cfg requirements.txt test-requirements.txt | sha256sum | cut -d' ' -f1)"
+wanted="$(cat setup.cfg requirements.txt test-requirements.txt constraints.txt \
+    | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-    .venv/bin/python -m pip install -q -e '.[test]' > .venv/pip-install.log 2>&1 \
+    # Exactly the versions the suite passed on (constraints.txt).
+    .venv/bin/python -m pip install -q -c constraints.txt -e '.[test]' \
+        > .venv/pip-install.log 2>&1 \
         || { cat .venv/pip-install.log; exit 1; }
     echo "$wanted" > "$stamp"
 fi

@@ -20,6 +20,7 @@ subclasses, so a kazoo upgrade is checked in one place: the suite's
 
 from __future__ import annotations
 
+import logging
 import select as select_module
 import struct
 from collections import namedtuple
@@ -35,8 +36,23 @@ from kazoo.protocol.serialization import (GetChildren, GetData, MultiHeader, Wat
                                           write_string)
 from kazoo.protocol.states import EVENT_TYPE_MAP, WatchedEvent, ZnodeStat
 
+log = logging.getLogger("nodepool.zk.kazoo_ext")
+
 # What a persistent-watch sink receives; see NodepoolKazooClient.
 Sink = Callable[[tuple], None]
+
+# kazoo releases whose internals this module was checked against (setup.cfg
+# allows only these).
+TESTED_KAZOO_SERIES = ("2.11",)
+
+
+def kazoo_version() -> str:
+    from importlib.metadata import version
+    return version("kazoo")
+
+
+def kazoo_is_tested() -> bool:
+    return kazoo_version().startswith(tuple(s + "." for s in TESTED_KAZOO_SERIES))
 
 
 class PollingHandler(SequentialThreadingHandler):
@@ -145,8 +161,15 @@ class _PersistentWatchConnection(ConnectionHandler):
 class NodepoolKazooClient(KazooClient):
     """KazooClient with persistent-watch delivery and request batching."""
 
+    _warned = False
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
+        if not NodepoolKazooClient._warned and not kazoo_is_tested():
+            NodepoolKazooClient._warned = True
+            log.warning("kazoo %s is not a release nodepool was tested with (%s.x); "
+                        "nodepool/zk/kazoo_ext.py relies on its internals",
+                        kazoo_version(), "/".join(TESTED_KAZOO_SERIES))
         # Same object, one overridden method: kazoo built it with arguments
         # (retry policy, SASL options) we would otherwise have to repeat.
         self._connection.__class__ = _PersistentWatchConnection
