@@ -164,7 +164,11 @@ class DeleteWorker:
         if lock is None:
             return
         if node.state == NodeState.DELETED or node.provider is None:
-            store.delete_node_znode(node_id)
+            try:
+                store.delete_node_znode(node_id)  # our contender goes with it
+                lock.forget()
+            finally:
+                lock.release()
             return
         log.info("Deleting node %s (%s, %s)", node_id, node.state, node.external_id)
         with self._mutex:
