@@ -1,13 +1,16 @@
 """Fault-injection soak: nodepool under the faults operators meet.
 
-Runs a ZooKeeper server (TLS only), two nodepool-launchers (one behind a TCP
-proxy so its session can be expired), one nodepool-builder and the OpenStack
-API simulator, while Zuul-role clients submit, use and release nodes
-(single and multi-node requests, several requestors and priorities). Faults
-are injected at random moments; after a quiet period the invariants are
-checked and a one-line verdict printed. Exit status 1 on any violation.
+Runs a ZooKeeper server (TLS only) - or with ``--ensemble`` a three-server
+ensemble -, two nodepool-launchers (one behind TCP proxies so its session can
+be expired), one nodepool-builder and the OpenStack API simulator, while
+Zuul-role clients submit, use and release nodes (single and multi-node
+requests, several requestors and priorities), retrying each step through
+ZooKeeper outages as Zuul does. Faults are injected at random moments; after
+a quiet period the invariants are checked and a one-line verdict printed.
+Exit status 1 on any violation.
 
     .venv/bin/python tools/soak.py --duration 600
+    .venv/bin/python tools/soak.py --duration 600 --ensemble
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import logging
 import os
 import random
 import signal
@@ -25,6 +29,7 @@ import threading
 import time
 import traceback
 import urllib.request
+import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
@@ -32,19 +37,31 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, ROOT)
 
 import yaml  # noqa: E402
+from kazoo.client import KazooState  # noqa: E402
+from kazoo.exceptions import (  # noqa: E402
+    BadVersionError, ConnectionLoss, LockTimeout, NoNodeError, OperationTimeoutError,
+    SessionExpiredError,
+)
+from kazoo.handlers.threading import KazooTimeoutError  # noqa: E402
+from kazoo.recipe.lock import Lock  # noqa: E402
 from openstack_sim import OpenStackSimulator  # noqa: E402
-from zkserver import TCPProxy, ZooKeeperServerProcess  # noqa: E402
-from zuul import FakeZuul  # noqa: E402
+from zkserver import TCPProxy, ZooKeeperEnsemble, ZooKeeperServerProcess  # noqa: E402
+from zuul import NODES, REQUESTS, FakeZuul  # noqa: E402
 
 BIN = os.path.join(ROOT, ".venv", "bin")
 LABELS = ["small", "large", "image"]
 SESSION_TIMEOUT = 6
+ENSEMBLE_SIZE = 3
+# How long the Zuul-role client keeps retrying one step (returning a node,
+# locking one, deleting a request) through ZooKeeper outages.
+RETRY_SECONDS = 120.0
+# What a ZooKeeper restart can do to a call in flight.
+RETRYABLE = (ConnectionLoss, SessionExpiredError, OperationTimeoutError,
+             KazooTimeoutError)
 
 CONFIG = """
 zookeeper-servers:
-  - host: 127.0.0.1
-    port: {port}
-    chroot: /soak
+{zookeeper_servers}
 zookeeper-tls:
   ca: {ca}
   cert: {cert}
@@ -97,6 +114,295 @@ providers:
 """
 
 
+class RetryingZuul(FakeZuul):
+    """FakeZuul whose client-side steps ride out ZooKeeper restarts.
+
+    Zuul keeps trying to return nodes; so does this. Every step (submitting,
+    locking a node, writing it ``in-use`` or ``used``, unlocking it, deleting
+    the request) is retried until it succeeds or ``RETRY_SECONDS`` pass,
+    waiting for the connection to come back between attempts. Calls are made
+    asynchronously with a timeout, so none can block past its deadline.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # For the report: calls retried after an outage, locks taken again
+        # after they went with an expired session.
+        self.retried = 0
+        self.relocked = 0
+        self._connected = threading.Event()
+        self.kazoo.add_listener(self._on_state)
+        if self.kazoo.connected:
+            self._connected.set()
+
+    def _on_state(self, state) -> None:
+        # Called on kazoo's connection thread: just record the state.
+        if state == KazooState.CONNECTED:
+            self._connected.set()
+        else:
+            self._connected.clear()
+
+    def retrying(self, what: str, call, deadline: float):
+        """``call(timeout)`` until it does not fail for a ZooKeeper outage."""
+        delay = 0.1
+        last: Exception | None = None
+        for _ in range(100000):  # bounded by the deadline long before this
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            if not self._connected.wait(timeout=remaining):
+                break
+            try:
+                return call(max(0.1, deadline - time.monotonic()))
+            except RETRYABLE as exc:
+                last = exc
+                self.retried += 1
+            # The state listener may not have seen the drop yet: back off a
+            # little so a failing call is not repeated in a tight loop.
+            time.sleep(max(0.1, min(delay, deadline - time.monotonic())))
+            delay = min(delay * 2, 2.0)
+        raise TimeoutError(f"{what}: ZooKeeper still failing after the retry bound "
+                           f"({type(last).__name__ if last else 'not connected'})")
+
+    # -- single calls with a timeout (kazoo's own calls may wait forever) -----
+
+    def _get(self, path: str, timeout: float):
+        return self.kazoo.get_async(path).get(timeout=timeout)
+
+    def _exists(self, path: str, timeout: float):
+        return self.kazoo.exists_async(path).get(timeout=timeout)
+
+    def _delete(self, path: str, timeout: float) -> bool:
+        """False if it was already gone."""
+        try:
+            self.kazoo.delete_async(path).get(timeout=timeout)
+            return True
+        except NoNodeError:
+            return False
+
+    # -- requests ---------------------------------------------------------------
+
+    def submit_retrying(self, labels: list[str], priority: str, deadline: float) -> str:
+        """Submit once: after a cut create, look for it before creating again."""
+        marker = uuid.uuid4().hex
+        requestor_data = {"build_set_uuid": marker, "tenant_name": None,
+                          "pipeline_name": "check", "job_uuid": uuid.uuid4().hex,
+                          "job_name": "unit-test", "span_info": None}
+
+        cut = False
+
+        def attempt(timeout: float) -> str:
+            nonlocal cut
+            if cut:  # did the cut attempt land after all?
+                found = self._find_request(marker, timeout)
+                if found:
+                    return found
+            cut = True
+            path = self.kazoo.create_async(
+                f"{REQUESTS}/{priority}-",
+                json.dumps(self._request_data(labels, requestor_data)).encode(),
+                sequence=True, makepath=True).get(timeout=timeout)
+            return path.rsplit("/", 1)[1]
+
+        return self.retrying("submit", attempt, deadline)
+
+    def _request_data(self, labels: list[str], requestor_data: dict) -> dict:
+        now = time.time()
+        return {"requestor_data": requestor_data, "node_types": list(labels),
+                "requestor": self.system_id, "created_time": now, "provider": None,
+                "state": "requested", "state_time": now, "relative_priority": 0,
+                "event_id": uuid.uuid4().hex, "tenant_name": None}
+
+    def _find_request(self, marker: str, timeout: float) -> str | None:
+        # The server we reconnected to may lag the one that took the create.
+        self.kazoo.sync_async(REQUESTS).get(timeout=timeout)
+        try:
+            children = self.kazoo.get_children_async(REQUESTS).get(timeout=timeout)
+        except NoNodeError:
+            return None
+        for child in children:
+            try:
+                data, _ = self._get(f"{REQUESTS}/{child}", timeout)
+                request = json.loads(data)
+            except NoNodeError:
+                continue
+            except ValueError:  # a corrupt record (a fault), not ours
+                continue
+            if isinstance(request, dict) and (request.get("requestor_data") or {}) \
+                    .get("build_set_uuid") == marker:
+                return child
+        return None
+
+    def delete_request_retrying(self, request_id: str, deadline: float) -> None:
+        self.retrying(f"delete request {request_id}",
+                      lambda t: self._delete(f"{REQUESTS}/{request_id}", t), deadline)
+
+    def get_request_retrying(self, request_id: str, deadline: float) -> dict | None:
+        def attempt(timeout: float) -> dict | None:
+            try:
+                data, _ = self._get(f"{REQUESTS}/{request_id}", timeout)
+            except NoNodeError:
+                return None
+            return json.loads(data) if data else None
+        return self.retrying(f"read request {request_id}", attempt, deadline)
+
+    # -- nodes -------------------------------------------------------------------
+
+    def lock_node_retrying(self, node_id: str, deadline: float,
+                           must_exist: bool = False) -> bool:
+        """Lock a node; False if it is gone or stays locked by someone else.
+
+        One Lock object across attempts: after a cut attempt kazoo's recipe
+        finds its own contender znode again instead of leaving it behind to
+        block every later attempt.
+        """
+        lock = Lock(self.kazoo, f"{NODES}/{node_id}/lock")
+        # Re-locking a node that may have been deleted meanwhile must not
+        # recreate it (the recipe makes the lock's parents otherwise).
+        lock.assured_path = must_exist
+
+        def attempt(timeout: float) -> bool:
+            if self._exists(f"{NODES}/{node_id}", timeout) is None:
+                return False
+            try:
+                if lock.acquire(timeout=min(30.0, timeout)):
+                    return True
+            except LockTimeout:
+                pass
+            except NoNodeError:  # the node (or its lock directory) vanished
+                lock.assured_path = False
+                if self._exists(f"{NODES}/{node_id}", timeout) is None:
+                    return False
+            # Held by someone else for a long time, or cut short: retry.
+            raise OperationTimeoutError()
+
+        try:
+            locked = self.retrying(f"lock node {node_id}", attempt, deadline)
+        except TimeoutError:
+            self._drop_contender(lock)
+            raise
+        if locked:
+            self._node_locks[node_id] = lock
+        return locked
+
+    def _drop_contender(self, lock: Lock) -> None:
+        """Best effort: remove our waiting contender znode after giving up."""
+        try:
+            for child in self.kazoo.get_children_async(lock.path).get(timeout=5):
+                if child.startswith(lock.prefix):
+                    self._delete(f"{lock.path}/{child}", 5)
+        except Exception:
+            pass
+
+    def get_node_retrying(self, node_id: str, deadline: float) -> dict | None:
+        def attempt(timeout: float) -> dict | None:
+            try:
+                data, _ = self._get(f"{NODES}/{node_id}", timeout)
+            except NoNodeError:
+                return None
+            return json.loads(data) if data else None
+        return self.retrying(f"read node {node_id}", attempt, deadline)
+
+    def _holds_lock(self, node_id: str, timeout: float) -> bool:
+        """Whether our lock znode for the node still exists in this session
+        (an expired session took its ephemeral znodes with it)."""
+        lock = self._node_locks.get(node_id)
+        if lock is None or not lock.is_acquired or not lock.node:
+            return False
+        stat = self._exists(f"{lock.path}/{lock.node}", timeout)
+        session = self.kazoo.client_id
+        return (stat is not None and session is not None
+                and stat.ephemeralOwner == session[0])
+
+    def store_node(self, node: dict, target: str, from_states: tuple[str, ...],
+                   deadline: float) -> str:
+        """Write ``node`` with state ``target`` under its lock.
+
+        If the lock was lost with the session it is taken again first. The
+        write is versioned against what is stored now, and only made while
+        the node is still ours (same allocation, state in ``from_states``).
+        Returns ``written``, ``already`` (a cut write that did land),
+        ``gone`` (no node any more) or ``taken`` (the launcher took it over
+        meanwhile, e.g. it is being deleted).
+        """
+        node_id = node["id"]
+        path = f"{NODES}/{node_id}"
+        for _ in range(1000):  # each pass waits (retrying) or ends
+            if time.monotonic() >= deadline:
+                break
+            if not self.retrying(f"check lock of {node_id}",
+                                 lambda t: self._holds_lock(node_id, t), deadline):
+                self._forget_lock(node_id)
+                if not self.lock_node_retrying(node_id, deadline, must_exist=True):
+                    return "gone"
+                self.relocked += 1
+                continue
+
+            def attempt(timeout: float) -> str:
+                try:
+                    data, stat = self._get(path, timeout)
+                except NoNodeError:
+                    return "gone"
+                try:
+                    current = json.loads(data)
+                except ValueError:
+                    return "taken"
+                if current.get("allocated_to") != node.get("allocated_to"):
+                    return "taken"
+                if current.get("state") == target:
+                    return "already"
+                if current.get("state") not in from_states:
+                    return "taken"
+                record = dict(node, state=target, state_time=time.time())
+                try:
+                    self.kazoo.set_async(path, json.dumps(record).encode(),
+                                         version=stat.version).get(timeout=timeout)
+                except NoNodeError:
+                    return "gone"
+                except BadVersionError:
+                    return "again"  # changed under us: look again
+                return "written"
+
+            outcome = self.retrying(f"write node {node_id} {target}", attempt, deadline)
+            if outcome != "again":
+                if outcome in ("written", "already"):
+                    node["state"] = target
+                return outcome
+        raise TimeoutError(f"write node {node_id} {target}: gave up at the retry bound")
+
+    def _forget_lock(self, node_id: str) -> None:
+        lock = self._node_locks.pop(node_id, None)
+        if lock is not None:
+            lock.is_acquired = False
+
+    def unlock_node_retrying(self, node_id: str, deadline: float) -> None:
+        """Delete our lock znode (gone with an expired session: nothing to do)."""
+        lock = self._node_locks.get(node_id)
+        if lock is None:
+            return
+        if lock.is_acquired and lock.node:
+            self.retrying(f"unlock node {node_id}",
+                          lambda t: self._delete(f"{lock.path}/{lock.node}", t), deadline)
+        self._forget_lock(node_id)
+
+    def use_retrying(self, nodes: list[dict], deadline: float,
+                     project: str = "example.org/project") -> None:
+        for node in nodes:
+            node["user_data"] = {"zuul_system": self.system_id, "project_name": project}
+            self.store_node(node, "in-use", ("ready",), deadline)
+
+    def release_node(self, node: dict, deadline: float) -> str:
+        """Return one node as Zuul does: ``used`` if it was in use, then unlock."""
+        outcome = "unlocked"
+        try:
+            if node["state"] == "in-use":
+                outcome = self.store_node(node, "used", ("in-use",), deadline)
+        finally:
+            # Still try to unlock (briefly) when the write ran out of time.
+            self.unlock_node_retrying(node["id"], max(deadline, time.monotonic() + 10))
+        return outcome
+
+
 class Soak:
     def __init__(self, args):
         self.args = args
@@ -104,6 +410,7 @@ class Soak:
         self.state = tempfile.mkdtemp(prefix="nodepool-soak-")
         os.makedirs(os.path.join(self.state, "images"))
         self.faults = collections.Counter()
+        self.fault_seconds: dict[str, float] = {}  # longest run of each kind
         self.violations: list[str] = []
         self.lock = threading.Lock()
         self.submitted = 0
@@ -119,9 +426,19 @@ class Soak:
 
     def start(self) -> None:
         os.makedirs(os.path.join(self.state, "zk"))
-        self.zk = ZooKeeperServerProcess(os.path.join(self.state, "zk"), tls=True)
-        self.zk.start()
-        self.proxy = TCPProxy(self.zk.tls_port)
+        if self.args.ensemble:
+            self.zk = ZooKeeperEnsemble(os.path.join(self.state, "zk"),
+                                        size=ENSEMBLE_SIZE, tls=True)
+            self.zk.start()
+            servers = self.zk.servers
+        else:
+            self.zk = ZooKeeperServerProcess(os.path.join(self.state, "zk"), tls=True)
+            self.zk.start()
+            servers = [self.zk]
+        tls_ports = [server.tls_port for server in servers]
+        # launcher-b reaches every server through its own proxy, so cutting
+        # them all at once cuts it off from the whole ensemble.
+        self.proxies = [TCPProxy(port) for port in tls_ports]
         # A cloud password no log line or listing may ever show.
         self.password = f"soak-Pa55-{self.random.randrange(10**12):012d}"
         self.sim = OpenStackSimulator(boot_delay=0.3, max_instances=40, max_cores=400,
@@ -136,19 +453,20 @@ class Soak:
                                                          "fake-image-create"),
                       session_timeout=SESSION_TIMEOUT)
         self.configs = {}
-        for name, port in (("launcher-a", self.zk.tls_port),
-                           ("launcher-b", self.proxy.port),
-                           ("builder", self.zk.tls_port)):
+        for name, ports in (("launcher-a", tls_ports),
+                            ("launcher-b", [proxy.port for proxy in self.proxies]),
+                            ("builder", tls_ports)):
             path = os.path.join(self.state, f"{name}.yaml")
             with open(path, "w") as handle:
-                handle.write(CONFIG.format(port=port, web_port=_free_port(), **common))
+                handle.write(CONFIG.format(zookeeper_servers=_servers_yaml(ports),
+                                           web_port=_free_port(), **common))
             self.configs[name] = path
         for name in self.configs:
             self.start_daemon(name)
-        self.zuuls = [FakeZuul(f"127.0.0.1:{self.zk.tls_port}/soak",
-                               system_id=f"zuul-{i}", use_ssl=True, verify_certs=True,
-                               ca=tls.ca, certfile=tls.client_cert,
-                               keyfile=tls.client_key)
+        hosts = ",".join(f"127.0.0.1:{port}" for port in tls_ports) + "/soak"
+        self.zuuls = [RetryingZuul(hosts, system_id=f"zuul-{i}", use_ssl=True,
+                                   verify_certs=True, ca=tls.ca,
+                                   certfile=tls.client_cert, keyfile=tls.client_key)
                       for i in range(3)]
 
     def start_daemon(self, name: str) -> None:
@@ -171,9 +489,12 @@ class Soak:
                 process.wait(timeout=90)
             except subprocess.TimeoutExpired:
                 process.kill()
-        self.proxy.stop()
-        self.sim.stop()
-        self.zk.stop()
+        for proxy in getattr(self, "proxies", []):
+            proxy.stop()
+        if getattr(self, "sim", None) is not None:
+            self.sim.stop()
+        if getattr(self, "zk", None) is not None:
+            self.zk.stop()
 
     # -- the Zuul role -------------------------------------------------------------
 
@@ -185,8 +506,10 @@ class Soak:
             labels = [rng.choice(LABELS) for _ in range(rng.choice([1, 1, 1, 2, 3]))]
             priority = rng.choice(["100", "200", "300"])
             try:
-                request_id = zuul.submit(labels, priority=priority)
-            except Exception:  # ZooKeeper restarting: try again
+                request_id = zuul.submit_retrying(labels, priority,
+                                                  time.monotonic() + RETRY_SECONDS)
+            except Exception as exc:
+                self.note(f"cannot submit a request: {exc}")
                 time.sleep(1)
                 continue
             with self.lock:
@@ -202,10 +525,12 @@ class Soak:
             if request["state"] == "fulfilled":
                 self.phase[index] = f"using the nodes of {request_id}"
                 self.use(zuul, request_id, request, rng)
+            self.phase[index] = f"deleting {request_id}"
             try:
-                zuul.kazoo.delete(f"/nodepool/requests/{request_id}")
-            except Exception:
-                pass
+                zuul.delete_request_retrying(request_id,
+                                             time.monotonic() + RETRY_SECONDS)
+            except Exception as exc:
+                self.note(f"cannot delete request {request_id}: {exc}")
 
     @staticmethod
     def wait_request(zuul, request_id: str, timeout: float) -> dict | None:
@@ -214,7 +539,9 @@ class Soak:
         request = None
         while time.monotonic() < deadline:
             try:
-                request = zuul.get_request(request_id)
+                # Each read bounded too: ZooKeeper may be down right now.
+                request = zuul.get_request_retrying(
+                    request_id, min(deadline, time.monotonic() + 10))
             except Exception:
                 request = None
             if request is not None and request.get("state") in ("fulfilled", "failed"):
@@ -222,17 +549,20 @@ class Soak:
             time.sleep(0.1)
         return request
 
-    def use(self, zuul, request_id: str, request: dict, rng) -> None:
+    def use(self, zuul: RetryingZuul, request_id: str, request: dict, rng) -> None:
+        deadline = time.monotonic() + RETRY_SECONDS
         nodes = []
         for node_id in request["nodes"]:
             try:
-                zuul.lock_node(node_id, timeout=30)
+                if not zuul.lock_node_retrying(node_id, deadline):
+                    self.note(f"node {node_id} of {request_id} is gone")
+                    continue
+                node = zuul.get_node_retrying(node_id, deadline)
+                if node is None:
+                    zuul.unlock_node_retrying(node_id, time.monotonic() + RETRY_SECONDS)
+                    continue
             except Exception as exc:
                 self.note(f"cannot lock node {node_id} of {request_id}: {exc}")
-                continue
-            node = zuul.get_node(node_id)
-            if node is None:
-                zuul.unlock_node(node_id)
                 continue
             node["id"] = node_id
             if node.get("allocated_to") != request_id:
@@ -246,7 +576,7 @@ class Soak:
                 self.holders[node_id] = request_id
             nodes.append(node)
         try:
-            zuul.use(nodes)
+            zuul.use_retrying(nodes, time.monotonic() + RETRY_SECONDS)
             time.sleep(rng.uniform(0.0, 1.0))
         except Exception as exc:
             self.note(f"using nodes of {request_id} failed: {exc}")
@@ -254,21 +584,29 @@ class Soak:
             with self.lock:
                 for node in nodes:
                     self.holders.pop(node["id"], None)
-            try:
-                zuul.release(nodes)
-            except Exception as exc:
-                self.note(f"releasing nodes of {request_id} failed: {exc}")
+            # Each node is returned on its own, each with the full retry bound.
+            for node in nodes:
+                try:
+                    outcome = zuul.release_node(node, time.monotonic() + RETRY_SECONDS)
+                except Exception as exc:
+                    self.note(f"returning node {node['id']} of {request_id} "
+                              f"failed: {exc}")
+                    continue
+                if outcome in ("gone", "taken"):
+                    self.note(f"node {node['id']} of {request_id} was {outcome} "
+                              "when returned (its lock went with the session)")
 
     def note(self, message: str) -> None:
         print(f"  note: {message}", flush=True)
 
     # -- faults ----------------------------------------------------------------------
 
-    def fault_kinds(self):
-        return {
+    def fault_kinds(self) -> dict:
+        kinds = {
             "kill-launcher": self.kill_launcher,
             "kill-builder": self.kill_builder,
             "expire-session": self.expire_session,
+            # With an ensemble: all its servers stopped, then all started.
             "zookeeper-restart": self.zookeeper_restart,
             "cloud-500s": lambda: self.set_fault("http_500", 3),
             "cloud-slow": self.slow_cloud,
@@ -279,27 +617,40 @@ class Soak:
             "broken-config": self.broken_config,
             "corrupt-records": self.corrupt_records,
         }
+        if self.args.ensemble:
+            kinds["kill-zk-leader"] = lambda: self.kill_zk_member("leader")
+            kinds["kill-zk-follower"] = lambda: self.kill_zk_member("follower")
+        return kinds
 
     def inject(self) -> None:
         kinds = self.fault_kinds()
         order = list(kinds)
         self.random.shuffle(order)
+        first_round_done = False
         deadline = time.monotonic() + self.args.duration
-        while time.monotonic() < deadline:
+        # The first round always completes, so even a short soak has every
+        # kind at least once (it may overrun --duration for that).
+        for _ in range(1000000):  # ends at the deadline long before this
+            if first_round_done and time.monotonic() >= deadline:
+                break
             if not order:
                 order = list(kinds)
                 self.random.shuffle(order)
             kind = order.pop()
+            first_round_done = first_round_done or not order
             print(f"[{time.strftime('%H:%M:%S')}] fault: {kind}", flush=True)
+            started = time.monotonic()
             try:
                 kinds[kind]()
                 self.faults[kind] += 1
             except Exception:
                 traceback.print_exc()
+            self.fault_seconds[kind] = max(self.fault_seconds.get(kind, 0.0),
+                                           time.monotonic() - started)
             gap = self.random.uniform(*self.args.fault_gap)
             end = time.monotonic() + gap
             while time.monotonic() < end:
-                time.sleep(min(1.0, end - time.monotonic()))
+                time.sleep(max(0.1, min(1.0, end - time.monotonic())))
                 self.progress()
 
     def progress(self) -> None:
@@ -327,16 +678,40 @@ class Soak:
         self.start_daemon("builder")
 
     def expire_session(self) -> None:
-        """launcher-b loses its connection for longer than its session."""
-        self.proxy.refusing = True
-        self.proxy.drop_all()
+        """launcher-b loses its connection for longer than its session (to
+        every server of an ensemble at once)."""
+        for proxy in self.proxies:
+            proxy.refusing = True
+        for proxy in self.proxies:
+            proxy.drop_all()
         time.sleep(SESSION_TIMEOUT * 1.5)
-        self.proxy.refusing = False
+        for proxy in self.proxies:
+            proxy.refusing = False
 
     def zookeeper_restart(self) -> None:
+        """The server restarts; an ensemble stops as a whole, then starts."""
         self.zk.stop()
         time.sleep(self.random.uniform(0.5, 2))
         self.zk.start()
+
+    def kill_zk_member(self, role: str) -> None:
+        """SIGKILL the ensemble's leader or a random follower, restart it after
+        1-4 s and wait until it has rejoined (the others keep a quorum)."""
+        self.zk.wait_healthy(60)
+        if role == "leader":
+            victim = self.zk.leader()
+        else:
+            followers = self.zk.followers()
+            victim = self.random.choice(followers) if followers else None
+        if victim is None:
+            raise RuntimeError(f"no ZooKeeper {role} found: {self.zk.modes()}")
+        print(f"  zookeeper: killing server {victim.myid} ({role})", flush=True)
+        victim.kill()
+        time.sleep(self.random.uniform(1, 4))
+        victim.start(timeout=60)
+        self.zk.wait_healthy(60)
+        print(f"  zookeeper: server {victim.myid} rejoined: {self.zk.modes()}",
+              flush=True)
 
     def set_fault(self, name: str, value) -> None:
         with self.sim.lock:
@@ -400,6 +775,17 @@ class Soak:
                 self.violations.append(f"node {node_id} still used")
         for request_id in self.stuck:
             self.violations.append(f"request {request_id} never finished")
+        # The clients gave back every node they took: once they have stopped
+        # no node is in use and no client still holds a node's lock.
+        for client in getattr(self, "running_clients", []):
+            self.violations.append(f"{client} still running")
+        for node_id, node in nodes.items():
+            if node.get("state") == "in-use":
+                self.violations.append(f"node {node_id} still in-use")
+        for zuul in self.zuuls:
+            for node_id in list(zuul._node_locks):
+                self.violations.append(f"node {node_id} still locked by "
+                                       f"{zuul.system_id}")
         for duplicate in self.duplicates:
             self.violations.append(f"node allocated twice: {duplicate}")
         # Image retention: at most two ready builds (and two ready uploads)
@@ -475,10 +861,13 @@ class Soak:
         return ready, uploads
 
     def run(self) -> int:
+        zookeeper = (f"an ensemble of {ENSEMBLE_SIZE} servers" if self.args.ensemble
+                     else "one server")
         print(f"soak: state in {self.state}, seed {self.args.seed}, "
-              f"{self.args.duration:.0f} s of faults", flush=True)
-        self.start()
+              f"{self.args.duration:.0f} s of faults, ZooKeeper: {zookeeper}",
+              flush=True)
         try:
+            self.start()
             clients = [threading.Thread(target=self.client, args=(i,), daemon=True)
                        for i in range(self.args.clients)]
             for thread in clients:
@@ -489,6 +878,15 @@ class Soak:
                 self.set_fault(name, 0)
             for thread in clients:
                 thread.join(self.args.request_timeout + 30)
+            self.running_clients = [f"client {i} ({self.phase.get(i)})"
+                                    for i, thread in enumerate(clients)
+                                    if thread.is_alive()]
+            print(f"clients: {sum(z.retried for z in self.zuuls)} ZooKeeper calls "
+                  f"retried, {sum(z.relocked for z in self.zuuls)} node locks taken "
+                  "again after an expired session", flush=True)
+            print("longest fault runs: " + " ".join(
+                f"{k}={v:.1f}s" for k, v in sorted(self.fault_seconds.items())),
+                flush=True)
             print(f"quiet period: {self.args.quiet:.0f} s", flush=True)
             time.sleep(self.args.quiet)
             self.check()
@@ -504,6 +902,13 @@ class Soak:
         for violation in self.violations[:50]:
             print(f"  violation: {violation}")
         return 0 if not self.violations else 1
+
+
+def _servers_yaml(ports: list[int]) -> str:
+    """``zookeeper-servers`` entries; the same chroot on each, as the
+    configuration requires of an ensemble."""
+    return "\n".join(f"  - {{host: 127.0.0.1, port: {port}, chroot: /soak}}"
+                     for port in ports)
 
 
 def _free_port() -> int:
@@ -522,7 +927,13 @@ def main() -> int:
     parser.add_argument("--request-timeout", type=float, default=180.0)
     parser.add_argument("--fault-gap", type=float, nargs=2, default=(3.0, 8.0),
                         metavar=("MIN", "MAX"), help="seconds between faults")
+    parser.add_argument("--ensemble", action="store_true",
+                        help=f"run a {ENSEMBLE_SIZE}-server ZooKeeper ensemble, with "
+                             "leader and follower kills among the faults")
     args = parser.parse_args()
+    # kazoo's warnings on every dropped connection drown the soak's own
+    # lines; the daemons' logs keep theirs.
+    logging.getLogger("kazoo").setLevel(logging.ERROR)
     return Soak(args).run()
 
 

@@ -342,6 +342,9 @@ class Cleanup(PeriodicWorker):
                      self.leaked_resources, self.request_lock_dirs, self.empty_nodes):
             try:
                 task()
+            except KazooException as exc:
+                # Connection trouble: the next pass does it.
+                log.warning("Cleanup task %s: ZooKeeper error: %r", task.__name__, exc)
             except Exception:
                 log.exception("Cleanup task %s failed", task.__name__)
 

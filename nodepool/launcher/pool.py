@@ -322,7 +322,7 @@ class PoolWorker:
             except KazooException as exc:
                 log.warning("Request %s: storing the fulfilment failed (%r); "
                             "checking whether it applied", request.id, exc)
-                applied = self._fulfilment_applied(request)
+                applied = self._fulfilment_applied(handler)
                 if applied is None:
                     # Out of reach: whatever we hold is released when the
                     # connection is back, or goes with the session; the
@@ -353,18 +353,21 @@ class PoolWorker:
                     "with its nodes freed", request.id)
         self._hand_back(handler)
 
-    def _fulfilment_applied(self, request: NodeRequest) -> bool | None:
-        """After a write whose reply was lost: whether the request now says
-        fulfilled with our nodes (None: ZooKeeper still out of reach)."""
+    def _fulfilment_applied(self, handler: RequestHandler) -> bool | None:
+        """After a fulfilment whose reply was lost: whether it applied. The
+        transaction deletes our request-lock contender, and nothing else of
+        ours would, so its absence says it did (even if Zuul has already
+        taken the nodes and removed the request). None: cannot tell, the
+        server is out of reach or the session is gone."""
         client = self.launcher.client
         if not client.wait_until_connected(client.timeout * 2):
             return None
+        if handler.lock.session_lost:
+            return None
         try:
-            stored = self.launcher.store.get_request(request.id)
+            return not handler.lock.contender_exists()
         except KazooException:
             return None
-        return (stored is not None and stored.state == RequestState.FULFILLED
-                and stored.nodes == request.nodes)
 
     def _drop_lost(self, handler: RequestHandler) -> None:
         """Our locks went with the session (or cannot be told apart from

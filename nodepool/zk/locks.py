@@ -185,6 +185,14 @@ class Lock:
         """Wait until the last release (or abandoned attempt) is done."""
         return self._released is None or self._released.wait(timeout)
 
+    def contender_exists(self) -> bool:
+        """Whether our contender is still on the server (a fresh read): after
+        a transaction of ours whose reply was lost, this tells whether it
+        deleted the contender, i.e. applied."""
+        if self.node is None or self.session_lost:
+            return False
+        return self.client.kazoo.exists(self.node) is not None
+
     @property
     def session_lost(self) -> bool:
         """The session this lock was taken in has ended (so has the lock)."""
