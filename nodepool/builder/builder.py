@@ -33,7 +33,8 @@ from nodepool.zk.locks import Lock, is_locked
 from nodepool.zk.records import (
     BuildState, Component, ComponentState, ImageBuild, ImageUpload, UploadState,
 )
-from nodepool.zk.store import ComponentRegistration, Store
+from nodepool.zk.components import ComponentRegistration
+from nodepool.zk.store import Store
 
 log = logging.getLogger("nodepool.builder")
 

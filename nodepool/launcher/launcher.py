@@ -30,7 +30,8 @@ from nodepool.stats import Stats
 from nodepool.zk.cache import ComponentCache, ImageCache, NodeCache, RequestCache
 from nodepool.zk.client import ZooKeeperClient, client_from_config
 from nodepool.zk.records import Component, ComponentState, Node
-from nodepool.zk.store import ComponentRegistration, Store
+from nodepool.zk.components import ComponentRegistration
+from nodepool.zk.store import Store
 
 log = logging.getLogger("nodepool.launcher")
 

@@ -26,12 +26,13 @@ from kazoo.exceptions import KazooException
 
 from nodepool.config.model import Pool, Provider
 from nodepool.launcher import scheduler
+from nodepool.launcher.handler import RequestHandler, Reservations
 from nodepool.launcher.lifecycle import NodeLaunch
 from nodepool.launcher.quota import Resources, pool_limits, tenant_limits
 from nodepool.zk.locks import Lock
 from nodepool.zk.records import Node, NodeRequest, NodeState, RequestState
-from nodepool.zk.store import (ComponentRegistration, RecordNotFound, VersionConflict,
-                                new_pool_component, request_fits)
+from nodepool.zk.components import ComponentRegistration, new_pool_component
+from nodepool.zk.store import RecordNotFound, VersionConflict, request_fits
 
 if TYPE_CHECKING:  # pragma: no cover
     from nodepool.launcher.launcher import Launcher, ProviderManager
@@ -41,102 +42,6 @@ log = logging.getLogger("nodepool.launcher.pool")
 # Shortest time between two passes of one worker: events arriving meanwhile
 # are handled together instead of one pass each.
 MIN_PASS_GAP = 0.01
-
-
-class RequestHandler:
-    """One accepted request: its node slots, in ``node_types`` order."""
-
-    def __init__(self, worker: "PoolWorker", request: NodeRequest, lock: Lock):
-        self.worker = worker
-        self.request = request
-        self.lock = lock
-        count = len(request.node_types)
-        self.nodes: list[Node | None] = [None] * count
-        self.node_locks: list[Lock | None] = [None] * count
-        self.results: list[str | None] = [None] * count
-        self.launching: set[int] = set()
-        self.cancelled = False
-        self.finishing = False
-        # Set while an executor thread creates nodes for missing slots.
-        self.filling = True
-        self.az: str | None = None
-        self.mutex = threading.Lock()
-
-    @property
-    def id(self) -> str:
-        return self.request.id
-
-    def missing(self) -> list[int]:
-        with self.mutex:
-            return [i for i, node in enumerate(self.nodes) if node is None]
-
-    def node_ids(self) -> list[str]:
-        with self.mutex:
-            return [n.id for n in self.nodes if n is not None and n.id]
-
-    def on_launch_result(self, index: int, node: Node, result: str) -> None:
-        """Called by the provider's runner when a launch ends."""
-        with self.mutex:
-            current = self.nodes[index]
-            if current is None or current.id != node.id:
-                return  # a slot reassigned meanwhile; not ours any more
-            self.results[index] = result
-            self.launching.discard(index)
-        self.worker.mark(self)
-
-    def evaluate(self) -> str:
-        """What the handler needs next: waiting, needs, fulfil, decline, cancel."""
-        with self.mutex:
-            if self.finishing or self.filling:
-                return "busy"
-            if self.launching:
-                return "waiting"
-            if "lost" in self.results:
-                return "lost"
-            if self.cancelled:
-                return "cancel"
-            if "failed" in self.results:
-                return "decline"
-            for index, result in enumerate(self.results):
-                if result == "aborted":
-                    # Cloud quota: forget the node (the delete worker removes
-                    # it once unlocked) and launch this slot again later.
-                    lock = self.node_locks[index]
-                    self.nodes[index] = None
-                    self.node_locks[index] = None
-                    self.results[index] = None
-                    if lock is not None:
-                        lock.release()
-            if any(node is None for node in self.nodes):
-                return "needs"
-            return "fulfil"
-
-
-class Reservations:
-    """Quota reserved by accepts in progress, with a running total."""
-
-    def __init__(self):
-        self._items: dict[str, Resources] = {}
-        self.total = Resources()
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._items
-
-    def __setitem__(self, key: str, need: Resources) -> None:
-        self.pop(key, None)
-        self._items[key] = need
-        self.total.add(need)
-
-    def pop(self, key: str, default=None):
-        need = self._items.pop(key, None)
-        if need is None:
-            return default
-        self.total.subtract(need)
-        return need
-
-    def clear(self) -> None:
-        self._items.clear()
-        self.total = Resources()
 
 
 class PoolWorker:
@@ -194,7 +99,7 @@ class PoolWorker:
         if self.thread.is_alive() and threading.current_thread() is not self.thread:
             self.thread.join(timeout=30)
         for handler in list(self.handlers.values()):
-            self._hand_back(handler)
+            handler.hand_back()
         self.registration.unregister()
 
     def reconfigure(self, pool: Pool) -> None:
@@ -276,154 +181,15 @@ class PoolWorker:
                 self.needing.add(request_id)
             if action in ("fulfil", "decline", "cancel", "lost"):
                 handler.finishing = True
-                self.launcher.finisher.submit(self._finish, handler, action)
+                self.launcher.finisher.submit(handler.finish, action)
 
-    def _finish(self, handler: RequestHandler, action: str) -> None:
-        try:
-            if action == "fulfil":
-                self._fulfil(handler)
-            elif action == "decline":
-                self._decline_handler(handler, "a node launch failed")
-            elif action == "lost":
-                self._drop_lost(handler)
-            else:
-                self._release(handler)
-        except Exception as exc:
-            if isinstance(exc, KazooException):
-                log.warning("Request %s: finishing (%s) failed: %r", handler.id,
-                            action, exc)
-            else:
-                log.exception("Request %s: finishing (%s) failed", handler.id, action)
-            self._hand_back(handler)
-        finally:
-            with self.mutex:
-                self.handlers.pop(handler.id, None)
-            self.wake.set()
+    def finished(self, handler: RequestHandler) -> None:
+        """The handler has ended (called from its finisher thread)."""
+        with self.mutex:
+            self.handlers.pop(handler.id, None)
+        self.wake.set()
 
-    def _fulfil(self, handler: RequestHandler) -> None:
-        """Store the request fulfilled, its nodes and itself unlocked at once.
-
-        When the write fails, nothing may stay locked or allocated: after a
-        connection loss the request is re-read to learn whether the write
-        applied; if it did not, it is tried once more, then the request is
-        handed back with its ready nodes freed for reuse."""
-        request = handler.request
-        request.nodes = [n.id for n in handler.nodes]
-        request.set_state(RequestState.FULFILLED)
-        store = self.launcher.store
-        with handler.mutex:
-            locks = [lock for lock in handler.node_locks if lock is not None]
-        for attempt in (1, 2):
-            if handler.lock.session_lost or any(lock.session_lost for lock in locks):
-                self._drop_lost(handler)
-                return
-            try:
-                applied = store.fulfil_request(request, locks, handler.lock)
-            except KazooException as exc:
-                log.warning("Request %s: storing the fulfilment failed (%r); "
-                            "checking whether it applied", request.id, exc)
-                applied = self._fulfilment_applied(handler)
-                if applied is None:
-                    # Out of reach: whatever we hold is released when the
-                    # connection is back, or goes with the session; the
-                    # request, pending and unlocked, is then requeued and its
-                    # nodes freed by the lost-request cleanup.
-                    self._drop_lost(handler)
-                    return
-                if applied:
-                    for lock in locks:
-                        lock.forget()
-                    handler.lock.forget()
-                elif attempt == 1:
-                    continue
-            if applied:
-                with handler.mutex:
-                    handler.node_locks = [None] * len(handler.nodes)
-                log.info("Request %s fulfilled with nodes %s", request.id,
-                         ",".join(request.nodes))
-                self.launcher.stats.request_done(request, "fulfilled")
-                return
-            if store.get_request(request.id) is None:
-                log.info("Request %s vanished before fulfilment; its nodes are "
-                         "released", request.id)
-                self._release_node_locks(handler, clear=True)
-                handler.lock.release()
-                return
-        log.warning("Request %s: could not store its fulfilment; handing it back "
-                    "with its nodes freed", request.id)
-        self._hand_back(handler)
-
-    def _fulfilment_applied(self, handler: RequestHandler) -> bool | None:
-        """After a fulfilment whose reply was lost: whether it applied. The
-        transaction deletes our request-lock contender, and nothing else of
-        ours would, so its absence says it did (even if Zuul has already
-        taken the nodes and removed the request). None: cannot tell, the
-        server is out of reach or the session is gone."""
-        client = self.launcher.client
-        if not client.wait_until_connected(client.timeout * 2):
-            return None
-        if handler.lock.session_lost:
-            return None
-        try:
-            return not handler.lock.contender_exists()
-        except KazooException:
-            return None
-
-    def _drop_lost(self, handler: RequestHandler) -> None:
-        """Our locks went with the session (or cannot be told apart from
-        gone): write nothing, give up whatever may still be held."""
-        log.warning("Request %s: ZooKeeper session lost or out of reach; "
-                    "leaving it to be requeued", handler.id)
-        with handler.mutex:
-            locks = [lock for lock in handler.node_locks if lock is not None]
-            handler.node_locks = [None] * len(handler.nodes)
-        for lock in locks:
-            lock.release()
-        handler.lock.release()
-
-    def _release(self, handler: RequestHandler) -> None:
-        """The request was cancelled: nodes become free, ready ones reusable."""
-        log.info("Request %s was cancelled; releasing %s", handler.id,
-                 handler.node_ids() or "no nodes")
-        self._release_node_locks(handler, clear=True)
-        self._unlock_request(handler)
-
-    def _release_node_locks(self, handler: RequestHandler, clear: bool) -> None:
-        """Unlock the handler's nodes; with ``clear``, ready ones are freed
-        (allocated to no request) first, so they can be reused."""
-        with handler.mutex:
-            pairs = list(zip(handler.nodes, handler.node_locks, handler.results))
-            handler.node_locks = [None] * len(handler.nodes)
-        for node, lock, result in pairs:
-            if lock is None:
-                continue
-            try:
-                if clear and node is not None and node.state == NodeState.READY \
-                        and not lock.session_lost:
-                    node.allocated_to = None
-                    self.launcher.store.update_node(node)
-            except RecordNotFound:
-                pass
-            except Exception as exc:
-                log.warning("Node %s: cannot free it: %r", node.id, exc)
-            finally:
-                lock.release()
-
-    def _unlock_request(self, handler: RequestHandler) -> None:
-        # The lock directory stays (as upstream's): the cleanup removes it
-        # once the request has been gone for a while.
-        handler.lock.release()
-
-    def _decline_handler(self, handler: RequestHandler, reason: str) -> None:
-        self._release_node_locks(handler, clear=True)
-        request = handler.request
-        try:
-            self._decline(request, reason)
-        except RecordNotFound:
-            pass
-        self._unlock_request(handler)
-
-    def _decline(self, request: NodeRequest, reason: str) -> None:
+    def decline_request(self, request: NodeRequest, reason: str) -> None:
         """Add our id to declined_by; fail if every registered pool has."""
         if self.id not in request.declined_by:
             request.declined_by.append(self.id)
@@ -438,22 +204,6 @@ class PoolWorker:
             request.set_state(RequestState.REQUESTED)
             log.info("Request %s declined by %s: %s", request.id, self.id, reason)
         self.launcher.store.update_request(request)
-
-    def _hand_back(self, handler: RequestHandler) -> None:
-        """Return a held request to the queue, undeclined, its nodes freed
-        (we are stopping, or finishing it failed)."""
-        self._release_node_locks(handler, clear=True)
-        request = handler.request
-        try:
-            if not handler.lock.session_lost:
-                request.nodes = []
-                request.set_state(RequestState.REQUESTED)
-                self.launcher.store.update_request(request)
-        except RecordNotFound:
-            pass
-        except Exception as exc:
-            log.warning("Request %s: cannot hand it back: %r", request.id, exc)
-        handler.lock.release()
 
     def cancel(self, request_id: str) -> None:
         handler = self.handlers.get(request_id)
@@ -697,7 +447,7 @@ class PoolWorker:
                 fresh = self._fresh_request(fresh)
                 try:
                     if fresh is not None:
-                        self._decline(fresh, reason)
+                        self.decline_request(fresh, reason)
                 finally:
                     lock.release()
                 return
@@ -748,7 +498,7 @@ class PoolWorker:
                 # that cannot launch hands the request back, undeclined.
                 with self.mutex:
                     self.handlers.pop(request.id, None)
-                self._hand_back(handler)
+                handler.hand_back()
                 return
             self._fill(handler, missing)
         finally:

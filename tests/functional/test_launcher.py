@@ -604,7 +604,7 @@ def test_min_ready_far_above_max_servers_does_not_flood(env, zuul):
 def test_request_lock_directories_stay_until_the_request_is_long_gone(
         env, zuul, monkeypatch):
     from nodepool.launcher import maintenance
-    launcher = env.start(config(env))
+    env.start(config(env))
     request_id = zuul.submit(["small"])
     assert zuul.wait_for_request(request_id)["state"] == "fulfilled"
     lock_dir = f"/nodepool/requests-lock/{request_id}"

@@ -2,6 +2,7 @@
 before it ever connected, and when the server stops while it runs (with
 requests in hand, for the launcher)."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -58,12 +59,20 @@ def write_config(tmp_path, port: int) -> str:
     return str(path)
 
 
-def start(program: str, config: str, log_path) -> subprocess.Popen:
-    log = open(log_path, "ab")
+@contextlib.contextmanager
+def running(program: str, config: str, log_path):
+    """The daemon in the foreground; killed at the end if still alive."""
     extra = ["--no-webapp"] if program == "nodepool-launcher" else []
-    return subprocess.Popen([os.path.join(BIN, program), "-f", "-c", config, *extra],
-                            stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [os.path.join(BIN, program), "-f", "-c", config, *extra],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def stop_and_time(process: subprocess.Popen) -> float:
@@ -82,14 +91,10 @@ def stop_and_time(process: subprocess.Popen) -> float:
 def test_sigterm_while_zookeeper_was_never_reachable(tmp_path, program):
     config = write_config(tmp_path, free_port())  # nothing listens there
     log_path = tmp_path / "daemon.log"
-    process = start(program, config, log_path)
-    try:
+    with running(program, config, log_path) as process:
         wait_until(lambda: b"Still trying to connect" in log_path.read_bytes(),
                    timeout=20, message="the daemon waits for ZooKeeper")
         took = stop_and_time(process)
-    finally:
-        if process.poll() is None:
-            process.kill()
     assert took < STOP_WITHIN, log_path.read_text()[-3000:]
     assert process.returncode == 0
 
@@ -108,9 +113,8 @@ def own_zookeeper(tmp_path):
 def test_sigterm_after_zookeeper_went_away(tmp_path, own_zookeeper, program):
     config = write_config(tmp_path, own_zookeeper.port)
     log_path = tmp_path / "daemon.log"
-    process = start(program, config, log_path)
     zuul = FakeZuul(own_zookeeper.hosts)
-    try:
+    with running(program, config, log_path) as process:
         kind = "pool" if program == "nodepool-launcher" else "builder"
         wait_until(lambda: zuul.kazoo.exists(f"/nodepool/components/{kind}") and
                    zuul.kazoo.get_children(f"/nodepool/components/{kind}"),
@@ -125,8 +129,5 @@ def test_sigterm_after_zookeeper_went_away(tmp_path, own_zookeeper, program):
         own_zookeeper.stop()
         time.sleep(1.0)
         took = stop_and_time(process)
-    finally:
-        if process.poll() is None:
-            process.kill()
     assert took < STOP_WITHIN, log_path.read_text()[-3000:]
     assert process.returncode == 0

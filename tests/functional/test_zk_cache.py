@@ -14,7 +14,8 @@ from nodepool.zk.client import ZooKeeperClient
 from nodepool.zk.records import (
     ImageBuild, ImageUpload, Node, NodeRequest, NodeState, PoolComponent,
 )
-from nodepool.zk.store import ComponentRegistration, Store, new_pool_component
+from nodepool.zk.components import ComponentRegistration, new_pool_component
+from nodepool.zk.store import Store
 
 
 @pytest.fixture

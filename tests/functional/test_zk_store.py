@@ -14,8 +14,8 @@ from nodepool.zk.records import (
     ComponentState, ImageBuild, ImageUpload, Node, NodeRequest, NodeState,
     PoolComponent, RequestState,
 )
-from nodepool.zk.store import (ComponentRegistration, Store, VersionConflict,
-                                new_pool_component)
+from nodepool.zk.components import ComponentRegistration, new_pool_component
+from nodepool.zk.store import Store, VersionConflict
 
 
 def test_request_round_trip_and_priority_prefix(store):

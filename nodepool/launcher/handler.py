@@ -1,0 +1,280 @@
+"""One accepted request while a pool worker holds it: its node slots, what
+it needs next, and how it ends (fulfilled, declined, released, handed back,
+or dropped with a lost session) - in each case leaving no node locked or
+allocated that should not be."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from kazoo.exceptions import KazooException
+
+from nodepool.launcher.quota import Resources
+from nodepool.zk.locks import Lock
+from nodepool.zk.records import Node, NodeRequest, NodeState, RequestState
+from nodepool.zk.store import RecordNotFound
+
+if TYPE_CHECKING:  # pragma: no cover
+    from nodepool.launcher.pool import PoolWorker
+
+log = logging.getLogger("nodepool.launcher.pool")
+
+
+class RequestHandler:
+    """One accepted request: its node slots, in ``node_types`` order."""
+
+    def __init__(self, worker: "PoolWorker", request: NodeRequest, lock: Lock):
+        self.worker = worker
+        self.request = request
+        self.lock = lock
+        count = len(request.node_types)
+        self.nodes: list[Node | None] = [None] * count
+        self.node_locks: list[Lock | None] = [None] * count
+        self.results: list[str | None] = [None] * count
+        self.launching: set[int] = set()
+        self.cancelled = False
+        self.finishing = False
+        # Set while an executor thread creates nodes for missing slots.
+        self.filling = True
+        self.az: str | None = None
+        self.mutex = threading.Lock()
+
+    @property
+    def id(self) -> str:
+        return self.request.id
+
+    def missing(self) -> list[int]:
+        with self.mutex:
+            return [i for i, node in enumerate(self.nodes) if node is None]
+
+    def node_ids(self) -> list[str]:
+        with self.mutex:
+            return [n.id for n in self.nodes if n is not None and n.id]
+
+    def on_launch_result(self, index: int, node: Node, result: str) -> None:
+        """Called by the provider's runner when a launch ends."""
+        with self.mutex:
+            current = self.nodes[index]
+            if current is None or current.id != node.id:
+                return  # a slot reassigned meanwhile; not ours any more
+            self.results[index] = result
+            self.launching.discard(index)
+        self.worker.mark(self)
+
+    def evaluate(self) -> str:
+        """What the handler needs next: waiting, needs, fulfil, decline, cancel."""
+        with self.mutex:
+            if self.finishing or self.filling:
+                return "busy"
+            if self.launching:
+                return "waiting"
+            if "lost" in self.results:
+                return "lost"
+            if self.cancelled:
+                return "cancel"
+            if "failed" in self.results:
+                return "decline"
+            for index, result in enumerate(self.results):
+                if result == "aborted":
+                    # Cloud quota: forget the node (the delete worker removes
+                    # it once unlocked) and launch this slot again later.
+                    lock = self.node_locks[index]
+                    self.nodes[index] = None
+                    self.node_locks[index] = None
+                    self.results[index] = None
+                    if lock is not None:
+                        lock.release()
+            if any(node is None for node in self.nodes):
+                return "needs"
+            return "fulfil"
+
+    # -- how it ends (on the launcher's finisher threads) ----------------------
+
+    def finish(self, action: str) -> None:
+        """Fulfil, decline, release (cancelled) or drop (session lost). Any
+        failure hands the request back with its nodes freed."""
+        worker = self.worker
+        try:
+            if action == "fulfil":
+                self.fulfil()
+            elif action == "decline":
+                self.decline("a node launch failed")
+            elif action == "lost":
+                self.drop_lost()
+            else:
+                self.release()
+        except Exception as exc:
+            if isinstance(exc, KazooException):
+                log.warning("Request %s: finishing (%s) failed: %r", self.id,
+                            action, exc)
+            else:
+                log.exception("Request %s: finishing (%s) failed", self.id, action)
+            self.hand_back()
+        finally:
+            worker.finished(self)
+
+    def fulfil(self) -> None:
+        """Store the request fulfilled, its nodes and itself unlocked at once.
+
+        When the write fails, nothing may stay locked or allocated: after a
+        connection loss, whether it applied is read back; if it did not, it is
+        tried once more, then the request is handed back with its ready nodes
+        freed for reuse."""
+        request = self.request
+        request.nodes = [n.id for n in self.nodes]
+        request.set_state(RequestState.FULFILLED)
+        launcher = self.worker.launcher
+        store = launcher.store
+        with self.mutex:
+            locks = [lock for lock in self.node_locks if lock is not None]
+        for attempt in (1, 2):
+            if self.lock.session_lost or any(lock.session_lost for lock in locks):
+                self.drop_lost()
+                return
+            try:
+                applied = store.fulfil_request(request, locks, self.lock)
+            except KazooException as exc:
+                log.warning("Request %s: storing the fulfilment failed (%r); "
+                            "checking whether it applied", request.id, exc)
+                applied = self._fulfilment_applied()
+                if applied is None:
+                    # Out of reach: whatever we hold is released when the
+                    # connection is back, or goes with the session; the
+                    # request, pending and unlocked, is then requeued and its
+                    # nodes freed by the lost-request cleanup.
+                    self.drop_lost()
+                    return
+                if applied:
+                    for lock in locks:
+                        lock.forget()
+                    self.lock.forget()
+                elif attempt == 1:
+                    continue
+            if applied:
+                with self.mutex:
+                    self.node_locks = [None] * len(self.nodes)
+                log.info("Request %s fulfilled with nodes %s", request.id,
+                         ",".join(request.nodes))
+                launcher.stats.request_done(request, "fulfilled")
+                return
+            if store.get_request(request.id) is None:
+                log.info("Request %s vanished before fulfilment; its nodes are "
+                         "released", request.id)
+                self.release_nodes(clear=True)
+                self.lock.release()
+                return
+        log.warning("Request %s: could not store its fulfilment; handing it back "
+                    "with its nodes freed", request.id)
+        self.hand_back()
+
+    def _fulfilment_applied(self) -> bool | None:
+        """After a fulfilment whose reply was lost: whether it applied. The
+        transaction deletes our request-lock contender, and nothing else of
+        ours would, so its absence says it did (even if Zuul has already
+        taken the nodes and removed the request). None: cannot tell, the
+        server is out of reach or the session is gone."""
+        client = self.worker.launcher.client
+        if not client.wait_until_connected(client.timeout * 2):
+            return None
+        if self.lock.session_lost:
+            return None
+        try:
+            return not self.lock.contender_exists()
+        except KazooException:
+            return None
+
+    def drop_lost(self) -> None:
+        """Our locks went with the session (or cannot be told apart from
+        gone): write nothing, give up whatever may still be held."""
+        log.warning("Request %s: ZooKeeper session lost or out of reach; "
+                    "leaving it to be requeued", self.id)
+        with self.mutex:
+            locks = [lock for lock in self.node_locks if lock is not None]
+            self.node_locks = [None] * len(self.nodes)
+        for lock in locks:
+            lock.release()
+        self.lock.release()
+
+    def release(self) -> None:
+        """The request was cancelled: nodes become free, ready ones reusable.
+        (The request lock directory stays, as upstream's: the cleanup
+        removes it once the request has been gone for a while.)"""
+        log.info("Request %s was cancelled; releasing %s", self.id,
+                 self.node_ids() or "no nodes")
+        self.release_nodes(clear=True)
+        self.lock.release()
+
+    def release_nodes(self, clear: bool) -> None:
+        """Unlock the nodes; with ``clear``, ready ones are freed (allocated
+        to no request) first, so they can be reused."""
+        with self.mutex:
+            pairs = list(zip(self.nodes, self.node_locks))
+            self.node_locks = [None] * len(self.nodes)
+        store = self.worker.launcher.store
+        for node, lock in pairs:
+            if lock is None:
+                continue
+            try:
+                if clear and node is not None and node.state == NodeState.READY \
+                        and not lock.session_lost:
+                    node.allocated_to = None
+                    store.update_node(node)
+            except RecordNotFound:
+                pass
+            except Exception as exc:
+                log.warning("Node %s: cannot free it: %r", node.id, exc)
+            finally:
+                lock.release()
+
+    def decline(self, reason: str) -> None:
+        self.release_nodes(clear=True)
+        try:
+            self.worker.decline_request(self.request, reason)
+        except RecordNotFound:
+            pass
+        self.lock.release()
+
+    def hand_back(self) -> None:
+        """Return the request to the queue, undeclined, its nodes freed (the
+        pool is stopping, or finishing it failed)."""
+        self.release_nodes(clear=True)
+        request = self.request
+        try:
+            if not self.lock.session_lost:
+                request.nodes = []
+                request.set_state(RequestState.REQUESTED)
+                self.worker.launcher.store.update_request(request)
+        except RecordNotFound:
+            pass
+        except Exception as exc:
+            log.warning("Request %s: cannot hand it back: %r", request.id, exc)
+        self.lock.release()
+
+
+class Reservations:
+    """Quota reserved by accepts in progress, with a running total."""
+
+    def __init__(self):
+        self._items: dict[str, Resources] = {}
+        self.total = Resources()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._items
+
+    def __setitem__(self, key: str, need: Resources) -> None:
+        self.pop(key, None)
+        self._items[key] = need
+        self.total.add(need)
+
+    def pop(self, key: str, default=None):
+        need = self._items.pop(key, None)
+        if need is None:
+            return default
+        self.total.subtract(need)
+        return need
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.total = Resources()
