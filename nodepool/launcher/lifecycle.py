@@ -539,14 +539,16 @@ class NodeDelete(Task):
             self._notify(False)
             return None
         except KazooException as exc:
-            log.error("Node %s: ZooKeeper error while deleting: %s", node.id, exc)
+            # Unlocked, the node is taken up again by the next sweep.
+            log.warning("Node %s: ZooKeeper error while deleting: %r", node.id, exc)
             self.lock.release()
             self._notify(False)
             return None
         except DriverError as exc:
             return self._retry(exc)
         except Exception as exc:
-            log.exception("Node %s: unexpected error while deleting", node.id)
+            # A cloud error the driver did not classify: retried all the same.
+            log.debug("Node %s: delete error", node.id, exc_info=True)
             return self._retry(exc)
 
     def _mark_deleting_checked(self) -> bool:
