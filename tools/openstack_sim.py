@@ -18,8 +18,10 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable
+
+from nodepool.launcher.webapp import QuietHTTPServer
 
 PROJECT_ID = "5f0d1a6b2c3e4d5f8a9b0c1d2e3f4a5b"
 USER_ID = "9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d"
@@ -116,7 +118,7 @@ class OpenStackSimulator:
         self.requests: list[tuple[str, str]] = []
         self.page_size = 1000  # Nova's default osapi_max_limit
         self._address = 10
-        self._server: ThreadingHTTPServer | None = None
+        self._server: QuietHTTPServer | None = None
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -126,8 +128,7 @@ class OpenStackSimulator:
         class Handler(_Handler):
             sim = simulator
 
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
-        self._server.daemon_threads = True
+        self._server = QuietHTTPServer((self.host, self.port), Handler)
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, daemon=True,
                          name="openstack-sim").start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +17,20 @@ from nodepool import status
 log = logging.getLogger("nodepool.launcher.webapp")
 
 CACHE_SECONDS = 1.0
+
+
+class QuietHTTPServer(ThreadingHTTPServer):
+    """A threading HTTP server that treats a client hanging up mid-request
+    (a killed CLI, a restarted daemon) as routine, not a stderr traceback."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            log.debug("Client %s went away: %s", client_address, error)
+            return
+        log.exception("Error answering %s", client_address)
 
 
 def wants_json(accept: str | None) -> bool:
@@ -53,7 +68,7 @@ class StatusWebApp:
         self.launcher = launcher
         self.host = host
         self.port = port
-        self._server: ThreadingHTTPServer | None = None
+        self._server: QuietHTTPServer | None = None
         self._cache: dict[tuple, tuple[float, bytes, str]] = {}
         self._lock = threading.Lock()
         self.routes: dict[str, tuple[list, Callable[[dict], list[dict]]]] = {
@@ -151,8 +166,7 @@ class StatusWebApp:
         class Handler(_Handler):
             webapp = app
 
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
-        self._server.daemon_threads = True
+        self._server = QuietHTTPServer((self.host, self.port), Handler)
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, daemon=True,
                          name="webapp").start()
