@@ -23,7 +23,7 @@ from nodepool.builder import dib, local
 from nodepool.config import ConfigError, load_config
 from nodepool.config.loader import config_files_changed
 from nodepool.config.model import Config, DiskImage, Provider, ProviderDiskImage
-from nodepool.drivers import DriverUnavailable, NotFound, make_adapter
+from nodepool.drivers import DriverUnavailable, NotFound, capabilities, make_adapter
 from nodepool.launcher.worker import PeriodicWorker
 from nodepool.stats import BuilderStats
 from nodepool.zk import paths
@@ -228,7 +228,7 @@ def _mtimes(config: Config) -> dict:
 
 
 def image_providers(config: Config) -> list[Provider]:
-    return [p for p in config.providers.values() if p.manages_images]
+    return [p for p in config.providers.values() if capabilities(p).manages_images]
 
 
 def newest_ready(builds: list[ImageBuild]) -> ImageBuild | None:

@@ -189,13 +189,14 @@ def cmd_alien_image_list(args: argparse.Namespace) -> int:
     """Cloud images carrying nodepool's properties that no upload record of
     that provider accounts for (what a crashed upload or a lost ZooKeeper
     leaves behind)."""
-    from nodepool.drivers import make_adapter
+    from nodepool.drivers import capabilities, make_adapter
     from nodepool.zk.store import Store
     config, client = _connect(args)
     rows = []
     try:
         store = Store(client)
-        providers = [p for p in config.providers.values() if p.manages_images
+        providers = [p for p in config.providers.values()
+                     if capabilities(p).manages_images
                      and (args.provider is None or p.name == args.provider)]
         if args.provider is not None and not providers:
             raise CommandError(f"no image-managing provider {args.provider} in the "

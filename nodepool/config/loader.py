@@ -225,14 +225,16 @@ def _build_diskimages(raw: dict, problems: list[Problem]
 
 def _build_providers(raw: dict, config: Config, abstract: set[str],
                      problems: list[Problem]) -> None:
+    # Imported here: driver packages import the schema helpers of this package.
+    from nodepool import drivers
     for index, item in enumerate(raw.get("providers", [])):
         path = ("providers", index)
-        driver_name = s.driver_name_for(item)
-        driver = s.get_driver(driver_name)
+        driver_name = drivers.driver_name_for(item)
+        driver = drivers.get_driver(driver_name)
         if driver is None:
             problems.append(Problem(path + ("driver",), f"unknown driver "
                                     f"{driver_name!r} (known: "
-                                    f"{', '.join(s.known_drivers())})"))
+                                    f"{', '.join(drivers.known_drivers())})"))
             continue
         found = s.validate(driver.schema(), item, path)
         if found:
@@ -246,7 +248,7 @@ def _build_providers(raw: dict, config: Config, abstract: set[str],
             problems.append(Problem(path + ("name",),
                                     f"duplicate provider name {provider.name!r}"))
         config.providers[provider.name] = provider
-        if provider.manages_images:
+        if driver.capabilities.manages_images:
             for image_name in provider.diskimages:
                 image = config.diskimages.get(image_name)
                 if image is not None and provider.image_type not in image.formats:

@@ -83,48 +83,24 @@ class CloudImage:
 
 @dataclass
 class PoolLabel:
-    """A label as offered by one pool (cloud drivers)."""
+    """A label as offered by one pool. The fields here are the ones the
+    launcher itself reads; each driver subclasses it with its own keys."""
 
     name: str
+    # Image-booting drivers: exactly one of these names what to boot.
     diskimage: str | None = None
     cloud_image: str | None = None
-    min_ram: int = 0
-    flavor_name: str | None = None
-    key_name: str | None = None
-    console_log: bool = False
-    boot_from_volume: bool = False
-    volume_size: int = 50
-    volume_type: str | None = None
+    # Metadata written onto the instance (upstream's instance-properties).
     instance_properties: dict[str, str] = field(default_factory=dict)
     dynamic_instance_properties: dict[str, str] = field(default_factory=dict)
-    userdata: str | None = None
-    networks: list[str] = field(default_factory=list)
     host_key_checking: bool = True
-
-
-@dataclass
-class StaticNode:
-    """A pre-existing host of a static pool."""
-
-    name: str
-    labels: list[str]
-    username: str = "zuul"
-    timeout: int = 5
-    host_key_checking: bool = True
-    host_keys: list[str] = field(default_factory=list)
-    connection_type: str = "ssh"
-    connection_port: int = 22
-    shell_type: str | None = None
-    python_path: str = "auto"
-    max_parallel_jobs: int = 1
-
-    @property
-    def identity(self) -> tuple[str, str, int]:
-        return (self.name, self.username, self.connection_port)
 
 
 @dataclass
 class Pool:
+    """A provider pool: what every driver's pools share (limits, labels,
+    priority); drivers subclass it with their own keys."""
+
     name: str
     # None means unlimited; <= 0 disables the pool for new requests.
     max_servers: int | None = None
@@ -138,12 +114,7 @@ class Pool:
     max_resources: dict[str, int] = field(default_factory=dict)
     ignore_provider_quota: bool = False
     availability_zones: list[str] = field(default_factory=list)
-    networks: list[str] = field(default_factory=list)
-    security_groups: list[str] = field(default_factory=list)
-    auto_floating_ip: bool = True
     host_key_checking: bool = True
-    # Static driver only.
-    nodes: list[StaticNode] = field(default_factory=list)
 
     @property
     def label_names(self) -> list[str]:
@@ -152,31 +123,26 @@ class Pool:
 
 @dataclass
 class Provider:
+    """What every driver's providers share; each driver subclasses it with
+    its own keys (``nodepool.drivers.<name>.config``)."""
+
     name: str
     driver: str
     pools: dict[str, Pool] = field(default_factory=dict)
     max_concurrency: int = -1
     priority: int | None = None
-    manages_images: bool = False
-    # Cloud drivers (openstack, fake).
-    cloud: str | None = None
-    region_name: str | None = None
+    # The launcher times and retries every launch with these.
     boot_timeout: int = 60
     launch_timeout: int = 3600
     launch_retries: int = 3
-    image_upload_timeout: int = 3600
-    rate: float = 1.0
-    image_name_format: str = "{image_name}-{timestamp}"
-    post_upload_hook: str | None = None
-    clean_floating_ips: bool = False
-    port_cleanup_interval: int = 600
-    # Hand out a server's IPv6 address as interface_ip when it has one.
-    ipv6_preferred: bool = False
-    image_type: str = "qcow2"
+    # Images: set only by drivers that boot them; uploads also need the
+    # driver's manages_images capability.
     diskimages: dict[str, ProviderDiskImage] = field(default_factory=dict)
     cloud_images: dict[str, CloudImage] = field(default_factory=dict)
-    # Fake driver: behaviour of the simulated cloud (ours; ignored upstream).
-    simulation: dict[str, Any] = field(default_factory=dict)
+    image_type: str = "qcow2"
+    image_name_format: str = "{image_name}-{timestamp}"
+    image_upload_timeout: int = 3600
+    post_upload_hook: str | None = None
 
     def pool_priority(self, pool: Pool) -> int:
         if pool.priority is not None:

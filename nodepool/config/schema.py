@@ -1,17 +1,15 @@
 """Voluptuous schemas for the configuration file, and validation problems.
 
 The core schema covers the top level, labels, diskimages and tenant limits.
-Each driver registers its provider schema and builder (see
-:func:`register_driver`); providers are validated against the schema of their
-own driver, so an error names the exact key path, e.g.
+Each driver brings its provider schema (``nodepool.drivers``); providers
+are validated against the schema of their own driver, so an error names the exact key path, e.g.
 ``providers[0].pools[1].labels[2].min-ram: expected an integer``.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import voluptuous as v
 
@@ -266,21 +264,7 @@ def _problem(err: v.Invalid, prefix: tuple) -> Problem:
     return Problem(tuple(prefix) + tuple(err.path), message)
 
 
-# -- driver registry -------------------------------------------------------------
-
-
-class DriverConfig(Protocol):
-    """What a driver contributes to configuration handling."""
-
-    name: str
-    manages_images: bool
-
-    def schema(self) -> v.Schema:
-        """Provider schema (including :data:`provider_common` keys)."""
-
-    def build(self, raw: dict, context: "BuildContext"):
-        """Typed :class:`~nodepool.config.model.Provider` from validated data;
-        reference problems go to ``context``."""
+# -- what a driver gets to build its provider ---------------------------------
 
 
 @dataclass
@@ -295,36 +279,3 @@ class BuildContext:
 
     def problem(self, subpath: tuple, message: str) -> None:
         self.problems.append(Problem(self.path + tuple(subpath), message))
-
-
-# Built-in drivers by name -> module that defines DRIVER.
-_BUILTIN = {
-    "openstack": "nodepool.drivers.openstack.config",
-    "fake": "nodepool.drivers.fake.config",
-    "static": "nodepool.drivers.static.config",
-}
-_registry: dict[str, DriverConfig] = {}
-
-
-def register_driver(driver: DriverConfig) -> None:
-    _registry[driver.name] = driver
-
-
-def get_driver(name: str) -> DriverConfig | None:
-    if name not in _registry and name in _BUILTIN:
-        module = importlib.import_module(_BUILTIN[name])
-        register_driver(module.DRIVER)
-    return _registry.get(name)
-
-
-def known_drivers() -> list[str]:
-    return sorted(set(_BUILTIN) | set(_registry))
-
-
-def driver_name_for(provider: dict) -> str:
-    """The driver a provider entry uses; names starting 'fake' force 'fake'."""
-    name = provider.get("name")
-    if isinstance(name, str) and name.startswith("fake"):
-        return "fake"
-    driver = provider.get("driver", "openstack")
-    return driver if isinstance(driver, str) else ""

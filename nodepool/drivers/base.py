@@ -1,4 +1,8 @@
-"""The contract between the launcher and a cloud driver.
+"""The contract between the core and a cloud driver.
+
+A driver is one package under ``nodepool/drivers/`` that exposes a
+:class:`Driver` (its configuration schema, typed config, capabilities and
+adapter factory) and is listed once in ``nodepool.drivers.REGISTRY``.
 
 A driver only talks to its cloud. The launcher owns ZooKeeper, locking, quota
 and node state; it asks the driver's :class:`Adapter` for state machines that
@@ -11,10 +15,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nodepool.config.model import PoolLabel, Provider
-from nodepool.launcher.quota import Resources
+from nodepool.config.model import Pool, PoolLabel, Provider
+from nodepool.resources import Resources
+
+if TYPE_CHECKING:  # pragma: no cover
+    import voluptuous
+
+    from nodepool.config.schema import BuildContext
 
 # Metadata keys that mark an instance (or image) as nodepool's.
 META_PROVIDER = "nodepool_provider_name"
@@ -134,11 +143,15 @@ class StateMachine:
 
 
 class Adapter:
-    """One instance per configured provider."""
+    """One instance per configured provider.
 
-    # Whether a pool at quota should keep a request and wait (cloud drivers)
-    # rather than hand it back (static driver).
-    pause_at_quota = True
+    Threads: ``create_state_machine``/``delete_state_machine`` and the
+    machines' ``advance()`` are called from the provider's runner threads and
+    must not block. Everything else may block on the cloud and is called
+    only from the launcher's background threads (cleanup, cloud snapshot
+    refresh, the builder's upload workers), never from a pool worker or a
+    cache thread.
+    """
 
     def __init__(self, provider: Provider):
         self.provider = provider
@@ -192,6 +205,21 @@ class Adapter:
     def delete_image(self, external_id: str) -> None:
         raise NotImplementedError
 
+    # -- inventory drivers (capabilities.launches_instances is False) ---------
+
+    def hosts(self, pool: Pool) -> list["Host"]:
+        """The pre-existing hosts a pool hands out."""
+        return []
+
+    def describe_host(self, host: "Host") -> Instance:
+        """Blocking: check a host can be handed out and say how to reach it
+        (addresses, host keys); raises when it is not usable."""
+        raise NotImplementedError
+
+    def alive(self, host: "Host") -> bool:
+        """Blocking but quick: whether a host may be handed out again."""
+        return True
+
     def list_images(self) -> list[dict]:
         """Every image the cloud shows: ``{"id", "name", "properties"}``
         (for ``alien-image-list``); empty for drivers without images."""
@@ -203,3 +231,57 @@ class Adapter:
 
     def stop(self) -> None:
         pass
+
+
+@dataclass
+class Host:
+    """A pre-existing machine of an inventory driver's pool; each of its
+    ``slots`` is one node record at a time."""
+
+    name: str
+    labels: list[str]
+    username: str = "zuul"
+    connection_type: str = "ssh"
+    connection_port: int = 22
+    slots: int = 1
+
+    @property
+    def identity(self) -> tuple[str, str, int]:
+        return (self.name, self.username, self.connection_port)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the core may ask of a driver."""
+
+    # False: the driver keeps a fixed inventory of hosts (Adapter.hosts)
+    # instead of creating instances; pools hand back what they cannot serve.
+    launches_instances: bool = True
+    # The builder uploads diskimages to its providers.
+    manages_images: bool = False
+    # Adapter.quota_limits asks the cloud (otherwise only pool limits count).
+    reports_quota: bool = False
+
+
+class Driver:
+    """A cloud driver as the core sees it; one instance per driver."""
+
+    name: str = ""
+    capabilities = Capabilities()
+
+    def schema(self) -> "voluptuous.Schema":
+        """Voluptuous schema of one ``providers[]`` entry of this driver."""
+        raise NotImplementedError
+
+    def build(self, raw: dict, ctx: "BuildContext") -> Provider:
+        """The typed provider (a :class:`Provider` subclass) from validated
+        data; reference problems go to ``ctx``."""
+        raise NotImplementedError
+
+    def make_adapter(self, provider: Provider) -> Adapter:
+        raise NotImplementedError
+
+    def connection_key(self, provider: Provider) -> tuple:
+        """Settings whose change needs a new adapter (a new connection);
+        other changes go to :meth:`Adapter.reconfigure`."""
+        return (provider.driver,)

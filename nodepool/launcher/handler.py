@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from kazoo.exceptions import KazooException
 
-from nodepool.launcher.quota import Resources
+from nodepool.resources import Resources
 from nodepool.zk.locks import Lock
 from nodepool.zk.records import Node, NodeRequest, NodeState, RequestState
 from nodepool.zk.store import RecordNotFound

@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 from nodepool.config import ConfigError, config_files_changed, load_config
 from nodepool.config.model import Config, PoolLabel, Provider
-from nodepool.drivers import DriverUnavailable, connection_fields, make_adapter
-from nodepool.drivers.base import RuntimeConfigurationError
+from nodepool.drivers import DriverUnavailable, connection_key, driver_of
 from nodepool.launcher.lifecycle import NodeDelete, NodeLaunch, Runner
 from nodepool.launcher.maintenance import Cleanup, DeleteWorker, MinReady
 from nodepool.launcher.pool import PoolWorker
-from nodepool.launcher.quota import Resources, UsageIndex, pool_limits
-from nodepool.launcher.static import StaticRegistrar
+from nodepool.launcher.quota import UsageIndex, pool_limits
+from nodepool.resources import Resources
+from nodepool.launcher.cloudview import CloudView, Unknown
+from nodepool.launcher.inventory import InventoryRegistrar
 from nodepool.stats import Stats
 from nodepool.zk.cache import ComponentCache, ImageCache, NodeCache, RequestCache
 from nodepool.zk.client import ZooKeeperClient, client_from_config
@@ -35,7 +35,6 @@ from nodepool.zk.store import Store
 
 log = logging.getLogger("nodepool.launcher")
 
-QUOTA_CACHE_SECONDS = 60.0
 RUNNERS = 4
 
 
@@ -45,20 +44,22 @@ class ProviderManager:
     def __init__(self, launcher: "Launcher", provider: Provider):
         self.launcher = launcher
         self.provider = provider
-        self.adapter = make_adapter(provider)
+        self.driver = driver_of(provider)
+        self.capabilities = self.driver.capabilities
+        self.adapter = self.driver.make_adapter(provider)
         # Several runners, so one thread's ZooKeeper round trips do not queue
         # every other launch and delete of the provider behind them.
         self.runners = [Runner(f"{provider.name}-{i}") for i in range(RUNNERS)]
         self.workers: dict[str, PoolWorker] = {}
         self._launches = 0
         self._mutex = threading.Lock()
-        self._label_quota: dict[str, Resources | None] = {}
-        self._cloud_limits: tuple[float, Resources | None] | None = None
-        self._azs: list[str] | None = None
-        self.registrar = StaticRegistrar(self) if provider.driver == "static" \
-            else None
+        self.view = CloudView(self)
+        # Inventory drivers: their hosts become node records here.
+        self.registrar = None if self.capabilities.launches_instances \
+            else InventoryRegistrar(self)
 
     def start(self) -> None:
+        self.view.start()
         for pool in self.provider.pools.values():
             self._start_worker(pool)
         if self.registrar is not None:
@@ -70,6 +71,7 @@ class ProviderManager:
         worker.start()
 
     def stop(self) -> None:
+        self.view.stop()
         if self.registrar is not None:
             self.registrar.stop()
         for worker in list(self.workers.values()):
@@ -83,8 +85,7 @@ class ProviderManager:
         old = self.provider
         self.provider = provider
         self.adapter.reconfigure(provider)
-        self._label_quota.clear()
-        self._cloud_limits = None
+        self.view.forget()
         for name in list(self.workers):
             if name not in provider.pools:
                 log.info("Pool %s/%s was removed from the configuration",
@@ -105,7 +106,7 @@ class ProviderManager:
             self.registrar.wake.set()
 
     def reusable(self, node: Node) -> bool:
-        """Whether a ready node may be handed out (static: host alive)."""
+        """Whether a ready node may be handed out (inventory: host alive)."""
         if self.registrar is not None:
             return self.registrar.reusable(node)
         return True
@@ -119,7 +120,7 @@ class ProviderManager:
             with self._mutex:
                 self._launches -= 1
             if result == "aborted":
-                self._cloud_limits = None  # the cloud disagreed with our estimate
+                self.view.refresh_limits()  # the cloud disagreed with our estimate
             callback(node, result)
 
         task.callback = done
@@ -138,81 +139,42 @@ class ProviderManager:
 
     @property
     def can_launch(self) -> bool:
-        return getattr(self.adapter, "can_launch", True)
+        return self.capabilities.launches_instances
 
     # -- what the pool workers ask about the provider ---------------------------
 
-    def label_quota(self, label_name: str) -> Resources | None:
-        """Resources one node of the label uses; None if it can never work."""
-        if label_name in self._label_quota:
-            return self._label_quota[label_name]
-        label = None
-        for pool in self.provider.pools.values():
-            label = pool.labels.get(label_name) or label
-        if label is None:
-            return None
-        try:
-            quota = self.adapter.quota_for_label(label)
-        except RuntimeConfigurationError as exc:
-            log.error("Provider %s: label %s cannot be launched: %s",
-                      self.provider.name, label_name, exc)
-            quota = None
-        self._label_quota[label_name] = quota
-        return quota
+    def label_quota(self, label_name: str) -> Resources | None | Unknown:
+        """Resources one node of the label uses; None if it can never work,
+        UNKNOWN until the cloud has answered."""
+        return self.view.label_need(label_name)
 
-    def label_available(self, label: PoolLabel) -> bool:
+    def label_available(self, label: PoolLabel) -> bool | Unknown:
         if label.diskimage:
-            image = self.provider.diskimages.get(label.diskimage)
-            if image is None:
+            if label.diskimage not in self.provider.diskimages:
                 return False
             return self.launcher.images.latest_ready_upload(
                 label.diskimage, self.provider.name) is not None
-        return self.adapter.label_ready(label)
+        return self.view.image_ready(label.name)
 
     def serves_label(self, label_name: str) -> bool:
         for pool in self.provider.pools.values():
             label = pool.labels.get(label_name)
             if label is not None and (pool.max_servers is None or pool.max_servers > 0) \
-                    and self.label_available(label):
+                    and self.label_available(label) is True:
                 return True
         return False
 
-    def cloud_limits(self) -> Resources | None:
-        """Cloud limits minus what instances not managed by us use."""
-        now = time.monotonic()
-        cached = self._cloud_limits
-        if cached is not None and now - cached[0] < QUOTA_CACHE_SECONDS:
-            return cached[1].copy() if cached[1] is not None else None
-        try:
-            limits = self.adapter.quota_limits()
-            if all(v == float("inf") for v in limits.values()) and \
-                    limits.default == float("inf"):
-                result = None
-            else:
-                ours = {n.id for n in self.launcher.nodes.nodes()
-                        if n.provider == self.provider.name}
-                result = limits.copy()
-                for instance in self.adapter.list_instances():
-                    meta = instance.metadata or {}
-                    if meta.get("nodepool_provider_name") == self.provider.name and \
-                            meta.get("nodepool_node_id") in ours:
-                        continue
-                    if meta.get("nodepool_provider_name") == self.provider.name:
-                        continue  # a leak: the cleanup removes it
-                    result.subtract(instance.resources or {"instances": 1})
-        except Exception as exc:
-            log.warning("Provider %s: cannot read cloud quota: %s",
-                        self.provider.name, exc)
-            return cached[1].copy() if cached and cached[1] is not None else None
-        self._cloud_limits = (now, result)
-        return result.copy() if result is not None else None
+    def cloud_limits(self) -> Resources | None | Unknown:
+        """Cloud limits minus what instances not managed by us use (the last
+        snapshot; None: the cloud sets none)."""
+        return self.view.limits()
 
     def room_for(self, label_name: str) -> float:
         """How many more nodes of ``label_name`` this provider's pools could
         start now, from pool limits, the last known cloud quota (no cloud call
         here) and max-concurrency; ``UNLIMITED`` if nothing limits it."""
         need = self.label_quota(label_name)
-        if need is None:
+        if not isinstance(need, Resources):
             return 0
         total = 0.0
         cloud_room = None
@@ -220,14 +182,14 @@ class ProviderManager:
             pool = worker.pool
             label = pool.labels.get(label_name)
             if label is None or (pool.max_servers is not None and pool.max_servers <= 0) \
-                    or not self.label_available(label):
+                    or self.label_available(label) is not True:
                 continue
             pool_used, provider_used = worker.usage_now()
             total += pool_limits(pool).subtract(pool_used).count_fitting(need)
             if cloud_room is None and not pool.ignore_provider_quota:
-                cached = self._cloud_limits
-                if cached is not None and cached[1] is not None:
-                    cloud_room = cached[1].copy().subtract(provider_used)
+                limits = self.view.limits()
+                if isinstance(limits, Resources):
+                    cloud_room = limits.subtract(provider_used)
         if cloud_room is not None:
             total = min(total, cloud_room.count_fitting(need))
         if self.provider.max_concurrency > 0:
@@ -235,13 +197,7 @@ class ProviderManager:
         return total
 
     def azs(self) -> list[str]:
-        if self._azs is None:
-            try:
-                self._azs = list(self.adapter.azs())
-            except Exception as exc:
-                log.warning("Provider %s: cannot list AZs: %s", self.provider.name, exc)
-                return []
-        return self._azs
+        return self.view.zones()
 
     def wake(self) -> None:
         for worker in list(self.workers.values()):
@@ -375,7 +331,8 @@ class Launcher:
 
     def _label_need(self, provider_name: str, label: str):
         manager = self.managers.get(provider_name)
-        return manager.label_quota(label) if manager is not None else None
+        need = manager.label_quota(label) if manager is not None else None
+        return need if isinstance(need, Resources) else None
 
     def _index_node(self, kind: str, node_id, node: Node) -> None:
         if kind in ("changed", "deleted"):
@@ -468,7 +425,7 @@ class Launcher:
             if manager is None:
                 log.info("Provider %s was added to the configuration", name)
                 self._start_provider(provider)
-            elif connection_fields(manager.provider) != connection_fields(provider):
+            elif connection_key(manager.provider) != connection_key(provider):
                 log.info("Provider %s changed its connection; restarting it", name)
                 self.managers.pop(name).stop()
                 self._start_provider(provider)

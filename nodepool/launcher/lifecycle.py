@@ -15,7 +15,7 @@ import logging
 import random
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Callable
 
 from kazoo.exceptions import KazooException
@@ -26,6 +26,7 @@ from nodepool.drivers.base import (
     ImageUnavailable, Instance, LaunchKeyscanError, LaunchTimeout, NotFound,
     QuotaError,
 )
+from nodepool.hostkeys import scan_host_keys, scan_pool
 from nodepool.zk.cache import ImageCache
 from nodepool.zk.locks import Lock
 from nodepool.zk.records import Node, NodeState
@@ -108,59 +109,6 @@ class Runner:
         self._thread.join(timeout=10)
 
 
-# -- nodescan -------------------------------------------------------------------
-
-_scan_pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="nodescan")
-
-
-def scan_host_keys(ip: str, port: int, timeout: float, connection_type: str,
-                   gather_keys: bool = True) -> list[str]:
-    """Wait for the host to answer, then collect its SSH host keys.
-
-    Blocking; runs on the nodescan executor.
-    """
-    import socket
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((ip, port), timeout=min(
-                    10.0, max(0.1, deadline - time.monotonic()))):
-                pass
-            break
-        except OSError as exc:
-            last_error = exc
-            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-    else:
-        raise LaunchKeyscanError(f"{ip}:{port} did not answer within {timeout}s: "
-                                 f"{last_error}")
-    if not gather_keys or connection_type not in ("ssh", "network_cli"):
-        return []
-    import paramiko
-    keys = []
-    for key_type in ("ssh-ed25519", "ecdsa-sha2-nistp256", "rsa-sha2-512"):
-        sock = None
-        transport = None
-        try:
-            sock = socket.create_connection((ip, port), timeout=10)
-            transport = paramiko.Transport(sock)
-            opts = transport.get_security_options()
-            opts.key_types = [key_type]
-            transport.start_client(timeout=max(1.0, deadline - time.monotonic()))
-            key = transport.get_remote_server_key()
-            keys.append(f"{key.get_name()} {key.get_base64()}")
-        except Exception as exc:
-            log.debug("No %s host key from %s:%s: %s", key_type, ip, port, exc)
-        finally:
-            if transport is not None:
-                transport.close()
-            if sock is not None:
-                sock.close()
-    if not keys:
-        raise LaunchKeyscanError(f"no SSH host key could be read from {ip}:{port}")
-    return keys
-
-
 # -- launch -------------------------------------------------------------------
 
 # What the launch reports back: (node, result) with result in
@@ -186,6 +134,7 @@ class NodeLaunch(Task):
         self.callback = callback
         self.stats = stats
         self.attempts = 0
+        self.keys_from_driver = False
         self.machine = None
         self.cleanup = None
         self.scan: Future | None = None
@@ -229,7 +178,8 @@ class NodeLaunch(Task):
         return then()
 
     def _choose_image(self) -> None:
-        """Newest ready upload of the diskimage, or the configured cloud image."""
+        """Newest ready upload of the diskimage, the configured cloud image,
+        or no image at all."""
         label = self.label
         if label.diskimage:
             upload = self.images.latest_ready_upload(label.diskimage, self.provider.name)
@@ -246,7 +196,7 @@ class NodeLaunch(Task):
             if image is not None:
                 self.node.connection_type = image.connection_type
                 self.node.connection_port = image.connection_port
-        else:
+        elif label.cloud_image:
             cloud_image = self.provider.cloud_images[label.cloud_image]
             self.node.image_id = cloud_image.name
             self.image_external_id = None
@@ -256,6 +206,12 @@ class NodeLaunch(Task):
             self.node.shell_type = cloud_image.shell_type
             self.node.connection_type = cloud_image.connection_type
             self.node.connection_port = cloud_image.connection_port
+        else:
+            # A driver that boots no image (its instances say how to reach
+            # them, or the defaults hold).
+            self.image_external_id = None
+            self.image_name = label.name
+            self.node.connection_type = self.node.connection_type or "ssh"
 
     def _metadata(self) -> dict[str, str]:
         meta = {"groups": f"{self.provider.name},{self.image_name},{self.label.name}"}
@@ -303,8 +259,11 @@ class NodeLaunch(Task):
             value = getattr(instance, attr)
             if value is not None:
                 setattr(node, attr, value)
-        if instance.host_keys is not None:
-            node.host_keys = list(instance.host_keys)
+        # A driver that knows the host keys says so; then nothing is scanned.
+        self.keys_from_driver = instance.host_keys is not None
+        if self.keys_from_driver:
+            ssh = node.connection_type in ("ssh", "network_cli")
+            node.host_keys = list(instance.host_keys) if ssh else []
 
     def _start_scan(self) -> None:
         node = self.node
@@ -313,14 +272,11 @@ class NodeLaunch(Task):
         if not self.label.host_key_checking:
             self.scan = None
             return
-        if "fake" in ip:
-            # The simulated cloud's address: nothing listens; keys are fixed.
-            gather = node.connection_type in ("ssh", "network_cli")
-            node.host_keys = ["ssh-rsa FAKEKEY"] if gather else []
+        if self.keys_from_driver:
             self.scan = None
             return
         port = node.connection_port if isinstance(node.connection_port, int) else 22
-        self.scan = _scan_pool.submit(scan_host_keys, ip, port,
+        self.scan = scan_pool.submit(scan_host_keys, ip, port,
                                       float(self.provider.boot_timeout),
                                       node.connection_type or "ssh")
 

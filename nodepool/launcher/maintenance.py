@@ -332,13 +332,13 @@ class Cleanup(PeriodicWorker):
         self._suspects: dict[tuple[str, str, str], float] = {}
         self._orphan_lock_dirs: set[str] = set()
 
-    def static_hosts(self) -> None:
+    def inventory_hosts(self) -> None:
         for manager in list(self.launcher.managers.values()):
             if manager.registrar is not None:
                 manager.registrar.wake.set()
 
     def run_once(self) -> None:
-        for task in (self.static_hosts, self.lost_requests, self.max_ready_age, self.max_hold_age,
+        for task in (self.inventory_hosts, self.lost_requests, self.max_ready_age, self.max_hold_age,
                      self.leaked_resources, self.request_lock_dirs, self.empty_nodes):
             try:
                 task()

@@ -27,8 +27,10 @@ from kazoo.exceptions import KazooException
 from nodepool.config.model import Pool, Provider
 from nodepool.launcher import scheduler
 from nodepool.launcher.handler import RequestHandler, Reservations
+from nodepool.launcher.cloudview import Unknown
 from nodepool.launcher.lifecycle import NodeLaunch
-from nodepool.launcher.quota import Resources, pool_limits, tenant_limits
+from nodepool.launcher.quota import pool_limits, tenant_limits
+from nodepool.resources import Resources
 from nodepool.zk.locks import Lock
 from nodepool.zk.records import Node, NodeRequest, NodeState, RequestState
 from nodepool.zk.components import ComponentRegistration, new_pool_component
@@ -238,10 +240,43 @@ class PoolWorker:
         provider_used.add(reserved)
         return pool_used, provider_used
 
-    def _label_need(self, label: str) -> Resources | None:
+    def _label_need(self, label: str) -> Resources | None | Unknown:
         return self.manager.label_quota(label)
 
-    def _image_available(self, label_name: str) -> bool:
+    def _need_of(self, label: str) -> Resources:
+        """What one node of the label uses, as far as is known."""
+        need = self.manager.label_quota(label)
+        return need if isinstance(need, Resources) else Resources()
+
+    def _cloud_unanswered(self, request: NodeRequest) -> bool:
+        """Whether the cloud has yet to say what a label of the request
+        needs or whether its image exists (the request waits, not declined)."""
+        for label in set(request.node_types):
+            pool_label = self.pool.labels.get(label)
+            if pool_label is not None and (
+                    isinstance(self.manager.label_quota(label), Unknown)
+                    or isinstance(self.manager.label_available(pool_label), Unknown)):
+                return True
+        return False
+
+    def _claim_ready(self, request: NodeRequest,
+                     reusable: dict[str, list[Node]]) -> list[Node | None] | None:
+        """Ready nodes for every node of the request, or None (and nothing
+        taken) when some label has none."""
+        if not request.reuse or (self.pool.max_servers is not None
+                                 and self.pool.max_servers <= 0):
+            return None
+        taken: list[tuple[str, Node]] = []
+        for label in request.node_types:
+            nodes = reusable.get(label, [])
+            if not nodes:
+                for label_taken, node in taken:
+                    reusable[label_taken].append(node)
+                return None
+            taken.append((label, nodes.pop()))
+        return [node for _, node in taken]
+
+    def _image_available(self, label_name: str) -> bool | Unknown:
         label = self.pool.labels.get(label_name)
         if label is None:
             return False
@@ -259,6 +294,10 @@ class PoolWorker:
         pool_used, provider_used = self.usage_now()
         pool_room = pool_limits(pool).subtract(pool_used)
         cloud_limits = None if pool.ignore_provider_quota else self.manager.cloud_limits()
+        # Until the cloud has told its limits, serve from ready nodes only.
+        limits_known = not isinstance(cloud_limits, Unknown)
+        if not limits_known:
+            cloud_limits = None
         cloud_room = cloud_limits.copy().subtract(provider_used) \
             if cloud_limits is not None else None
         can_launch = self.manager.can_launch
@@ -292,7 +331,7 @@ class PoolWorker:
                 continue
             need = Resources()
             for index in missing:
-                need.add(self._label_need(handler.request.node_types[index]) or {})
+                need.add(self._need_of(handler.request.node_types[index]))
             if not fits(need):
                 take(need)
                 deferred += 1
@@ -314,21 +353,29 @@ class PoolWorker:
             if not request_fits(request):
                 self._too_large(request)
                 continue
-            reason = scheduler.decline_reason(
-                request, provider, pool, self._image_available, self._label_need,
-                cloud_limits)
             claims: list[Node | None] = []
             need = Resources()
-            if reason is None:
+            if self._cloud_unanswered(request):
+                # Until the cloud answers, only ready nodes can serve it.
+                ready = self._claim_ready(request, reusable)
+                if ready is None:
+                    deferred += 1
+                    continue
+                claims, reason = ready, None
+            else:
+                reason = scheduler.decline_reason(
+                    request, provider, pool, self._image_available, self._label_need,
+                    cloud_limits)
+            if reason is None and not claims:
                 available = reusable if request.reuse else {}
                 for label in request.node_types:
                     candidates_nodes = available.get(label, [])
                     node = candidates_nodes.pop() if candidates_nodes else None
                     claims.append(node)
                     if node is None:
-                        need.add(self._label_need(label) or {})
+                        need.add(self._need_of(label))
                 to_launch = sum(1 for node in claims if node is None)
-                blocked = (to_launch and not can_launch) \
+                blocked = (to_launch and not (can_launch and limits_known)) \
                     or not self._tenant_fits(request, need, tenants) \
                     or (to_launch and not fits(need)) \
                     or (to_launch and provider.max_concurrency > 0
@@ -582,7 +629,7 @@ class PoolWorker:
                         requestor=request.requestor,
                         attributes=self.pool.node_attributes,
                         az=self._choose_az(handler),
-                        resources=dict(self._label_need(label_name) or {}))
+                        resources=dict(self._need_of(label_name)))
             store.create_node(node)
             # Lock it and mark it building in one round trip (the lock is held
             # the moment "building" is written, as the protocol requires).

@@ -10,7 +10,8 @@ from collections import defaultdict
 from typing import Callable, Iterable
 
 from nodepool.config.model import Pool, Provider
-from nodepool.launcher.quota import Resources, pool_limits, total_need
+from nodepool.launcher.quota import pool_limits
+from nodepool.resources import Resources, total
 from nodepool.zk.records import NodeRequest, PoolComponent, RequestState
 
 
@@ -74,7 +75,7 @@ def decline_reason(request: NodeRequest, provider: Provider, pool: Pool,
         return f"node type(s) {broken} not available (provider configuration)"
     if not all(image_available(t) for t in set(request.node_types)):
         return "images are not available"
-    need = total_need(label_quota(t) for t in request.node_types)
+    need = total(label_quota(t) for t in request.node_types)
     if not pool_limits(pool).fits(need):
         return "it would exceed the pool's quota"
     if cloud_limits is not None and not pool.ignore_provider_quota \

@@ -133,10 +133,46 @@ providers:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-@pytest.fixture(params=["fake", "static", "openstack"])
+class MemCloudDriver:
+    """A driver that exists only for the tests (tests/memcloud/), added
+    through the driver registry alone."""
+
+    name = "memcloud"
+    capacity = 3
+    scans_keys = True
+
+    def __init__(self):
+        from nodepool import drivers
+        drivers.register("memcloud", "memcloud")
+
+    def config(self):
+        return """
+labels:
+  - name: a
+providers:
+  - name: memcloud-contract
+    driver: memcloud
+    pools:
+      - name: main
+        max-servers: 3
+        labels:
+          - name: a
+"""
+
+    def servers(self):
+        from memcloud import adapter
+        return adapter.servers.get("memcloud-contract", {})
+
+    def stop(self):
+        self.servers().clear()
+
+
+@pytest.fixture(params=["fake", "static", "openstack", "memcloud"])
 def driver(request, monkeypatch):
     if request.param == "fake":
         instance = FakeDriver()
+    elif request.param == "memcloud":
+        instance = MemCloudDriver()
     elif request.param == "static":
         instance = StaticDriver()
     else:
@@ -195,6 +231,9 @@ def test_used_nodes_go_and_capacity_returns(launcher, driver, zuul):
                message="used nodes removed")
     if driver.name == "openstack":
         wait_until(lambda: len(driver.sim.servers) == 1, timeout=20,
+                   message="used servers deleted in the cloud")
+    if driver.name == "memcloud":
+        wait_until(lambda: len(driver.servers()) == 1, timeout=20,
                    message="used servers deleted in the cloud")
     if driver.name == "static":
         # Every slot comes back as a fresh node record.

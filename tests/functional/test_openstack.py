@@ -397,3 +397,65 @@ def test_server_listing_follows_pagination(sim):
     servers = list_json(conn.compute, "/servers/detail", "servers")
     assert sorted(s["name"] for s in servers) == [f"s{i}" for i in range(5)]
     assert sum(1 for m, p in sim.requests if p == "/compute/v2.1/servers/detail") == 3
+
+
+HUNG_CLOUD = """
+labels:
+  - name: small
+    min-ready: 1
+  - name: other
+providers:
+  - name: cloud-sim
+    cloud: sim
+    region-name: RegionOne
+    rate: {rate}
+    pools:
+      - name: main
+        host-key-checking: false
+        max-servers: 5
+        labels:
+          - name: small
+            min-ram: 1024
+            cloud-image: ubuntu
+    cloud-images:
+      - name: ubuntu
+        image-id: ubuntu-image-id
+  - name: fake-elsewhere
+    cloud: fake
+    pools:
+      - name: main
+        max-servers: 5
+        labels:
+          - name: other
+            cloud-image: fake-image
+            min-ram: 1024
+    cloud-images:
+      - name: fake-image
+        image-id: fake-image-id
+"""
+
+
+def test_a_hung_cloud_api_delays_neither_ready_nodes_nor_other_providers(
+        env, sim, zuul):
+    path = env.config(HUNG_CLOUD.format(rate=0.001))
+    launcher = env.start(path)
+    wait_until(lambda: any(n.state == "ready" and n.provider == "cloud-sim"
+                           for n in launcher.nodes.nodes()),
+               timeout=30, message="min-ready's node of the simulated cloud")
+    # Every call to the cloud now takes half a minute. A changed rate makes
+    # a new connection, which knows nothing yet: not the flavors, not the
+    # limits.
+    sim.faults.slow_seconds = 30.0
+    old = launcher.managers["cloud-sim"]
+    env.rewrite(path, HUNG_CLOUD.format(rate=0.002))
+    wait_until(lambda: launcher.managers.get("cloud-sim") not in (None, old),
+               timeout=10, message="the provider restarted with a new connection")
+    try:
+        # Served from the ready node, and by the other provider, while the
+        # cloud's answers are outstanding.
+        small = zuul.submit(["small"])
+        other = zuul.submit(["other"])
+        assert zuul.wait_for_request(small, timeout=10)["state"] == "fulfilled"
+        assert zuul.wait_for_request(other, timeout=10)["state"] == "fulfilled"
+    finally:
+        sim.faults.slow_seconds = 0.0

@@ -8,6 +8,7 @@ import yaml
 
 from nodepool.config import ConfigError, load_config
 from nodepool.config.loader import config_files_changed, substitute_env
+from nodepool.drivers import capabilities
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures")
 
@@ -85,10 +86,10 @@ def test_static_example_splits_label_strings_and_keeps_ports():
     config = load_config(os.path.join(FIXTURES, "spec-static.yaml"))
     pool = config.providers["lab-rack"].pools["rack-a"]
     arm, win = pool.nodes
-    assert arm.max_parallel_jobs == 2 and arm.host_keys[0].startswith("ssh-ed25519")
+    assert arm.slots == 2 and arm.host_keys[0].startswith("ssh-ed25519")
     assert win.labels == ["win-2022"] and win.connection_port == 5986
     assert pool.label_names == ["arm64-bare", "win-2022"]
-    assert not config.providers["lab-rack"].manages_images
+    assert not capabilities(config.providers["lab-rack"]).manages_images
 
 
 def test_fake_provider_names_force_the_fake_driver(tmp_path):

@@ -4,7 +4,8 @@ import math
 
 from nodepool.config.model import Pool, PoolLabel, Provider, TenantLimits
 from nodepool.launcher import scheduler
-from nodepool.launcher.quota import Resources, UsageIndex, pool_limits, tenant_limits
+from nodepool.launcher.quota import UsageIndex, pool_limits, tenant_limits
+from nodepool.resources import Resources
 from nodepool.zk.records import Node, NodeRequest, PoolComponent
 
 

@@ -19,13 +19,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from nodepool.config.model import PoolLabel, Provider
 from nodepool.drivers.base import (
     META_BUILD_ID, Adapter,
     Instance, LaunchError, LaunchStatusError, NotFound, QuotaError, Resource,
     RuntimeConfigurationError, StateMachine,
 )
-from nodepool.launcher.quota import Resources
+from nodepool.drivers.fake.config import FakeProvider
+from nodepool.drivers.openstack.config import OpenStackLabel
+from nodepool.resources import Resources
 
 FLAVORS = {
     "Fake Flavor": {"vcpus": 4, "ram": 8192},
@@ -54,8 +55,9 @@ class Settings:
     fail_uploads: int = 0
     fail_image_deletes: int = 0
     never_active: bool = False
-    # Address reported for servers; "fake" short-cuts the host-key scan, a
-    # real loopback address makes the launcher scan it.
+    # Address reported for servers. With "fake" nothing listens, so the
+    # adapter reports a fixed host key; a real loopback address makes the
+    # launcher scan it.
     interface_ip: str = "fake"
 
     @classmethod
@@ -243,7 +245,7 @@ class FakeCloud:
         return None
 
 
-def _flavor_for(label: PoolLabel) -> str:
+def _flavor_for(label: OpenStackLabel) -> str:
     """By name (exact, or substring when min-ram is also set), else smallest RAM."""
     candidates = sorted(FLAVORS, key=lambda f: (FLAVORS[f]["ram"], f))
     if label.flavor_name:
@@ -308,13 +310,18 @@ class FakeDelete(StateMachine):
         return None
 
 
+FAKE_HOST_KEYS = ["ssh-rsa FAKEKEY"]
+
+
 class FakeAdapter(Adapter):
-    def __init__(self, provider: Provider):
+    provider: FakeProvider
+
+    def __init__(self, provider: FakeProvider):
         super().__init__(provider)
         self.cloud = FakeCloud.get(provider.cloud or "fake", provider.region_name,
                                    provider.simulation)
 
-    def reconfigure(self, provider: Provider) -> None:
+    def reconfigure(self, provider: FakeProvider) -> None:
         super().reconfigure(provider)
         if provider.simulation:
             self.cloud.settings.update(provider.simulation)
@@ -328,6 +335,8 @@ class FakeAdapter(Adapter):
             region=self.cloud.region,
             az=server.az, host_id="fake-host", metadata=dict(server.metadata),
             resources={"cores": flavor["vcpus"], "instances": 1, "ram": flavor["ram"]},
+            host_keys=FAKE_HOST_KEYS if self.cloud.settings.interface_ip == "fake"
+            else None,
             ready=server.status == "ACTIVE")
 
     def create_state_machine(self, hostname, label, image_external_id, metadata,
@@ -368,7 +377,7 @@ class FakeAdapter(Adapter):
                           "ram": s.max_ram, "volumes": s.max_volumes},
                          default=float("inf"))
 
-    def quota_for_label(self, label: PoolLabel) -> Resources:
+    def quota_for_label(self, label: OpenStackLabel) -> Resources:
         flavor = FLAVORS[_flavor_for(label)]
         return Resources({"cores": flavor["vcpus"], "instances": 1,
                           "ram": flavor["ram"]})
@@ -376,7 +385,7 @@ class FakeAdapter(Adapter):
     def azs(self) -> list[str]:
         return list(AZS)
 
-    def label_ready(self, label: PoolLabel) -> bool:
+    def label_ready(self, label: OpenStackLabel) -> bool:
         if not label.cloud_image:
             return True
         cloud_image = self.provider.cloud_images.get(label.cloud_image)

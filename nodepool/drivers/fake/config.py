@@ -1,4 +1,4 @@
-"""Configuration of the ``fake`` driver: the OpenStack schema, same keys.
+"""The ``fake`` driver: the OpenStack schema and keys, an in-memory cloud.
 
 A file written for upstream's fake driver works unchanged. Our one addition is
 the optional ``simulation`` mapping (boot delay, failure injection, quota),
@@ -7,11 +7,16 @@ which upstream would reject and which only tests and demos use.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 import voluptuous as v
 
 from nodepool.config import schema as s
+from nodepool.config.model import Provider
+from nodepool.drivers.base import Adapter
 from nodepool.drivers.openstack import clouds
-from nodepool.drivers.openstack.config import OpenStackDriverConfig
+from nodepool.drivers.openstack.config import OpenStackDriver, OpenStackProvider
 
 SIMULATION_KEYS = {
     "boot-delay": s.Number,
@@ -34,9 +39,19 @@ SIMULATION_KEYS = {
 }
 
 
-class FakeDriverConfig(OpenStackDriverConfig):
+@dataclass
+class FakeProvider(OpenStackProvider):
+    # Behaviour of the simulated cloud (ours; upstream has no such key).
+    simulation: dict[str, Any] = field(default_factory=dict)
+
+
+class FakeDriver(OpenStackDriver):
     name = "fake"
-    manages_images = True
+    provider_class = FakeProvider
+
+    def make_adapter(self, provider: Provider) -> Adapter:
+        from nodepool.drivers.fake.adapter import FakeAdapter
+        return FakeAdapter(provider)
 
     def schema(self) -> v.Schema:
         keys = self.provider_keys()
@@ -52,11 +67,11 @@ class FakeDriverConfig(OpenStackDriverConfig):
             fallback = cloud[5:]
         return clouds.image_format(cloud, fallback)
 
-    def build(self, raw: dict, ctx: s.BuildContext):
+    def build(self, raw: dict, ctx: s.BuildContext) -> FakeProvider:
         provider = super().build(raw, ctx)
-        provider.driver = self.name
+        assert isinstance(provider, FakeProvider)
         provider.simulation = dict(raw.get("simulation", {}))
         return provider
 
 
-DRIVER = FakeDriverConfig()
+DRIVER = FakeDriver()

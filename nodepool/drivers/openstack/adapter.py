@@ -17,12 +17,12 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from nodepool.config.model import PoolLabel, Provider
 from nodepool.drivers.base import (
     Adapter, Instance, LaunchError, LaunchStatusError, NotFound, QuotaError,
     Resource, RuntimeConfigurationError, StateMachine,
 )
-from nodepool.launcher.quota import Resources
+from nodepool.drivers.openstack.config import OpenStackLabel, OpenStackProvider
+from nodepool.resources import Resources
 
 log = logging.getLogger("nodepool.drivers.openstack")
 
@@ -92,7 +92,7 @@ def rate_limit_wait(exc: Exception, attempt: int) -> float | None:
     return min(backoff, RATE_LIMIT_MAX_WAIT)
 
 
-def api_metrics_config(provider: Provider) -> dict | None:
+def api_metrics_config(provider: OpenStackProvider) -> dict | None:
     """statsd settings for openstacksdk's own API timers, named
     ``nodepool.task.<provider>.<service>.<METHOD>.<operation>``."""
     host = os.environ.get("STATSD_HOST")
@@ -212,7 +212,7 @@ class ServerListing:
 
 
 class OpenStackCreate(StateMachine):
-    def __init__(self, adapter: "OpenStackAdapter", hostname: str, label: PoolLabel,
+    def __init__(self, adapter: "OpenStackAdapter", hostname: str, label: OpenStackLabel,
                  image_id: str | None, metadata: dict[str, str], az: str | None):
         super().__init__()
         self.adapter = adapter
@@ -449,7 +449,9 @@ class OpenStackDelete(StateMachine):
 
 
 class OpenStackAdapter(Adapter):
-    def __init__(self, provider: Provider):
+    provider: OpenStackProvider
+
+    def __init__(self, provider: OpenStackProvider):
         super().__init__(provider)
         import openstack.connection
         import openstack.exceptions
@@ -530,7 +532,7 @@ class OpenStackAdapter(Adapter):
                                    key=lambda f: (f.ram, f.name))
         return self._flavors
 
-    def flavor_for(self, label: PoolLabel):
+    def flavor_for(self, label: OpenStackLabel):
         """By name (exact, or substring when min-ram is set too), else the
         smallest with at least min-ram."""
         candidates = self.flavors()
@@ -546,7 +548,7 @@ class OpenStackAdapter(Adapter):
             f"no flavor matches flavor-name={label.flavor_name!r} "
             f"min-ram={label.min_ram}")
 
-    def cloud_image_id(self, label: PoolLabel) -> str:
+    def cloud_image_id(self, label: OpenStackLabel) -> str:
         """The cloud's id of a label's cloud image (looked up by name once)."""
         image = self.provider.cloud_images.get(label.cloud_image or "")
         if image is None:
@@ -563,7 +565,7 @@ class OpenStackAdapter(Adapter):
         self._image_ids[name] = (time.monotonic(), found.id)
         return found.id
 
-    def pool_of(self, label: PoolLabel):
+    def pool_of(self, label: OpenStackLabel):
         for pool in self.provider.pools.values():
             if pool.labels.get(label.name) is label:
                 return pool
@@ -578,7 +580,7 @@ class OpenStackAdapter(Adapter):
             self._networks[name_or_id] = network.id
         return self._networks[name_or_id]
 
-    def config_drive_for(self, label: PoolLabel) -> bool | None:
+    def config_drive_for(self, label: OpenStackLabel) -> bool | None:
         if label.diskimage:
             image = self.provider.diskimages.get(label.diskimage)
         else:
@@ -702,7 +704,7 @@ class OpenStackAdapter(Adapter):
             if removed:
                 report("ports", removed)
 
-    def label_ready(self, label: PoolLabel) -> bool:
+    def label_ready(self, label: OpenStackLabel) -> bool:
         if not label.cloud_image:
             return True
         try:
@@ -792,7 +794,7 @@ class OpenStackAdapter(Adapter):
                 gigabytes -= volume.get("size") or 0
         return {"volumes": volumes, "volume-gb": gigabytes}
 
-    def quota_for_label(self, label: PoolLabel) -> Resources:
+    def quota_for_label(self, label: OpenStackLabel) -> Resources:
         flavor = self.flavor_for(label)
         need = Resources({"cores": flavor.vcpus, "instances": 1, "ram": flavor.ram})
         if label.boot_from_volume:

@@ -1,13 +1,15 @@
-"""Configuration schema and typed objects of the ``openstack`` driver."""
+"""The ``openstack`` driver: configuration schema, typed config, capabilities."""
 
 from __future__ import annotations
 
 import string
+from dataclasses import dataclass, field
 
 import voluptuous as v
 
 from nodepool.config import schema as s
 from nodepool.config.model import CloudImage, Pool, PoolLabel, Provider, ProviderDiskImage
+from nodepool.drivers.base import Adapter, Capabilities, Driver
 from nodepool.drivers.openstack import clouds
 
 DEFAULT_PORTS = {"ssh": 22, "winrm": 5986}
@@ -18,9 +20,50 @@ def _default_port(connection_type: str) -> int:
     return DEFAULT_PORTS.get(connection_type, 22)
 
 
-class OpenStackDriverConfig:
+@dataclass
+class OpenStackLabel(PoolLabel):
+    min_ram: int = 0
+    flavor_name: str | None = None
+    key_name: str | None = None
+    console_log: bool = False
+    boot_from_volume: bool = False
+    volume_size: int = 50
+    volume_type: str | None = None
+    userdata: str | None = None
+    networks: list[str] = field(default_factory=list)
+
+
+@dataclass
+class OpenStackPool(Pool):
+    networks: list[str] = field(default_factory=list)
+    security_groups: list[str] = field(default_factory=list)
+    auto_floating_ip: bool = True
+
+
+@dataclass
+class OpenStackProvider(Provider):
+    cloud: str | None = None
+    region_name: str | None = None
+    rate: float = 1.0
+    clean_floating_ips: bool = False
+    port_cleanup_interval: int = 600
+    # Hand out a server's IPv6 address as interface_ip when it has one.
+    ipv6_preferred: bool = False
+
+
+class OpenStackDriver(Driver):
     name = "openstack"
-    manages_images = True
+    capabilities = Capabilities(launches_instances=True, manages_images=True,
+                                reports_quota=True)
+    provider_class: type[OpenStackProvider] = OpenStackProvider
+
+    def make_adapter(self, provider: Provider) -> Adapter:
+        from nodepool.drivers.openstack.adapter import OpenStackAdapter
+        return OpenStackAdapter(provider)
+
+    def connection_key(self, provider: Provider) -> tuple:
+        assert isinstance(provider, OpenStackProvider)
+        return (provider.driver, provider.cloud, provider.region_name, provider.rate)
 
     def provider_keys(self) -> dict:
         provider_diskimage = {
@@ -104,9 +147,9 @@ class OpenStackDriverConfig:
     def default_image_type(self, raw: dict) -> str:
         return clouds.image_format(raw.get("cloud"))
 
-    def build(self, raw: dict, ctx: s.BuildContext) -> Provider:
-        provider = Provider(
-            name=raw["name"], driver=self.name, manages_images=True,
+    def build(self, raw: dict, ctx: s.BuildContext) -> OpenStackProvider:
+        provider = self.provider_class(
+            name=raw["name"], driver=self.name,
             max_concurrency=raw.get("max-concurrency", -1),
             priority=raw.get("priority"),
             cloud=raw["cloud"], region_name=raw.get("region-name"),
@@ -188,7 +231,7 @@ class OpenStackDriverConfig:
                                          _default_port(connection_type)))
 
     def _build_pool(self, raw, provider, ctx, where) -> Pool:
-        pool = Pool(
+        pool = OpenStackPool(
             name=raw["name"], max_servers=raw.get("max-servers"),
             priority=raw.get("priority"), node_attributes=raw.get("node-attributes"),
             max_cores=raw.get("max-cores"), max_ram=raw.get("max-ram"),
@@ -234,7 +277,7 @@ class OpenStackDriverConfig:
             ctx.problem(where + ("cloud-image",),
                         f"unknown cloud-image {raw['cloud-image']!r} (not in this "
                         "provider's cloud-images)")
-        return PoolLabel(
+        return OpenStackLabel(
             name=name, diskimage=raw.get("diskimage"),
             cloud_image=raw.get("cloud-image"), min_ram=raw.get("min-ram", 0),
             flavor_name=raw.get("flavor-name"), key_name=raw.get("key-name"),
@@ -251,4 +294,4 @@ class OpenStackDriverConfig:
         )
 
 
-DRIVER = OpenStackDriverConfig()
+DRIVER = OpenStackDriver()

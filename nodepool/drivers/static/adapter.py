@@ -3,17 +3,18 @@
 Nothing is created or destroyed in a cloud. The adapter only talks to the
 hosts: it scans their host keys before a node is registered and checks they
 are alive before a node is reused. Registering and retiring node records is
-ZooKeeper work, done by the launcher (``nodepool.launcher.static``).
+ZooKeeper work, done by the launcher (``nodepool.launcher.inventory``).
 """
 
 from __future__ import annotations
 
 import socket
 
-from nodepool.config.model import PoolLabel, Provider, StaticNode
+from nodepool.config.model import Pool, PoolLabel, Provider
 from nodepool.drivers.base import Adapter, Instance, Resource, StateMachine
-from nodepool.launcher.lifecycle import scan_host_keys
-from nodepool.launcher.quota import Resources
+from nodepool.drivers.static.config import StaticNode, StaticPool
+from nodepool.hostkeys import scan_host_keys
+from nodepool.resources import Resources
 
 
 class _NothingToDelete(StateMachine):
@@ -23,10 +24,6 @@ class _NothingToDelete(StateMachine):
 
 
 class StaticAdapter(Adapter):
-    pause_at_quota = False
-    # Static pools only hand out registered nodes; they never launch.
-    can_launch = False
-
     def __init__(self, provider: Provider):
         super().__init__(provider)
 
@@ -46,6 +43,19 @@ class StaticAdapter(Adapter):
     def quota_for_label(self, label: PoolLabel) -> Resources:
         return Resources({"instances": 1})
 
+    def hosts(self, pool: Pool) -> list[StaticNode]:
+        return list(pool.nodes) if isinstance(pool, StaticPool) else []
+
+    def describe_host(self, host: StaticNode) -> Instance:  # type: ignore[override]
+        keys = self.scan(host)
+        ipv4, ipv6 = self.addresses(host.name)
+        return Instance(external_id=host.name, interface_ip=host.name,
+                        public_ipv4=ipv4, public_ipv6=ipv6, username=host.username,
+                        connection_port=host.connection_port,
+                        connection_type=host.connection_type,
+                        python_path=host.python_path, shell_type=host.shell_type,
+                        host_keys=keys, resources={"instances": 1})
+
     def scan(self, host: StaticNode) -> list[str]:
         """The host's keys, checked against the configured ones (blocking).
 
@@ -60,7 +70,7 @@ class StaticAdapter(Adapter):
                              f"keys {keys}, not the configured {host.host_keys}")
         return keys or list(host.host_keys)
 
-    def alive(self, host: StaticNode) -> bool:
+    def alive(self, host: StaticNode) -> bool:  # type: ignore[override]
         """A quick TCP check before a node is handed out again."""
         if not host.host_key_checking:
             return True

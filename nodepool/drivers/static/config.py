@@ -1,16 +1,42 @@
-"""Configuration schema and typed objects of the ``static`` driver."""
+"""The ``static`` driver: configuration schema, typed config, capabilities."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import voluptuous as v
 
 from nodepool.config import schema as s
-from nodepool.config.model import Pool, PoolLabel, Provider, StaticNode
+from nodepool.config.model import Pool, PoolLabel, Provider
+from nodepool.drivers.base import Adapter, Capabilities, Driver, Host
 
 
-class StaticDriverConfig:
+@dataclass
+class StaticNode(Host):
+    """A pre-existing host of a static pool (``slots`` is its
+    max-parallel-jobs)."""
+
+    timeout: int = 5
+    host_key_checking: bool = True
+    host_keys: list[str] = field(default_factory=list)
+    shell_type: str | None = None
+    python_path: str = "auto"
+
+
+@dataclass
+class StaticPool(Pool):
+    nodes: list[StaticNode] = field(default_factory=list)
+
+
+class StaticDriver(Driver):
     name = "static"
-    manages_images = False
+    # A fixed inventory: nothing is launched, no images, no cloud quota.
+    capabilities = Capabilities(launches_instances=False, manages_images=False,
+                                reports_quota=False)
+
+    def make_adapter(self, provider: Provider) -> Adapter:
+        from nodepool.drivers.static.adapter import StaticAdapter
+        return StaticAdapter(provider)
 
     def schema(self) -> v.Schema:
         node = {
@@ -34,12 +60,12 @@ class StaticDriverConfig:
         return v.Schema(keys)
 
     def build(self, raw: dict, ctx: s.BuildContext) -> Provider:
-        provider = Provider(name=raw["name"], driver=self.name, manages_images=False,
+        provider = Provider(name=raw["name"], driver=self.name,
                             max_concurrency=raw.get("max-concurrency", -1),
                             priority=raw.get("priority"))
         seen: dict[tuple, tuple] = {}
         for p_index, pool_raw in enumerate(raw.get("pools", [])):
-            pool = Pool(name=pool_raw["name"], max_servers=pool_raw.get("max-servers"),
+            pool = StaticPool(name=pool_raw["name"], max_servers=pool_raw.get("max-servers"),
                         priority=pool_raw.get("priority"),
                         node_attributes=pool_raw.get("node-attributes"))
             if pool.name in provider.pools:
@@ -48,7 +74,7 @@ class StaticDriverConfig:
             for n_index, node_raw in enumerate(pool_raw.get("nodes", [])):
                 where = ("pools", p_index, "nodes", n_index)
                 node = self._build_node(node_raw)
-                if node.max_parallel_jobs < 1:
+                if node.slots < 1:
                     ctx.problem(where + ("max-parallel-jobs",), "must be at least 1")
                 for label in node.labels:
                     if label not in ctx.labels:
@@ -83,7 +109,7 @@ class StaticDriverConfig:
             connection_port=raw.get("connection-port", raw.get("ssh-port", 22)),
             shell_type=raw.get("shell-type"),
             python_path=raw.get("python-path", "auto"),
-            max_parallel_jobs=raw.get("max-parallel-jobs", 1))
+            slots=raw.get("max-parallel-jobs", 1))
 
 
-DRIVER = StaticDriverConfig()
+DRIVER = StaticDriver()

@@ -1,11 +1,14 @@
-"""Registering static hosts as node records (spec 5.4).
+"""Registering the hosts of inventory drivers (static) as node records
+(spec 5.4).
 
-Each configured host has ``max-parallel-jobs`` slots; each free slot gets a
-``ready`` node record. When Zuul returns a node (``used``), the delete worker
-removes the record and the slot is registered again with a fresh node. Hosts
-removed from the configuration, and slots beyond ``max-parallel-jobs``, are
-retired. A cluster-wide lock per provider keeps several launchers with the
-same static provider from registering a slot twice.
+A driver without the ``launches_instances`` capability lists pre-existing
+hosts (:meth:`Adapter.hosts`); each host has ``slots`` (the static driver's
+``max-parallel-jobs``) and each free slot gets a ``ready`` node record. When
+Zuul returns a node (``used``), the delete worker removes the record and the
+slot is registered again with a fresh node. Hosts removed from the
+configuration, and slots beyond the host's count, are retired. A
+cluster-wide lock per provider keeps several launchers with the same provider
+from registering a slot twice.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from nodepool.config.model import Pool, StaticNode
+from nodepool.config.model import Pool
+from nodepool.drivers.base import Host
 from nodepool.launcher.worker import PeriodicWorker
 from nodepool.zk import paths
 from nodepool.zk.locks import Lock
@@ -22,8 +26,9 @@ from nodepool.zk.records import Node, NodeState
 if TYPE_CHECKING:  # pragma: no cover
     from nodepool.launcher.launcher import ProviderManager
 
-log = logging.getLogger("nodepool.launcher.static")
+log = logging.getLogger("nodepool.launcher.inventory")
 
+# The launcher name on registered nodes (upstream's, for the static driver).
 LAUNCHER_NAME = "static driver"
 # Records in these states hold no slot (they are on their way out or in).
 NOT_HOLDING = {NodeState.DELETING, NodeState.DELETED}
@@ -34,9 +39,9 @@ def identity(node: Node) -> tuple:
     return (node.hostname or node.external_id, node.username, node.connection_port)
 
 
-class StaticRegistrar(PeriodicWorker):
+class InventoryRegistrar(PeriodicWorker):
     def __init__(self, manager: "ProviderManager"):
-        super().__init__(f"static-{manager.provider.name}", RESYNC_INTERVAL,
+        super().__init__(f"inventory-{manager.provider.name}", RESYNC_INTERVAL,
                          manager.launcher.client)
         self.manager = manager
 
@@ -47,9 +52,10 @@ class StaticRegistrar(PeriodicWorker):
     def run_once(self) -> None:
         self.sync()
 
-    def host_for(self, node: Node) -> StaticNode | None:
+    def host_for(self, node: Node) -> Host | None:
+        adapter = self.manager.adapter
         for pool in self.manager.provider.pools.values():
-            for host in pool.nodes:
+            for host in adapter.hosts(pool):
                 if host.identity == identity(node):
                     return host
         return None
@@ -67,7 +73,7 @@ class StaticRegistrar(PeriodicWorker):
                 if node.provider == provider.name and node.state not in NOT_HOLDING:
                     existing.setdefault(identity(node), []).append(node)
             for pool in provider.pools.values():
-                for host in pool.nodes:
+                for host in self.manager.adapter.hosts(pool):
                     self._sync_host(pool, host, existing.pop(host.identity, []))
             # Hosts no longer configured: retire their ready nodes.
             for nodes in existing.values():
@@ -76,46 +82,46 @@ class StaticRegistrar(PeriodicWorker):
         finally:
             lock.release()
 
-    def _sync_host(self, pool: Pool, host: StaticNode, nodes: list[Node]) -> None:
+    def _sync_host(self, pool: Pool, host: Host, nodes: list[Node]) -> None:
         taken: set[int] = set()
         for node in sorted(nodes, key=lambda n: n.state_time):
             slot = node.slot if isinstance(node.slot, int) else None
-            if slot is None or slot >= host.max_parallel_jobs or slot in taken:
-                self.retire(node, f"slot {slot} is beyond max-parallel-jobs "
-                            f"{host.max_parallel_jobs} or taken")
+            if slot is None or slot >= host.slots or slot in taken:
+                self.retire(node, f"slot {slot} is beyond the host's {host.slots} "
+                            "or taken")
                 continue
             taken.add(slot)
-        for slot in range(host.max_parallel_jobs):
+        for slot in range(host.slots):
             if slot not in taken and not self.stopped:
                 self.register(pool, host, slot)
 
-    def register(self, pool: Pool, host: StaticNode, slot: int) -> None:
-        adapter = self.manager.adapter
+    def register(self, pool: Pool, host: Host, slot: int) -> None:
         try:
-            keys = adapter.scan(host)
+            found = self.manager.adapter.describe_host(host)
         except Exception as exc:
-            log.warning("Static host %s:%s is not usable, not registering it: %s",
+            log.warning("Host %s:%s is not usable, not registering it: %s",
                         host.name, host.connection_port, exc)
             return
-        ipv4, ipv6 = adapter.addresses(host.name)
         node = Node(state=NodeState.READY, provider=self.manager.provider.name,
                     pool=pool.name, type=list(host.labels), launcher=LAUNCHER_NAME,
-                    external_id=host.name, hostname=host.name,
-                    interface_ip=host.name, public_ipv4=ipv4, public_ipv6=ipv6,
-                    username=host.username, connection_port=host.connection_port,
-                    connection_type=host.connection_type,
-                    python_path=host.python_path, shell_type=host.shell_type,
-                    host_keys=keys, attributes=pool.node_attributes, slot=slot,
-                    resources={"instances": 1})
+                    external_id=found.external_id, hostname=host.name,
+                    interface_ip=found.interface_ip, public_ipv4=found.public_ipv4,
+                    public_ipv6=found.public_ipv6, username=found.username,
+                    connection_port=found.connection_port,
+                    connection_type=found.connection_type,
+                    python_path=found.python_path, shell_type=found.shell_type,
+                    host_keys=list(found.host_keys or []),
+                    attributes=pool.node_attributes, slot=slot,
+                    resources=dict(found.resources or {"instances": 1}))
         self.manager.launcher.store.create_node(node)
-        log.info("Registered static host %s:%s slot %s as node %s (%s)", host.name,
+        log.info("Registered host %s:%s slot %s as node %s (%s)", host.name,
                  host.connection_port, slot, node.id, ",".join(host.labels))
 
     def retire(self, node: Node, why: str) -> None:
         """Send a ready node of this provider to deletion (not re-registered
         unless its host and slot are still configured)."""
         if self.manager.launcher.store.delete_node_if(node.id, lambda n: n.idle):
-            log.info("Retiring static node %s: %s", node.id, why)
+            log.info("Retiring node %s of host %s: %s", node.id, node.hostname, why)
 
     def reusable(self, node: Node) -> bool:
         """Liveness check before a node is handed out; a dead host is retired."""
@@ -124,6 +130,6 @@ class StaticRegistrar(PeriodicWorker):
             return False
         if self.manager.adapter.alive(host):
             return True
-        log.warning("Static host %s:%s does not answer; retiring node %s",
+        log.warning("Host %s:%s does not answer; retiring node %s",
                     host.name, host.connection_port, node.id)
         return False
