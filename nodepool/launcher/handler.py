@@ -5,12 +5,15 @@ allocated that should not be."""
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Union
 
 from kazoo.exceptions import KazooException
 
+from nodepool.launcher.lifecycle import LaunchResult
 from nodepool.resources import Resources
 from nodepool.zk.locks import Lock
 from nodepool.zk.records import Node, NodeRequest, NodeState, RequestState
@@ -22,8 +25,71 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("nodepool.launcher.pool")
 
 
+class Next(enum.Enum):
+    """What a held request needs next (see :meth:`RequestHandler.evaluate`)."""
+
+    BUSY = "busy"          # being filled or finished on another thread
+    WAITING = "waiting"    # launches in progress
+    NEEDS = "needs"        # empty slots to launch again (after a quota abort)
+    FULFIL = "fulfil"
+    DECLINE = "decline"    # a launch failed
+    CANCEL = "cancel"      # its requestor removed it
+    LOST = "lost"          # our session, and the locks, are gone
+
+
+# The ends a finisher thread carries out.
+ENDINGS = (Next.FULFIL, Next.DECLINE, Next.CANCEL, Next.LOST)
+
+
+# What other threads tell the pool thread about its handlers. The pool thread
+# alone changes a handler's state from these (see PoolWorker.post). Each
+# names the handler itself: a request dropped with a lost session and taken
+# again gets a new handler, which old news must not reach.
+
+@dataclass(frozen=True, eq=False)
+class LaunchEnded:
+    """A runner thread finished launching a slot's node."""
+
+    handler: "RequestHandler"
+    index: int
+    node_id: str
+    result: LaunchResult
+
+
+@dataclass(frozen=True, eq=False)
+class Cancelled:
+    """The request cache saw the requestor delete the request."""
+
+    handler: "RequestHandler"
+
+
+@dataclass(frozen=True, eq=False)
+class FillEnded:
+    """An executor thread finished filling slots (reusing or launching)."""
+
+    handler: "RequestHandler"
+
+
+@dataclass(frozen=True, eq=False)
+class Ended:
+    """A finisher thread finished the request (fulfilled, declined...)."""
+
+    handler: "RequestHandler"
+
+
+HandlerEvent = Union[LaunchEnded, Cancelled, FillEnded, Ended]
+
+
 class RequestHandler:
-    """One accepted request: its node slots, in ``node_types`` order."""
+    """One accepted request: its node slots, in ``node_types`` order.
+
+    Ownership: the pool thread owns the handler's state (``results``,
+    ``launching``, ``cancelled``, ``filling``, ``finishing``) and changes it
+    only from events (:class:`LaunchEnded`, :class:`Cancelled`...). While
+    ``filling``, one executor thread writes the slots (``nodes``,
+    ``node_locks``); once ``finishing``, one finisher thread ends the request.
+    Slot writes hold ``mutex`` so the pool thread can read usage meanwhile.
+    """
 
     def __init__(self, worker: "PoolWorker", request: NodeRequest, lock: Lock):
         self.worker = worker
@@ -32,7 +98,7 @@ class RequestHandler:
         count = len(request.node_types)
         self.nodes: list[Node | None] = [None] * count
         self.node_locks: list[Lock | None] = [None] * count
-        self.results: list[str | None] = [None] * count
+        self.results: list[LaunchResult | None] = [None] * count
         self.launching: set[int] = set()
         self.cancelled = False
         self.finishing = False
@@ -53,31 +119,30 @@ class RequestHandler:
         with self.mutex:
             return [n.id for n in self.nodes if n is not None and n.id]
 
-    def on_launch_result(self, index: int, node: Node, result: str) -> None:
-        """Called by the provider's runner when a launch ends."""
+    def launch_ended(self, event: LaunchEnded) -> None:
+        """Record a launch's result (pool thread)."""
         with self.mutex:
-            current = self.nodes[index]
-            if current is None or current.id != node.id:
+            current = self.nodes[event.index]
+            if current is None or current.id != event.node_id:
                 return  # a slot reassigned meanwhile; not ours any more
-            self.results[index] = result
-            self.launching.discard(index)
-        self.worker.mark(self)
+            self.results[event.index] = event.result
+            self.launching.discard(event.index)
 
-    def evaluate(self) -> str:
-        """What the handler needs next: waiting, needs, fulfil, decline, cancel."""
+    def evaluate(self) -> Next:
+        """What the handler needs next (pool thread)."""
         with self.mutex:
             if self.finishing or self.filling:
-                return "busy"
+                return Next.BUSY
             if self.launching:
-                return "waiting"
-            if "lost" in self.results:
-                return "lost"
+                return Next.WAITING
+            if LaunchResult.LOST in self.results:
+                return Next.LOST
             if self.cancelled:
-                return "cancel"
-            if "failed" in self.results:
-                return "decline"
+                return Next.CANCEL
+            if LaunchResult.FAILED in self.results:
+                return Next.DECLINE
             for index, result in enumerate(self.results):
-                if result == "aborted":
+                if result == LaunchResult.ABORTED:
                     # Cloud quota: forget the node (the delete worker removes
                     # it once unlocked) and launch this slot again later.
                     lock = self.node_locks[index]
@@ -87,33 +152,34 @@ class RequestHandler:
                     if lock is not None:
                         lock.release()
             if any(node is None for node in self.nodes):
-                return "needs"
-            return "fulfil"
+                return Next.NEEDS
+            return Next.FULFIL
 
     # -- how it ends (on the launcher's finisher threads) ----------------------
 
-    def finish(self, action: str) -> None:
+    def finish(self, action: Next) -> None:
         """Fulfil, decline, release (cancelled) or drop (session lost). Any
         failure hands the request back with its nodes freed."""
         worker = self.worker
         try:
-            if action == "fulfil":
+            if action == Next.FULFIL:
                 self.fulfil()
-            elif action == "decline":
+            elif action == Next.DECLINE:
                 self.decline("a node launch failed")
-            elif action == "lost":
+            elif action == Next.LOST:
                 self.drop_lost()
             else:
                 self.release()
         except Exception as exc:
             if isinstance(exc, KazooException):
                 log.warning("Request %s: finishing (%s) failed: %r", self.id,
-                            action, exc)
+                            action.value, exc)
             else:
-                log.exception("Request %s: finishing (%s) failed", self.id, action)
+                log.exception("Request %s: finishing (%s) failed", self.id,
+                              action.value)
             self.hand_back()
         finally:
-            worker.finished(self)
+            worker.post(Ended(self))
 
     def fulfil(self) -> None:
         """Store the request fulfilled, its nodes and itself unlocked at once.

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from nodepool.config import ConfigError, config_files_changed, load_config
 from nodepool.config.model import Config, PoolLabel, Provider
 from nodepool.drivers import DriverUnavailable, connection_key, driver_of
-from nodepool.launcher.lifecycle import NodeDelete, NodeLaunch, Runner
+from nodepool.launcher.lifecycle import LaunchResult, NodeDelete, NodeLaunch, Runner
 from nodepool.launcher.maintenance import Cleanup, DeleteWorker, MinReady
 from nodepool.launcher.pool import PoolWorker
 from nodepool.launcher.quota import UsageIndex, pool_limits
@@ -116,10 +116,10 @@ class ProviderManager:
     def launch(self, task: NodeLaunch) -> None:
         callback = task.callback
 
-        def done(node: Node, result: str) -> None:
+        def done(node: Node, result: LaunchResult) -> None:
             with self._mutex:
                 self._launches -= 1
-            if result == "aborted":
+            if result == LaunchResult.ABORTED:
                 self.view.refresh_limits()  # the cloud disagreed with our estimate
             callback(node, result)
 

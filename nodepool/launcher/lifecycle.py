@@ -9,6 +9,7 @@ launch starts within microseconds instead of at the next one-second tick.
 
 from __future__ import annotations
 
+import enum
 import heapq
 import itertools
 import logging
@@ -111,9 +112,18 @@ class Runner:
 
 # -- launch -------------------------------------------------------------------
 
-# What the launch reports back: (node, result) with result in
-# "ready", "failed", "aborted".
-LaunchCallback = Callable[[Node, str], None]
+class LaunchResult(enum.Enum):
+    """How a launch ended."""
+
+    READY = "ready"
+    FAILED = "failed"
+    # The cloud lacked quota: the node is dropped and its slot launched again.
+    ABORTED = "aborted"
+    # Our ZooKeeper session (and with it the node's lock) is gone.
+    LOST = "lost"
+
+
+LaunchCallback = Callable[[Node, LaunchResult], None]
 
 
 class NodeLaunch(Task):
@@ -161,14 +171,14 @@ class NodeLaunch(Task):
             self.store.update_node(self.node)
         except RecordNotFound:
             log.error("Node %s: its record vanished during the launch", self.node.id)
-            self._finish("failed")
+            self._finish(LaunchResult.FAILED)
             return None
         except KazooException as exc:
             self.zk_errors += 1
             if self.zk_errors > MAX_ZK_ERRORS:
                 log.error("Node %s: cannot write to ZooKeeper (%s); giving the "
                           "launch up", self.node.id, exc)
-                self._finish("failed")
+                self._finish(LaunchResult.FAILED)
                 return None
             log.warning("Node %s: cannot write to ZooKeeper (%s); retrying",
                         self.node.id, exc)
@@ -280,12 +290,12 @@ class NodeLaunch(Task):
                                       float(self.provider.boot_timeout),
                                       node.connection_type or "ssh")
 
-    def _finish(self, result: str) -> None:
+    def _finish(self, result: LaunchResult) -> None:
         if self.finished:
             return
         self.finished = True
-        if self.stats is not None and result != "lost":
-            self.stats.launch_result(self.node, self.request, result,
+        if self.stats is not None and result != LaunchResult.LOST:
+            self.stats.launch_result(self.node, self.request, result.value,
                                      time.monotonic() - self.started)
         try:
             self.callback(self.node, result)
@@ -303,7 +313,7 @@ class NodeLaunch(Task):
             # sees it next; an instance not yet recorded is found as a leak.
             log.warning("Node %s: the ZooKeeper session was lost; leaving the "
                         "launch", self.node.id)
-            self._finish("lost")
+            self._finish(LaunchResult.LOST)
             return None
         if self.unsaved is not None:
             then, self.unsaved = self.unsaved, None
@@ -317,7 +327,7 @@ class NodeLaunch(Task):
             if self.zk_errors > MAX_ZK_ERRORS:
                 log.error("Node %s: ZooKeeper error during launch: %s",
                           self.node.id, exc)
-                self._finish("failed")
+                self._finish(LaunchResult.FAILED)
                 return None
             return ZK_RETRY_DELAY
 
@@ -382,7 +392,7 @@ class NodeLaunch(Task):
         def done() -> None:
             log.info("Node %s is ready (%s in %s, %s)", self.node.id,
                      self.label.name, self.provider.name, self.node.interface_ip)
-            self._finish("ready")
+            self._finish(LaunchResult.READY)
         return self._save_then(done)
 
     def _record_error(self, exc: Exception) -> None:
@@ -396,7 +406,7 @@ class NodeLaunch(Task):
         if self.machine is not None and self.machine.external_id:
             self.node.external_id = self.machine.external_id
         self.node.set_state(NodeState.ABORTED)
-        return self._save_then(lambda: self._finish("aborted"))
+        return self._save_then(lambda: self._finish(LaunchResult.ABORTED))
 
     def _attempt_failed(self, exc: Exception) -> float | None:
         external_id = self.machine.external_id if self.machine else None
@@ -407,7 +417,7 @@ class NodeLaunch(Task):
             if external_id:
                 self.node.external_id = external_id
             self.node.set_state(NodeState.FAILED)
-            return self._save_then(lambda: self._finish("failed"))
+            return self._save_then(lambda: self._finish(LaunchResult.FAILED))
         log.warning("Node %s: launch attempt %s/%s failed, retrying: %s",
                     self.node.id, self.attempts, self.provider.launch_retries, exc)
         self.machine = None

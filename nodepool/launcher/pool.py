@@ -26,9 +26,13 @@ from kazoo.exceptions import KazooException
 
 from nodepool.config.model import Pool, Provider
 from nodepool.launcher import scheduler
-from nodepool.launcher.handler import RequestHandler, Reservations
+from nodepool.launcher.assign import AssignmentPass, Room, Verdict
 from nodepool.launcher.cloudview import Unknown
-from nodepool.launcher.lifecycle import NodeLaunch
+from nodepool.launcher.handler import (
+    ENDINGS, Cancelled, Ended, FillEnded, HandlerEvent, LaunchEnded, Next,
+    RequestHandler, Reservations,
+)
+from nodepool.launcher.lifecycle import LaunchResult, NodeLaunch
 from nodepool.launcher.quota import pool_limits, tenant_limits
 from nodepool.resources import Resources
 from nodepool.zk.locks import Lock
@@ -60,8 +64,8 @@ class PoolWorker:
         self.handlers: dict[str, RequestHandler] = {}
         # Requests being accepted right now, with the quota reserved for them.
         self.in_flight = Reservations()
-        # Handlers with news since the last pass (results, cancels, fills).
-        self.dirty: set[str] = set()
+        # What other threads told us about our handlers, not yet applied.
+        self.events: list[HandlerEvent] = []
         # Handlers with empty slots to launch again (after a quota abort).
         self.needing: set[str] = set()
         self.claimed: set[str] = set()
@@ -154,7 +158,7 @@ class PoolWorker:
             self.handlers.clear()
             self.in_flight.clear()
             self.claimed.clear()
-            self.dirty.clear()
+            self.events.clear()
             self.needing.clear()
 
     def _update_component(self) -> None:
@@ -165,31 +169,47 @@ class PoolWorker:
 
     # -- handler completion ------------------------------------------------
 
-    def mark(self, handler: RequestHandler) -> None:
-        """Something happened to this handler: evaluate it on the next pass."""
+    def post(self, event: HandlerEvent) -> None:
+        """Tell the pool thread about one of its handlers (any thread)."""
         with self.mutex:
-            self.dirty.add(handler.id)
+            self.events.append(event)
         self.wake.set()
 
-    def _poll_handlers(self) -> None:
+    def _apply_events(self) -> set[str]:
+        """Change handler state as the events say (pool thread); returns
+        the handlers concerned."""
         with self.mutex:
-            dirty, self.dirty = self.dirty, set()
+            events, self.events = self.events, []
+        touched = set()
+        for event in events:
+            handler = event.handler
+            if self.handlers.get(handler.id) is not handler:
+                continue  # ended, or dropped with a lost session
+            if isinstance(event, Ended):
+                with self.mutex:
+                    self.handlers.pop(handler.id, None)
+                continue
+            if isinstance(event, LaunchEnded):
+                handler.launch_ended(event)
+            elif isinstance(event, Cancelled):
+                handler.cancelled = True
+            elif isinstance(event, FillEnded):
+                handler.filling = False
+            touched.add(handler.id)
+        return touched
+
+    def _poll_handlers(self) -> None:
+        dirty = self._apply_events()
         for request_id in dirty:
             handler = self.handlers.get(request_id)
             if handler is None:
                 continue
             action = handler.evaluate()
-            if action == "needs":
+            if action == Next.NEEDS:
                 self.needing.add(request_id)
-            if action in ("fulfil", "decline", "cancel", "lost"):
+            if action in ENDINGS:
                 handler.finishing = True
                 self.launcher.finisher.submit(handler.finish, action)
-
-    def finished(self, handler: RequestHandler) -> None:
-        """The handler has ended (called from its finisher thread)."""
-        with self.mutex:
-            self.handlers.pop(handler.id, None)
-        self.wake.set()
 
     def decline_request(self, request: NodeRequest, reason: str) -> None:
         """Add our id to declined_by; fail if every registered pool has."""
@@ -210,8 +230,7 @@ class PoolWorker:
     def cancel(self, request_id: str) -> None:
         handler = self.handlers.get(request_id)
         if handler is not None:
-            handler.cancelled = True
-            self.mark(handler)
+            self.post(Cancelled(handler))
 
     # -- assignment ----------------------------------------------------------
 
@@ -259,23 +278,6 @@ class PoolWorker:
                 return True
         return False
 
-    def _claim_ready(self, request: NodeRequest,
-                     reusable: dict[str, list[Node]]) -> list[Node | None] | None:
-        """Ready nodes for every node of the request, or None (and nothing
-        taken) when some label has none."""
-        if not request.reuse or (self.pool.max_servers is not None
-                                 and self.pool.max_servers <= 0):
-            return None
-        taken: list[tuple[str, Node]] = []
-        for label in request.node_types:
-            nodes = reusable.get(label, [])
-            if not nodes:
-                for label_taken, node in taken:
-                    reusable[label_taken].append(node)
-                return None
-            taken.append((label, nodes.pop()))
-        return [node for _, node in taken]
-
     def _image_available(self, label_name: str) -> bool | Unknown:
         label = self.pool.labels.get(label_name)
         if label is None:
@@ -291,30 +293,8 @@ class PoolWorker:
         my_labels = set(pool.labels)
         components = self._components()
         me = next(c for c in components if c.id == self.id)
-        pool_used, provider_used = self.usage_now()
-        pool_room = pool_limits(pool).subtract(pool_used)
-        cloud_limits = None if pool.ignore_provider_quota else self.manager.cloud_limits()
-        # Until the cloud has told its limits, serve from ready nodes only.
-        limits_known = not isinstance(cloud_limits, Unknown)
-        if not limits_known:
-            cloud_limits = None
-        cloud_room = cloud_limits.copy().subtract(provider_used) \
-            if cloud_limits is not None else None
-        can_launch = self.manager.can_launch
-        reusable = self._reusable_nodes()
-        tenants = launcher.usage.tenant_usage() \
-            if launcher.config.tenant_resource_limits else {}
-        launches = self.manager.active_launches()
-        deferred = 0
-        short_of_quota = False
-
-        def fits(need: Resources) -> bool:
-            return pool_room.fits(need) and (cloud_room is None or cloud_room.fits(need))
-
-        def take(need: Resources) -> None:
-            pool_room.subtract(need)
-            if cloud_room is not None:
-                cloud_room.subtract(need)
+        room, cloud_limits = self._room()
+        assignment = AssignmentPass(room, self._reusable_nodes(), self._need_of)
 
         # Requests we already hold come first: they wait for relaunches.
         waiting = []
@@ -329,23 +309,16 @@ class PoolWorker:
             if not missing:
                 self.needing.discard(handler.id)
                 continue
-            need = Resources()
-            for index in missing:
-                need.add(self._need_of(handler.request.node_types[index]))
-            if not fits(need):
-                take(need)
-                deferred += 1
-                short_of_quota = True
-                continue
-            take(need)
-            launches += len(missing)
-            self.needing.discard(handler.id)
-            self._submit_fill(handler, missing, need)
+            need = assignment.relaunch([handler.request.node_types[i] for i in missing])
+            if need is not None:
+                self.needing.discard(handler.id)
+                self._submit_fill(handler, missing, need)
 
         handlers, in_flight, my_id = self.handlers, self.in_flight, self.id
         requests = [r for r in launcher.requests.open_requests()
                     if r.id not in handlers and r.id not in in_flight
                     and my_id not in r.declined_by]
+        disabled = pool.max_servers is not None and pool.max_servers <= 0
         for request in scheduler.order_requests(requests):
             candidates = scheduler.candidate_pools(request, components)
             if scheduler.skip_reason(request, me, my_labels, candidates):
@@ -353,58 +326,43 @@ class PoolWorker:
             if not request_fits(request):
                 self._too_large(request)
                 continue
-            claims: list[Node | None] = []
-            need = Resources()
-            if self._cloud_unanswered(request):
-                # Until the cloud answers, only ready nodes can serve it.
-                ready = self._claim_ready(request, reusable)
-                if ready is None:
-                    deferred += 1
-                    continue
-                claims, reason = ready, None
-            else:
-                reason = scheduler.decline_reason(
-                    request, provider, pool, self._image_available, self._label_need,
-                    cloud_limits)
-            if reason is None and not claims:
-                available = reusable if request.reuse else {}
-                for label in request.node_types:
-                    candidates_nodes = available.get(label, [])
-                    node = candidates_nodes.pop() if candidates_nodes else None
-                    claims.append(node)
-                    if node is None:
-                        need.add(self._need_of(label))
-                to_launch = sum(1 for node in claims if node is None)
-                blocked = (to_launch and not (can_launch and limits_known)) \
-                    or not self._tenant_fits(request, need, tenants) \
-                    or (to_launch and not fits(need)) \
-                    or (to_launch and provider.max_concurrency > 0
-                        and launches + to_launch > provider.max_concurrency)
-                if blocked:
-                    # Defer: give the claimed nodes back, keep the quota claim
-                    # so requests behind this one cannot overtake it.
-                    for label, node in zip(request.node_types, claims):
-                        if node is not None:
-                            available.setdefault(label, []).append(node)
-                    if can_launch:
-                        # Deleting a ready node to launch one for min-ready
-                        # would only churn: min-ready never makes room.
-                        short_of_quota = short_of_quota or (
-                            not fits(need) and not request.is_min_ready)
-                        take(need)
-                    deferred += 1
-                    continue
-                take(need)
-                launches += to_launch
-                if request.tenant_name in tenants:
-                    tenants[request.tenant_name].add(need)
+            unanswered = not disabled and self._cloud_unanswered(request)
+            reason = None if unanswered else scheduler.decline_reason(
+                request, provider, pool, self._image_available, self._label_need,
+                cloud_limits)
+            decision = assignment.offer(request, reason, cloud_unanswered=unanswered)
+            if decision.verdict == Verdict.DEFER:
+                continue
             with self.mutex:
-                self.in_flight[request.id] = need
-                self.claimed.update(n.id for n in claims if n is not None)
-            launcher.executor.submit(self._accept, request, reason, claims, need)
-        self.deferred = deferred
-        if short_of_quota:
-            self._make_room(reusable)
+                self.in_flight[request.id] = decision.need
+                self.claimed.update(n.id for n in decision.claims if n is not None)
+            launcher.executor.submit(self._accept, request, decision.reason,
+                                     decision.claims, decision.need)
+        self.deferred = assignment.deferred
+        if assignment.short_of_quota:
+            self._make_room(assignment.reusable)
+
+    def _room(self) -> tuple[Room, Resources | None]:
+        """What this pool may still start, from usage and limits now; and
+        the cloud's limits (None: none known or the pool ignores them)."""
+        pool = self.pool
+        launcher = self.launcher
+        pool_used, provider_used = self.usage_now()
+        cloud_limits = None if pool.ignore_provider_quota else self.manager.cloud_limits()
+        limits_known = not isinstance(cloud_limits, Unknown)
+        if not isinstance(cloud_limits, Resources):
+            cloud_limits = None
+        tenant_config = launcher.config.tenant_resource_limits
+        room = Room(
+            pool=pool_limits(pool).subtract(pool_used),
+            cloud=cloud_limits.copy().subtract(provider_used)
+            if cloud_limits is not None else None,
+            launches=self.manager.active_launches(),
+            max_concurrency=self.provider.max_concurrency,
+            can_launch=self.manager.can_launch, limits_known=limits_known,
+            tenant_usage=launcher.usage.tenant_usage() if tenant_config else {},
+            tenant_limits={name: tenant_limits(t) for name, t in tenant_config.items()})
+        return room, cloud_limits
 
     def _too_large(self, request: NodeRequest) -> None:
         """A request we could not write back once fulfilled (ZooKeeper would
@@ -458,14 +416,6 @@ class PoolWorker:
             # Oldest last, so pop() hands out the oldest ready node first.
             members.sort(key=lambda n: n.state_time, reverse=True)
         return by_label
-
-    def _tenant_fits(self, request: NodeRequest, need: Resources,
-                     usage: dict[str, Resources]) -> bool:
-        tenant = self.launcher.config.tenant_resource_limits.get(request.tenant_name or "")
-        if tenant is None:
-            return True
-        room = tenant_limits(tenant).subtract(usage.get(tenant.tenant_name, Resources()))
-        return room.fits(need)
 
     # -- accepting (executor threads) ------------------------------------------
 
@@ -549,8 +499,7 @@ class PoolWorker:
                 return
             self._fill(handler, missing)
         finally:
-            handler.filling = False
-            self.mark(handler)
+            self.post(FillEnded(handler))
 
     def _fresh_request(self, request: NodeRequest) -> NodeRequest | None:
         """Re-read a request we hold locked; None unless still open for us."""
@@ -587,7 +536,7 @@ class PoolWorker:
         with handler.mutex:
             handler.nodes[index] = fresh
             handler.node_locks[index] = lock
-            handler.results[index] = "ready"
+            handler.results[index] = LaunchResult.READY
             handler.az = handler.az or fresh.az
 
     def _submit_fill(self, handler: RequestHandler, missing: list[int],
@@ -602,11 +551,9 @@ class PoolWorker:
             except Exception:
                 log.exception("Request %s: relaunching failed", handler.id)
             finally:
-                handler.filling = False
-                self.mark(handler)
                 with self.mutex:
                     self.in_flight.pop(handler.id, None)
-                self.wake.set()
+                self.post(FillEnded(handler))
 
         self.launcher.executor.submit(fill)
 
@@ -653,5 +600,6 @@ class PoolWorker:
                 node=node, lock=lock, store=store, adapter=self.manager.adapter,
                 provider=self.provider, pool=self.pool, label=label,
                 images=self.launcher.images, request=request,
-                callback=lambda n, r, i=index: handler.on_launch_result(i, n, r),
+                callback=lambda n, r, i=index: self.post(
+                    LaunchEnded(handler, i, n.id, r)),
                 stats=self.launcher.stats))

@@ -3,7 +3,7 @@
 Nothing is created or destroyed in a cloud. The adapter only talks to the
 hosts: it scans their host keys before a node is registered and checks they
 are alive before a node is reused. Registering and retiring node records is
-ZooKeeper work, done by the launcher (``nodepool.launcher.inventory``).
+ZooKeeper work, done by the launcher's inventory registrar.
 """
 
 from __future__ import annotations
