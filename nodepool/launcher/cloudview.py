@@ -55,6 +55,7 @@ class CloudView(PeriodicWorker):
         self._labels_at = 0.0
         self._stale_labels = True
         self._stale_limits = True
+        self._asking = False
 
     # -- readers (any thread; never block) -----------------------------------------
 
@@ -104,6 +105,12 @@ class CloudView(PeriodicWorker):
         self._stale_labels = self._stale_limits = True
         self.wake.set()
 
+    @property
+    def answering(self) -> bool:
+        """Questions to the cloud asked or about to be."""
+        return self._asking or self._stale_labels or self._stale_limits \
+            or self.wake.is_set()
+
     def stop(self) -> None:
         # The thread may be stuck in a hung cloud call: do not wait for it.
         self._stopped.set()
@@ -116,6 +123,13 @@ class CloudView(PeriodicWorker):
         super().start()
 
     def run_once(self) -> None:
+        self._asking = True
+        try:
+            self._ask()
+        finally:
+            self._asking = False
+
+    def _ask(self) -> None:
         now = time.monotonic()
         if self._stale_labels or now - self._labels_at > LABELS_SECONDS:
             self._stale_labels = False

@@ -329,6 +329,9 @@ class Reservations:
     def __contains__(self, key: str) -> bool:
         return key in self._items
 
+    def __len__(self) -> int:
+        return len(self._items)
+
     def __setitem__(self, key: str, need: Resources) -> None:
         self.pop(key, None)
         self._items[key] = need

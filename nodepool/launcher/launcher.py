@@ -327,6 +327,28 @@ class Launcher:
         self.client.disconnect()
         log.info("Launcher stopped")
 
+    def pending_work(self) -> list[str]:
+        """What the launcher is still doing or about to do, from the events
+        it has seen (empty: settled until something changes in ZooKeeper,
+        in the cloud, or a periodic task comes due)."""
+        pending = []
+        for name, manager in list(self.managers.items()):
+            if manager.view.answering:
+                pending.append(f"{name}: asking the cloud")
+            busy = sum(len(runner) for runner in manager.runners)
+            if busy:
+                pending.append(f"{name}: {busy} launches or deletes")
+            if manager.registrar is not None and manager.registrar.wake.is_set():
+                pending.append(f"{name}: registering hosts")
+            for pool_name, worker in list(manager.workers.items()):
+                pending += [f"{name}/{pool_name}: {what}"
+                            for what in worker.pending_work()]
+        if self.delete_worker.busy:
+            pending.append("deletes being dispatched")
+        if self.min_ready.wake.is_set():
+            pending.append("min-ready")
+        return pending
+
     # -- events --------------------------------------------------------------
 
     def _label_need(self, provider_name: str, label: str):

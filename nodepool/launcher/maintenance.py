@@ -80,6 +80,13 @@ class DeleteWorker:
         if self._thread.is_alive():
             self._thread.join(timeout=10)
 
+    @property
+    def busy(self) -> bool:
+        """Nodes queued or being taken for deletion (deletes in progress
+        run on the providers' runners)."""
+        with self._mutex:
+            return bool(self._queued or self._working)
+
     def consider(self, node: Node) -> None:
         """Cache listener hook: queue the node if it may need action."""
         if node.state in DELETABLE or node.state == NodeState.INIT or (

@@ -77,6 +77,7 @@ class PoolWorker:
         self._generation = launcher.client.session_generation
         self.deferred = 0
         self.making_room = False
+        self.in_pass = False
         self.thread = threading.Thread(
             target=self._run, daemon=True,
             name=f"pool-{manager.provider.name}-{pool.name}")
@@ -128,6 +129,7 @@ class PoolWorker:
                 self.launcher.client.wait_until_connected(1.0)
                 continue
             try:
+                self.in_pass = True
                 self.run_pass()
                 last_pass = time.monotonic()
             except KazooException as exc:
@@ -137,6 +139,26 @@ class PoolWorker:
             except Exception:
                 log.exception("%r: pass failed", self)
                 self._stopped.wait(0.5)
+            finally:
+                self.in_pass = False
+
+    def pending_work(self) -> list[str]:
+        """What this worker still has to do (empty: it waits for news)."""
+        pending = []
+        if self.wake.is_set() or self.in_pass:
+            pending.append("a pass")
+        with self.mutex:
+            if self.events:
+                pending.append(f"{len(self.events)} events")
+            if self.in_flight:
+                pending.append("accepts in progress")
+        busy = [h.id for h in list(self.handlers.values())
+                if h.filling or h.launching or h.finishing]
+        if busy:
+            pending.append(f"requests {','.join(busy)} launching or ending")
+        if self.making_room:
+            pending.append("making room")
+        return pending
 
     def run_pass(self) -> None:
         self._check_session()

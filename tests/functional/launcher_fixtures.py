@@ -79,6 +79,26 @@ class LauncherEnv:
         self.builders.append(builder)
         return builder
 
+    def settle(self, timeout: float = 20.0) -> None:
+        """Wait until every launcher started here has nothing left to do
+        (Zuul's tests call it waitUntilSettled): each cache has caught up
+        with ZooKeeper and no worker has work queued or running, in three
+        checks in a row. Then "nothing happened" can be asserted without
+        guessing how long to sleep."""
+        deadline = time.monotonic() + timeout
+        calm = 0
+        pending: list[str] = []
+        while calm < 3:
+            launchers = [la for la in self.launchers if la.client.kazoo is not None]
+            for launcher in launchers:
+                launcher.nodes.barrier()
+                launcher.requests.barrier()
+            pending = [what for launcher in launchers for what in launcher.pending_work()]
+            calm = 0 if pending else calm + 1
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"launchers not settled after {timeout}s: {pending}")
+            time.sleep(0.05)
+
     def stop_all(self) -> None:
         for builder in self.builders:
             try:

@@ -10,7 +10,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 
 import pytest
 
@@ -217,12 +216,12 @@ def test_multi_node_request(launcher, driver, zuul):
     assert request["state"] == "fulfilled" and len(set(request["nodes"])) == 2
 
 
-def test_used_nodes_go_and_capacity_returns(launcher, driver, zuul):
+def test_used_nodes_go_and_capacity_returns(env, launcher, driver, zuul):
     ids = [zuul.submit(["a"]) for _ in range(driver.capacity)]
     results = [zuul.wait_for_request(r, timeout=20) for r in ids]
     used = {n for r in results for n in r["nodes"]}
     waiting = zuul.submit(["a"])
-    time.sleep(0.5)
+    env.settle()
     assert zuul.get_request(waiting)["state"] == "requested"  # deferred, not failed
     for request_id in ids:
         zuul.run_job(request_id)

@@ -181,7 +181,7 @@ def test_quota_defers_instead_of_failing_and_serves_in_order(env, zuul):
     zuul.use(held)
     low = zuul.submit(["small"], relative_priority=5)
     high = zuul.submit(["large"], relative_priority=1)
-    time.sleep(0.5)
+    env.settle()
     assert zuul.get_request(low)["state"] == "requested"
     assert zuul.get_request(high)["state"] == "requested"
     [pool] = launcher.components.pools()
@@ -219,7 +219,7 @@ def test_min_ready_does_not_churn_at_quota(env, zuul):
     launcher = env.start(config(env, max_servers=1, small_options="min-ready: 2"))
     first = wait_until(lambda: [n.id for n in launcher.nodes.nodes()
                                 if n.state == NodeState.READY], message="ready")[0]
-    time.sleep(1.0)
+    env.settle()
     # The second min-ready node cannot fit; the first is not sacrificed for it.
     assert [n.id for n in launcher.nodes.nodes()] == [first]
 
@@ -241,7 +241,7 @@ def test_revised_priority_is_respected(env, zuul):
     held = zuul.accept(first)
     a = zuul.submit(["small"], relative_priority=1)
     b = zuul.submit(["small"], relative_priority=2)
-    time.sleep(0.2)
+    env.settle()
     assert zuul.revise(b, 0)  # Zuul moves b ahead of a
     wait_until(lambda: launcher.requests.get(b).relative_priority == 0,
                message="revision seen")
@@ -363,7 +363,7 @@ def test_min_ready_is_met_exactly(env, zuul):
         return [n for n in launcher.nodes.nodes()
                 if n.state == NodeState.READY and not n.allocated_to]
     wait_until(lambda: len(ready()) == 3, message="three ready nodes")
-    time.sleep(1.0)
+    env.settle()
     assert len(launcher.nodes.nodes()) == 3  # no over-provisioning
     assert not [r for r in launcher.requests.requests()]  # min-ready requests tidied
 
@@ -374,7 +374,7 @@ def test_config_reload_applies_changes_and_survives_bad_files(env, zuul):
     first = zuul.submit(["small"])
     zuul.wait_for_request(first)
     waiting = zuul.submit(["small"])
-    time.sleep(0.3)
+    env.settle()
     assert zuul.get_request(waiting)["state"] == "requested"
     # A broken file is reported and the old configuration keeps running.
     env.rewrite(path, "labels: [oops\n")
@@ -434,7 +434,7 @@ def test_two_launchers_share_work_without_double_allocation(env, zuul):
         return [n for n in first.nodes.nodes()
                 if n.state == NodeState.READY and not n.allocated_to]
     wait_until(lambda: len(spare()) >= 2, message="min-ready")
-    time.sleep(1.0)
+    env.settle()
     assert len(spare()) == 2, "min-ready met once, not once per launcher"
     assert second.nodes.ids() == first.nodes.ids()
 
@@ -539,7 +539,7 @@ def test_pool_max_cores(env, zuul):
     first = zuul.submit(["small"])
     zuul.wait_for_request(first)
     second = zuul.submit(["small"])
-    time.sleep(0.5)
+    env.settle()
     assert zuul.get_request(second)["state"] == "requested"
     # A request that could never fit (two nodes, 8 cores) is declined.
     assert zuul.wait_for_request(zuul.submit(["small", "small"]))["state"] == "failed"

@@ -293,7 +293,7 @@ def test_cinder_volume_limit_defers_boot_from_volume_launches(env, sim, zuul):
     first = zuul.submit(["small"])
     assert zuul.wait_for_request(first, timeout=30)["state"] == "fulfilled"
     second = zuul.submit(["small"])
-    time.sleep(1.0)
+    env.settle()
     # Waiting for quota, not failed, and never tried against a full cloud.
     assert zuul.get_request(second)["state"] == "requested"
     assert sum(1 for m, p in sim.requests

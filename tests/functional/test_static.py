@@ -2,7 +2,6 @@
 
 import os
 import sys
-import time
 
 import pytest
 
@@ -72,7 +71,7 @@ def test_configured_key_must_match(env, hosts):
         host(good, extra=right_key) + host(bad, extra=f"            host-key: "
                                                   f"'{good.host_keys[0]}'\n"))))
     wait_until(lambda: len(nodes_of(launcher)) == 1, timeout=20, message="registered")
-    time.sleep(1.0)
+    env.settle()
     [node] = nodes_of(launcher)
     assert node.connection_port == good.port  # the impostor was not registered
     assert wrong_key  # (the bad host presents its own keys, not the configured one)
@@ -97,7 +96,7 @@ def test_unreachable_host_is_not_registered_and_dead_host_is_retired(env, hosts,
     node = zuul.get_node(zuul.get_request(served_id)["nodes"][0])
     assert node["connection_port"] == first.port
     [waiting] = [r for r in requests if r != served_id]
-    time.sleep(0.5)
+    env.settle()
     assert zuul.get_request(waiting)["state"] == "requested"  # waits, not failed
 
 

@@ -7,7 +7,6 @@ lock attempts are finished once the connection is back, and a fulfilment
 whose write failed either applied (and counts) or frees its nodes."""
 
 import threading
-import time
 
 import pytest
 
@@ -174,5 +173,5 @@ def test_a_node_write_cut_during_launch_is_written_again(env, zuul, zk_proxy):
     assert zuul.get_node(cut[0])["state"] == "ready"
     wait_until(lambda: no_locks_anywhere(zuul) == [], timeout=20,
                message="every lock released")
-    time.sleep(0.5)
+    env.settle()
     assert zuul.kazoo.get_children(paths.NODES) == cut
