@@ -16,6 +16,7 @@ from nodepool.drivers.base import META_NODE_ID, META_PROVIDER, Instance
 from nodepool.resources import Resources
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
+from launcher_fixtures import FAKE_PROVIDER  # noqa: E402
 from openstack_sim import OpenStackSimulator  # noqa: E402
 from sshdserver import SSHServer  # noqa: E402
 
@@ -44,20 +45,8 @@ def run(machine, timeout=20.0) -> Instance | None:
 
 
 class Fake:
-    body = """
-providers:
-  - name: fake-adapter
-    cloud: fake
-    cloud-images:
-      - name: precise
-        image-name: Fake Precise
-    pools:
-      - name: main
-        labels:
-          - name: a
-            cloud-image: precise
-            min-ram: 1
-"""
+    # The suite's usual fake provider, with its label renamed.
+    body = "providers:" + FAKE_PROVIDER.replace("name: small", "name: a")
     image = "fake-image-id"
 
     def stop(self):
