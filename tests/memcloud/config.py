@@ -6,13 +6,10 @@ import voluptuous as v
 
 from nodepool.config import schema as s
 from nodepool.config.model import Pool, PoolLabel, Provider
-from nodepool.drivers.base import Adapter, Capabilities, Driver
 
 
-class MemCloudDriver(Driver):
+class MemCloudConfig:
     name = "memcloud"
-    capabilities = Capabilities(launches_instances=True, manages_images=False,
-                                reports_quota=True)
 
     def schema(self) -> v.Schema:
         label = {v.Required("name"): s.NonEmptyStr}
@@ -37,10 +34,3 @@ class MemCloudDriver(Driver):
                 pool.labels[label_raw["name"]] = PoolLabel(name=label_raw["name"])
             provider.pools[pool.name] = pool
         return provider
-
-    def make_adapter(self, provider: Provider) -> Adapter:
-        from memcloud.adapter import MemCloudAdapter
-        return MemCloudAdapter(provider)
-
-
-DRIVER = MemCloudDriver()

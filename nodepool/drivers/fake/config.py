@@ -13,10 +13,8 @@ from typing import Any
 import voluptuous as v
 
 from nodepool.config import schema as s
-from nodepool.config.model import Provider
-from nodepool.drivers.base import Adapter
 from nodepool.drivers.openstack import clouds
-from nodepool.drivers.openstack.config import OpenStackDriver, OpenStackProvider
+from nodepool.drivers.openstack.config import OpenStackConfig, OpenStackProvider
 
 SIMULATION_KEYS = {
     "boot-delay": s.Number,
@@ -45,13 +43,9 @@ class FakeProvider(OpenStackProvider):
     simulation: dict[str, Any] = field(default_factory=dict)
 
 
-class FakeDriver(OpenStackDriver):
+class FakeConfig(OpenStackConfig):
     name = "fake"
     provider_class = FakeProvider
-
-    def make_adapter(self, provider: Provider) -> Adapter:
-        from nodepool.drivers.fake.adapter import FakeAdapter
-        return FakeAdapter(provider)
 
     def schema(self) -> v.Schema:
         keys = self.provider_keys()
@@ -73,5 +67,3 @@ class FakeDriver(OpenStackDriver):
         provider.simulation = dict(raw.get("simulation", {}))
         return provider
 
-
-DRIVER = FakeDriver()

@@ -9,7 +9,6 @@ import voluptuous as v
 
 from nodepool.config import schema as s
 from nodepool.config.model import CloudImage, Pool, PoolLabel, Provider, ProviderDiskImage
-from nodepool.drivers.base import Adapter, Capabilities, Driver
 from nodepool.drivers.openstack import clouds
 
 DEFAULT_PORTS = {"ssh": 22, "winrm": 5986}
@@ -51,19 +50,12 @@ class OpenStackProvider(Provider):
     ipv6_preferred: bool = False
 
 
-class OpenStackDriver(Driver):
+class OpenStackConfig:
+    """Schema and typed config of an openstack provider (the Driver in the
+    package's ``__init__`` adds capabilities and the adapter)."""
+
     name = "openstack"
-    capabilities = Capabilities(launches_instances=True, manages_images=True,
-                                reports_quota=True)
     provider_class: type[OpenStackProvider] = OpenStackProvider
-
-    def make_adapter(self, provider: Provider) -> Adapter:
-        from nodepool.drivers.openstack.adapter import OpenStackAdapter
-        return OpenStackAdapter(provider)
-
-    def connection_key(self, provider: Provider) -> tuple:
-        assert isinstance(provider, OpenStackProvider)
-        return (provider.driver, provider.cloud, provider.region_name, provider.rate)
 
     def provider_keys(self) -> dict:
         provider_diskimage = {
@@ -293,5 +285,3 @@ class OpenStackDriver(Driver):
             host_key_checking=raw.get("host-key-checking", pool.host_key_checking),
         )
 
-
-DRIVER = OpenStackDriver()

@@ -8,7 +8,7 @@ import voluptuous as v
 
 from nodepool.config import schema as s
 from nodepool.config.model import Pool, PoolLabel, Provider
-from nodepool.drivers.base import Adapter, Capabilities, Driver, Host
+from nodepool.drivers.base import Host
 
 
 @dataclass
@@ -28,15 +28,10 @@ class StaticPool(Pool):
     nodes: list[StaticNode] = field(default_factory=list)
 
 
-class StaticDriver(Driver):
-    name = "static"
-    # A fixed inventory: nothing is launched, no images, no cloud quota.
-    capabilities = Capabilities(launches_instances=False, manages_images=False,
-                                reports_quota=False)
+class StaticConfig:
+    """Schema and typed config of a static provider."""
 
-    def make_adapter(self, provider: Provider) -> Adapter:
-        from nodepool.drivers.static.adapter import StaticAdapter
-        return StaticAdapter(provider)
+    name = "static"
 
     def schema(self) -> v.Schema:
         node = {
@@ -111,5 +106,3 @@ class StaticDriver(Driver):
             python_path=raw.get("python-path", "auto"),
             slots=raw.get("max-parallel-jobs", 1))
 
-
-DRIVER = StaticDriver()
