@@ -393,7 +393,7 @@ def test_server_listing_follows_pagination(sim):
         conn.compute.create_server(name=f"s{index}", flavor_id="1",
                                    image_id="ubuntu-image-id", networks="auto")
     sim.page_size = 2
-    from nodepool.drivers.openstack.adapter import list_json
+    from nodepool.drivers.openstack.api import list_json
     servers = list_json(conn.compute, "/servers/detail", "servers")
     assert sorted(s["name"] for s in servers) == [f"s{i}" for i in range(5)]
     assert sum(1 for m, p in sim.requests if p == "/compute/v2.1/servers/detail") == 3
