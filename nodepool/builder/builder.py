@@ -24,7 +24,7 @@ from nodepool.config import ConfigError, load_config
 from nodepool.config.loader import config_files_changed
 from nodepool.config.model import Config, DiskImage, Provider, ProviderDiskImage
 from nodepool.drivers import DriverUnavailable, NotFound, make_adapter
-from nodepool.launcher.worker import PeriodicWorker
+from nodepool.worker import PeriodicWorker
 from nodepool.stats import BuilderStats
 from nodepool.zk import paths
 from nodepool.zk.cache import ImageCache

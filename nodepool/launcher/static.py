@@ -14,7 +14,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from nodepool.config.model import Pool, StaticNode
-from nodepool.launcher.worker import PeriodicWorker
+from nodepool.worker import PeriodicWorker
 from nodepool.zk import paths
 from nodepool.zk.locks import Lock
 from nodepool.zk.records import Node, NodeState
