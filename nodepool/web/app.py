@@ -5,59 +5,18 @@ from __future__ import annotations
 
 import email.utils
 import logging
-import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Callable
 from urllib.parse import parse_qs, urlparse
 
 from nodepool import status
+from nodepool.web.server import QuietHTTPServer, serve, wants_json
 
-log = logging.getLogger("nodepool.launcher.webapp")
+log = logging.getLogger("nodepool.web.app")
 
 CACHE_SECONDS = 1.0
-
-
-class QuietHTTPServer(ThreadingHTTPServer):
-    """A threading HTTP server that treats a client hanging up mid-request
-    (a killed CLI, a restarted daemon) as routine, not a stderr traceback."""
-
-    daemon_threads = True
-
-    def handle_error(self, request, client_address) -> None:
-        error = sys.exc_info()[1]
-        if isinstance(error, (ConnectionError, TimeoutError)):
-            log.debug("Client %s went away: %s", client_address, error)
-            return
-        log.exception("Error answering %s", client_address)
-
-
-def wants_json(accept: str | None) -> bool:
-    """Is application/json the best of text/html, text/plain,
-    application/json (preferred in that order on ties)?"""
-    if not accept:
-        return False
-    offered = ["text/html", "text/plain", "application/json"]
-    best, best_q = None, -1.0
-    for part in accept.split(","):
-        fields = [f.strip() for f in part.split(";")]
-        media = fields[0].lower()
-        q = 1.0
-        for param in fields[1:]:
-            if param.startswith("q="):
-                try:
-                    q = float(param[2:])
-                except ValueError:
-                    q = 0.0
-        for candidate in offered:
-            matches = media in (candidate, "*/*") or (
-                media.endswith("/*") and candidate.startswith(media[:-1]))
-            if matches and (q > best_q or (q == best_q and best is not None and
-                            offered.index(candidate) < offered.index(best))):
-                if q > 0:
-                    best, best_q = candidate, q
-    return best == "application/json"
 
 
 class StatusWebApp:
@@ -166,10 +125,8 @@ class StatusWebApp:
         class Handler(_Handler):
             webapp = app
 
-        self._server = QuietHTTPServer((self.host, self.port), Handler)
+        self._server = serve(self.host, self.port, Handler, "webapp")
         self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, daemon=True,
-                         name="webapp").start()
         log.info("Status web server on http://%s:%d/", self.host, self.port)
 
     def stop(self) -> None:
