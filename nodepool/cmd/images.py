@@ -9,62 +9,40 @@ import os
 import sys
 import time
 
-from nodepool.cmd.common import CommandError
-from nodepool.cmd.nodepool import EXIT_OK, _connect, _print_rows
+from nodepool.cmd import common
+from nodepool.cmd.common import EXIT_OK, CommandError
 
 
 def _store(args):
     from nodepool.zk.store import Store
-    config, client = _connect(args)
+    config, client = common.connect(args)
     return config, client, Store(client)
 
 
-def _listing(args: argparse.Namespace, columns, rows_of) -> int:
-    """Connect, compute ``rows_of(store)``, disconnect, print."""
-    _, client, store = _store(args)
+def _listing(args: argparse.Namespace, columns, view) -> int:
+    """Connect, compute ``view(images)`` from ZooKeeper, disconnect, print."""
+    _, client = common.connect(args)
     try:
-        rows = rows_of(store)
+        rows = view(common.ZooKeeperImages(client))
     finally:
         client.disconnect()
-    _print_rows(args, columns, rows)
+    common.print_rows(args, columns, rows)
     return EXIT_OK
 
 
 def cmd_dib_image_list(args: argparse.Namespace) -> int:
     from nodepool import status
-
-    def rows(store):
-        found = []
-        for image in store.image_names():
-            paused = store.is_image_paused(image)
-            builds = sorted(store.get_builds(image), key=lambda b: b.state_time)
-            found += [status.build_row(b, paused) for b in builds]
-        return found
-    return _listing(args, status.DIB_IMAGE_COLUMNS, rows)
+    return _listing(args, status.DIB_IMAGE_COLUMNS, status.dib_image_rows)
 
 
 def cmd_image_list(args: argparse.Namespace) -> int:
     from nodepool import status
-
-    def rows(store):
-        found = []
-        for image in store.image_names():
-            for build in sorted(store.get_builds(image), key=lambda b: b.state_time):
-                for provider in store.upload_providers(image, build.id):
-                    uploads = sorted(store.get_uploads(image, build.id, provider),
-                                     key=lambda u: u.id)
-                    found += [status.upload_row(u) for u in uploads]
-        return found
-    return _listing(args, status.IMAGE_COLUMNS, rows)
+    return _listing(args, status.IMAGE_COLUMNS, status.image_rows)
 
 
 def cmd_image_status(args: argparse.Namespace) -> int:
     from nodepool import status
-    return _listing(args, status.IMAGE_STATUS_COLUMNS, lambda store: [
-        status.image_status_row(image, store.is_image_paused(image),
-                                store.build_request_status(image),
-                                store.build_requested_at(image))
-        for image in store.image_names()])
+    return _listing(args, status.IMAGE_STATUS_COLUMNS, status.image_status_rows)
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:

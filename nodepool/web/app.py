@@ -1,5 +1,6 @@
 """The launcher's status web server: the CLI's tables and JSON over HTTP,
-answered from the launcher's ZooKeeper caches (no ZooKeeper reads)."""
+built by the same views (:mod:`nodepool.status`) from the launcher's
+ZooKeeper caches (no ZooKeeper reads)."""
 
 from __future__ import annotations
 
@@ -43,46 +44,23 @@ class StatusWebApp:
 
     def node_rows(self, query: dict) -> list[dict]:
         nodes = self.launcher.nodes
-        wanted = query.get("node_id")
-        now = time.time()
-        return [status.node_row(n, nodes.is_locked(n.id), now)
-                for n in sorted(nodes.nodes(), key=lambda n: n.id)
-                if wanted is None or n.id == wanted]
+        return status.node_rows(((n, nodes.is_locked(n.id)) for n in nodes.nodes()),
+                                query.get("node_id"))
 
     def request_rows(self, query: dict) -> list[dict]:
-        requests = sorted(self.launcher.requests.requests(), key=lambda r: r.sort_key())
-        return [status.request_row(r) for r in requests]
+        return status.request_rows(self.launcher.requests.requests())
 
     def label_rows(self, query: dict) -> list[dict]:
-        labels = set()
-        for pool in self.launcher.components.pools():
-            labels.update(pool.supported_labels or [])
-        return [{"label": label} for label in sorted(labels)]
+        return status.label_rows(self.launcher.components.pools())
 
     def image_rows(self, query: dict) -> list[dict]:
-        uploads = sorted(self.launcher.images.uploads(),
-                         key=lambda u: (u.image_name, u.build_id, u.provider_name, u.id))
-        return [status.upload_row(u) for u in uploads]
+        return status.image_rows(self.launcher.images)
 
     def dib_image_rows(self, query: dict) -> list[dict]:
-        images = self.launcher.images
-        builds = sorted(images.builds(), key=lambda b: (b.image_name, b.state_time))
-        return [status.build_row(b, images.flags(b.image_name).paused) for b in builds]
+        return status.dib_image_rows(self.launcher.images)
 
     def image_status_rows(self, query: dict) -> list[dict]:
-        images = self.launcher.images
-        rows = []
-        for image in images.image_names():
-            flags = images.flags(image)
-            request = None
-            if flags.build_requested_at is not None:
-                building = images.is_building(image) and any(
-                    b.state == "building" and b.state_time >= flags.build_requested_at
-                    for b in images.builds(image))
-                request = "building" if building else "pending"
-            rows.append(status.image_status_row(image, flags.paused, request,
-                                                flags.build_requested_at))
-        return rows
+        return status.image_status_rows(self.launcher.images)
 
     # -- serving ---------------------------------------------------------------
 
