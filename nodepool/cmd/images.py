@@ -4,8 +4,6 @@ the operator's image actions (build, pause, delete, export and import)."""
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 
@@ -116,32 +114,26 @@ def cmd_image_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_export_image_data(args: argparse.Namespace) -> int:
+    from nodepool.builder import transfer
     _, client, store = _store(args)
     try:
-        data = store.export_image_data()
+        data = transfer.export_records(store)
     finally:
         client.disconnect()
-    # Only the operator may read it (it names every cloud image).
-    descriptor = os.open(args.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
+    transfer.write_export(args.path, data)
     print(f"Exported {len(data)} records to {args.path}", file=sys.stderr)
     return EXIT_OK
 
 
 def cmd_import_image_data(args: argparse.Namespace) -> int:
+    from nodepool.builder import transfer
     try:
-        with open(args.path) as handle:
-            data = json.load(handle)
-    except (OSError, ValueError) as exc:
-        raise CommandError(f"cannot read {args.path}: {exc}") from None
-    if not isinstance(data, dict) or not all(
-            isinstance(k, str) and k.startswith("/nodepool/images/") and
-            isinstance(v, str) for k, v in data.items()):
-        raise CommandError(f"{args.path} is not an export-image-data file")
+        data = transfer.read_export(args.path)
+    except transfer.TransferError as exc:
+        raise CommandError(str(exc)) from None
     _, client, store = _store(args)
     try:
-        store.import_image_data(data)
+        transfer.import_records(store, data)
     finally:
         client.disconnect()
     print(f"Imported {len(data)} records from {args.path}", file=sys.stderr)
