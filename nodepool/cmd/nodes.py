@@ -7,6 +7,9 @@ import argparse
 import sys
 import time
 
+# Imported up front, not when the table is printed: ``delete`` prints the
+# node right after unlocking it, and its launcher may remove it at once.
+from nodepool import status
 from nodepool.cmd import common
 from nodepool.cmd.common import EXIT_OK, CommandError
 
@@ -17,7 +20,6 @@ DELETE_NOW_TIMEOUT = 600.0
 
 def _node_table(args, client, node_id: str) -> None:
     """The ``list`` table restricted to one node (empty once it is gone)."""
-    from nodepool import status
     rows = status.node_rows(common.read_nodes(client), node_id)
     common.print_rows(args, status.NODE_COLUMNS[:status.NODE_COLUMNS_SHORT], rows)
 
@@ -111,7 +113,6 @@ def _delete_in_cloud(provider, external_id: str) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from nodepool import status
     from nodepool.zk.store import Store
     _, client = common.connect(args)
     try:
@@ -167,7 +168,6 @@ def cmd_erase(args: argparse.Namespace) -> int:
 
 
 def cmd_label_list(args: argparse.Namespace) -> int:
-    from nodepool import status
     from nodepool.zk.store import Store
     _, client = common.connect(args)
     try:
@@ -182,7 +182,6 @@ def cmd_alien_image_list(args: argparse.Namespace) -> int:
     """Cloud images carrying nodepool's properties that no upload record of
     that provider accounts for (what a crashed upload or a lost ZooKeeper
     leaves behind)."""
-    from nodepool import status
     from nodepool.drivers import make_adapter
     from nodepool.zk.store import Store
     config, client = common.connect(args)
