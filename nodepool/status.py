@@ -1,16 +1,21 @@
-"""Tables and JSON of nodes, requests and labels, shared by the CLI and the web.
+"""Tables and JSON of nodes, requests, labels and images, shared by the CLI
+and the web.
 
-Column keys and headers follow upstream's output (spec section 6), so scripts
-that parse either keep working.
+The views (``*_rows``) turn records into rows in the order both show them;
+the CLI feeds them what it reads from ZooKeeper, the web server what the
+launcher's caches hold. Column keys and headers follow upstream's output
+(spec section 6), so scripts that parse either keep working.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Protocol
 
-from nodepool.zk.records import Node, NodeRequest
+from nodepool.zk.records import (
+    BuildState, Component, ImageBuild, ImageFlags, ImageUpload, Node, NodeRequest,
+)
 
 # (key, header); the first NODE_COLUMNS_SHORT are shown without --detail.
 NODE_COLUMNS = [
@@ -32,6 +37,12 @@ REQUEST_COLUMNS = [
 ]
 
 LABEL_COLUMNS = [("label", "Label")]
+
+# ``nodepool info``: a provider's uploads and nodes.
+INFO_IMAGE_COLUMNS = [("image", "Image Name"), ("build", "Build ID"),
+                      ("uploads", "Upload IDs")]
+INFO_NODE_COLUMNS = [("id", "ID"), ("server_id", "Server ID")]
+ALIEN_IMAGE_COLUMNS = [("provider", "Provider"), ("name", "Name"), ("id", "Image ID")]
 
 
 def format_age(timestamp: float | None, now: float | None = None) -> str:
@@ -70,6 +81,29 @@ def request_row(request: NodeRequest) -> dict[str, Any]:
         "node_types": list(request.node_types), "nodes": list(request.nodes),
         "declined_by": list(request.declined_by), "event_id": request.event_id,
     }
+
+
+def node_rows(nodes: Iterable[tuple[Node, bool]], node_id: str | None = None,
+              now: float | None = None) -> list[dict[str, Any]]:
+    """``list`` and ``/node-list``: (node, locked) pairs, by node id;
+    ``node_id`` keeps only that node."""
+    now = time.time() if now is None else now
+    return [node_row(node, locked, now)
+            for node, locked in sorted(nodes, key=lambda pair: pair[0].id)
+            if node_id is None or node.id == node_id]
+
+
+def request_rows(requests: Iterable[NodeRequest]) -> list[dict[str, Any]]:
+    """``request-list``: in the order launchers consider them."""
+    return [request_row(r) for r in sorted(requests, key=NodeRequest.sort_key)]
+
+
+def label_rows(pools: Iterable[Component]) -> list[dict[str, Any]]:
+    """``label-list``: every label a registered pool supports, sorted."""
+    labels: set[str] = set()
+    for pool in pools:
+        labels.update(getattr(pool, "supported_labels", None) or [])
+    return [{"label": label} for label in sorted(labels)]
 
 
 def _cell(key: str, value: Any) -> str:
@@ -148,3 +182,60 @@ def image_status_row(image: str, paused: bool, request: str | None,
     return {"image": image, "paused": paused, "build_request": request,
             "build_request_age": int(requested_at) if request and requested_at
             else None}
+
+
+class ImageSource(Protocol):
+    """What the image views read: the launcher's ImageCache, or the CLI's
+    direct reads of ZooKeeper. Builds and uploads come newest first."""
+
+    def image_names(self) -> list[str]: ...
+
+    def flags(self, image_name: str) -> ImageFlags: ...
+
+    def is_building(self, image_name: str) -> bool: ...
+
+    def builds(self, image_name: str | None = None) -> list[ImageBuild]: ...
+
+    def uploads(self, image_name: str | None = None) -> list[ImageUpload]: ...
+
+
+def dib_image_rows(images: ImageSource) -> list[dict[str, Any]]:
+    """``dib-image-list``: builds by image, oldest first."""
+    builds = sorted(images.builds(), key=lambda b: (b.image_name, b.state_time))
+    return [build_row(b, images.flags(b.image_name).paused) for b in builds]
+
+
+def image_rows(images: ImageSource) -> list[dict[str, Any]]:
+    """``image-list``: uploads by image, build (oldest first), provider and
+    upload number. An upload whose build is unknown sorts first."""
+    built_at = {(b.image_name, b.id): b.state_time for b in images.builds()}
+
+    def order(upload: ImageUpload) -> tuple:
+        return (upload.image_name, built_at.get((upload.image_name, upload.build_id),
+                                                0.0),
+                upload.build_id, upload.provider_name, upload.id)
+    return [upload_row(u) for u in sorted(images.uploads(), key=order)]
+
+
+def build_request(images: ImageSource, image: str,
+                  requested_at: float | None) -> str | None:
+    """None without a ``request-build`` flag; ``building`` while a build
+    started after the request holds the image build lock; else ``pending``."""
+    if requested_at is None:
+        return None
+    if images.is_building(image) and any(
+            b.state == BuildState.BUILDING and b.state_time >= requested_at
+            for b in images.builds(image)):
+        return "building"
+    return "pending"
+
+
+def image_status_rows(images: ImageSource) -> list[dict[str, Any]]:
+    """``image-status``: every image with its pause flag and build request."""
+    rows = []
+    for image in images.image_names():
+        flags = images.flags(image)
+        rows.append(image_status_row(
+            image, flags.paused, build_request(images, image, flags.build_requested_at),
+            flags.build_requested_at))
+    return rows

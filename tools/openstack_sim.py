@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable
 
-from nodepool.launcher.webapp import QuietHTTPServer
+from nodepool.web.server import QuietHTTPServer, serve
 
 PROJECT_ID = "5f0d1a6b2c3e4d5f8a9b0c1d2e3f4a5b"
 USER_ID = "9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d"
@@ -128,10 +128,8 @@ class OpenStackSimulator:
         class Handler(_Handler):
             sim = simulator
 
-        self._server = QuietHTTPServer((self.host, self.port), Handler)
+        self._server = serve(self.host, self.port, Handler, "openstack-sim")
         self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, daemon=True,
-                         name="openstack-sim").start()
         return self
 
     def stop(self) -> None:

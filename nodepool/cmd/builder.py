@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                        upload_workers=args.upload_workers,
                        cleanup_interval=args.cleanup_interval)
 
-    from nodepool.builder.builder import BuilderError
+    from nodepool.builder.base import BuilderError
     return daemon.run_service(args, make, (ConfigError, BuilderError))
 
 

@@ -1,4 +1,6 @@
-"""Argument parsing and logging set-up shared by the three programs."""
+"""Shared by the three programs: argument parsing and logging set-up; and
+by the ``nodepool`` subcommand modules: exit statuses, connecting, reading
+ZooKeeper for the status views, printing rows."""
 
 from __future__ import annotations
 
@@ -6,13 +8,26 @@ import argparse
 import logging
 import logging.config
 import sys
+from typing import TYPE_CHECKING
 
 import yaml
 
 from nodepool.config.model import DEFAULT_CONFIG_PATH
 from nodepool.version import __version__
 
+if TYPE_CHECKING:
+    from nodepool.config.model import Config
+    from nodepool.zk.client import ZooKeeperClient
+    from nodepool.zk.records import (
+        ImageBuild, ImageFlags, ImageUpload, Node, NodeRequest,
+    )
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+# Exit statuses scripts can rely on.
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
 
 
 class CommandError(Exception):
@@ -59,3 +74,119 @@ def setup_logging(logconfig: str | None, debug: bool = False,
                         format=LOG_FORMAT, stream=stream)
     if not debug:
         logging.getLogger("kazoo").setLevel(logging.WARNING)
+
+
+# -- the nodepool subcommands ---------------------------------------------------
+
+def connect(args: argparse.Namespace) -> tuple[Config, ZooKeeperClient]:
+    """Load the configuration and connect; a clear message when either fails."""
+    from nodepool.config import ConfigError, load_config
+    from nodepool.zk.client import ZooKeeperError, client_from_config
+    try:
+        config = load_config(args.config, args.secure)
+    except ConfigError as exc:
+        raise CommandError(str(exc)) from None
+    client = client_from_config(config, read_only=args.read_only_zk)
+    try:
+        client.connect(timeout=args.zk_timeout)
+    except ZooKeeperError as exc:
+        raise CommandError(str(exc)) from None
+    return config, client
+
+
+def print_rows(args: argparse.Namespace, columns: list[tuple[str, str]],
+               rows: list[dict]) -> None:
+    """A table, or with ``--json`` the rows as JSON."""
+    from nodepool import status
+    print(status.render_json(rows) if getattr(args, "json", False) else
+          status.render_table(columns, rows))
+
+
+def read_nodes(client: ZooKeeperClient) -> list[tuple[Node, bool]]:
+    """All nodes and whether each is locked, in two pipelined rounds."""
+    from nodepool.zk import paths
+    from nodepool.zk.records import CorruptRecord, Node
+    from nodepool.zk.store import Store
+    ids = Store(client).node_ids()
+    datas = client.get_many(paths.node(i) for i in ids)
+    locks = client.get_children_many(paths.node_lock(i) for i in ids)
+    nodes = []
+    for node_id, result, contenders in zip(ids, datas, locks):
+        if result is None:
+            continue
+        try:
+            node = Node.from_json(node_id, result[0], result[1].version)
+        except CorruptRecord as exc:
+            print(f"warning: skipping corrupt node {node_id}: {exc}", file=sys.stderr)
+            continue
+        if node is None:
+            continue
+        locked = any(paths.is_lock_contender(c) for c in contenders or ())
+        nodes.append((node, locked))
+    return nodes
+
+
+def read_requests(client: ZooKeeperClient) -> list[NodeRequest]:
+    """All node requests (corrupt ones skipped), in one pipelined round."""
+    from nodepool.zk import paths
+    from nodepool.zk.records import CorruptRecord, NodeRequest
+    from nodepool.zk.store import Store
+    ids = Store(client).request_ids()
+    requests = []
+    for request_id, result in zip(ids, client.get_many(paths.request(i) for i in ids)):
+        if result is None:
+            continue
+        try:
+            request = NodeRequest.from_json(request_id, result[0])
+        except CorruptRecord:
+            continue
+        if request is not None:
+            requests.append(request)
+    return requests
+
+
+class ZooKeeperImages:
+    """The image views' source for the CLI, which has no cache: the
+    ImageCache's readers answered by direct reads, each image's builds and
+    flags read once."""
+
+    def __init__(self, client: ZooKeeperClient):
+        from nodepool.zk.store import Store
+        self.client = client
+        self.store = Store(client)
+        self._names: list[str] | None = None
+        self._builds: dict[str, list[ImageBuild]] = {}
+        self._flags: dict[str, ImageFlags] = {}
+
+    def image_names(self) -> list[str]:
+        if self._names is None:
+            self._names = self.store.image_names()
+        return self._names
+
+    def flags(self, image_name: str) -> ImageFlags:
+        from nodepool.zk.records import ImageFlags
+        if image_name not in self._flags:
+            self._flags[image_name] = ImageFlags(
+                image_name, self.store.is_image_paused(image_name),
+                self.store.build_requested_at(image_name))
+        return self._flags[image_name]
+
+    def is_building(self, image_name: str) -> bool:
+        from nodepool.zk import paths
+        from nodepool.zk.locks import is_locked
+        return is_locked(self.client, paths.image_build_lock(image_name))
+
+    def builds(self, image_name: str | None = None) -> list[ImageBuild]:
+        """Newest first within each image."""
+        if image_name is None:
+            return [b for name in self.image_names() for b in self.builds(name)]
+        if image_name not in self._builds:
+            self._builds[image_name] = self.store.get_builds(image_name)
+        return self._builds[image_name]
+
+    def uploads(self, image_name: str | None = None) -> list[ImageUpload]:
+        """The uploads of every readable build."""
+        names = self.image_names() if image_name is None else [image_name]
+        return [upload for name in names for build in self.builds(name)
+                for provider in self.store.upload_providers(name, build.id)
+                for upload in self.store.get_uploads(name, build.id, provider)]

@@ -4,67 +4,43 @@ the operator's image actions (build, pause, delete, export and import)."""
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 
-from nodepool.cmd.common import CommandError
-from nodepool.cmd.nodepool import EXIT_OK, _connect, _print_rows
+from nodepool.cmd import common
+from nodepool.cmd.common import EXIT_OK, CommandError
 
 
 def _store(args):
     from nodepool.zk.store import Store
-    config, client = _connect(args)
+    config, client = common.connect(args)
     return config, client, Store(client)
 
 
-def _listing(args: argparse.Namespace, columns, rows_of) -> int:
-    """Connect, compute ``rows_of(store)``, disconnect, print."""
-    _, client, store = _store(args)
+def _listing(args: argparse.Namespace, columns, view) -> int:
+    """Connect, compute ``view(images)`` from ZooKeeper, disconnect, print."""
+    _, client = common.connect(args)
     try:
-        rows = rows_of(store)
+        rows = view(common.ZooKeeperImages(client))
     finally:
         client.disconnect()
-    _print_rows(args, columns, rows)
+    common.print_rows(args, columns, rows)
     return EXIT_OK
 
 
 def cmd_dib_image_list(args: argparse.Namespace) -> int:
     from nodepool import status
-
-    def rows(store):
-        found = []
-        for image in store.image_names():
-            paused = store.is_image_paused(image)
-            builds = sorted(store.get_builds(image), key=lambda b: b.state_time)
-            found += [status.build_row(b, paused) for b in builds]
-        return found
-    return _listing(args, status.DIB_IMAGE_COLUMNS, rows)
+    return _listing(args, status.DIB_IMAGE_COLUMNS, status.dib_image_rows)
 
 
 def cmd_image_list(args: argparse.Namespace) -> int:
     from nodepool import status
-
-    def rows(store):
-        found = []
-        for image in store.image_names():
-            for build in sorted(store.get_builds(image), key=lambda b: b.state_time):
-                for provider in store.upload_providers(image, build.id):
-                    uploads = sorted(store.get_uploads(image, build.id, provider),
-                                     key=lambda u: u.id)
-                    found += [status.upload_row(u) for u in uploads]
-        return found
-    return _listing(args, status.IMAGE_COLUMNS, rows)
+    return _listing(args, status.IMAGE_COLUMNS, status.image_rows)
 
 
 def cmd_image_status(args: argparse.Namespace) -> int:
     from nodepool import status
-    return _listing(args, status.IMAGE_STATUS_COLUMNS, lambda store: [
-        status.image_status_row(image, store.is_image_paused(image),
-                                store.build_request_status(image),
-                                store.build_requested_at(image))
-        for image in store.image_names()])
+    return _listing(args, status.IMAGE_STATUS_COLUMNS, status.image_status_rows)
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
@@ -138,32 +114,26 @@ def cmd_image_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_export_image_data(args: argparse.Namespace) -> int:
+    from nodepool.builder import transfer
     _, client, store = _store(args)
     try:
-        data = store.export_image_data()
+        data = transfer.export_records(store)
     finally:
         client.disconnect()
-    # Only the operator may read it (it names every cloud image).
-    descriptor = os.open(args.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
+    transfer.write_export(args.path, data)
     print(f"Exported {len(data)} records to {args.path}", file=sys.stderr)
     return EXIT_OK
 
 
 def cmd_import_image_data(args: argparse.Namespace) -> int:
+    from nodepool.builder import transfer
     try:
-        with open(args.path) as handle:
-            data = json.load(handle)
-    except (OSError, ValueError) as exc:
-        raise CommandError(f"cannot read {args.path}: {exc}") from None
-    if not isinstance(data, dict) or not all(
-            isinstance(k, str) and k.startswith("/nodepool/images/") and
-            isinstance(v, str) for k, v in data.items()):
-        raise CommandError(f"{args.path} is not an export-image-data file")
+        data = transfer.read_export(args.path)
+    except transfer.TransferError as exc:
+        raise CommandError(str(exc)) from None
     _, client, store = _store(args)
     try:
-        store.import_image_data(data)
+        transfer.import_records(store, data)
     finally:
         client.disconnect()
     print(f"Imported {len(data)} records from {args.path}", file=sys.stderr)

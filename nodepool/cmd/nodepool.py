@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
-from nodepool.cmd import common
-from nodepool.cmd.common import CommandError
-
-# Exit statuses scripts can rely on.
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
+from nodepool.cmd import common, images, nodes
+from nodepool.cmd.common import EXIT_ERROR, EXIT_OK, CommandError
 
 
 def cmd_config_validate(args: argparse.Namespace) -> int:
@@ -29,52 +23,11 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _connect(args: argparse.Namespace):
-    """Load the configuration and connect; a clear message when either fails."""
-    from nodepool.config import ConfigError, load_config
-    from nodepool.zk.client import ZooKeeperError, client_from_config
-    try:
-        config = load_config(args.config, args.secure)
-    except ConfigError as exc:
-        raise CommandError(str(exc)) from None
-    client = client_from_config(config, read_only=args.read_only_zk)
-    try:
-        client.connect(timeout=args.zk_timeout)
-    except ZooKeeperError as exc:
-        raise CommandError(str(exc)) from None
-    return config, client
-
-
-def read_nodes(client):
-    """All nodes and whether each is locked, in two pipelined rounds."""
-    from nodepool.zk import paths
-    from nodepool.zk.records import CorruptRecord, Node
-    from nodepool.zk.store import Store
-    ids = Store(client).node_ids()
-    datas = client.get_many(paths.node(i) for i in ids)
-    locks = client.get_children_many(paths.node_lock(i) for i in ids)
-    nodes = []
-    for node_id, result, contenders in zip(ids, datas, locks):
-        if result is None:
-            continue
-        try:
-            node = Node.from_json(node_id, result[0], result[1].version)
-        except CorruptRecord as exc:
-            print(f"warning: skipping corrupt node {node_id}: {exc}", file=sys.stderr)
-            continue
-        if node is None:
-            continue
-        locked = any(paths.is_lock_contender(c) for c in contenders or ())
-        nodes.append((node, locked))
-    return nodes
-
-
 def cmd_list(args: argparse.Namespace) -> int:
     from nodepool import status
-    _, client = _connect(args)
+    _, client = common.connect(args)
     try:
-        now = time.time()
-        rows = [status.node_row(node, locked, now) for node, locked in read_nodes(client)]
+        rows = status.node_rows(common.read_nodes(client))
     finally:
         client.disconnect()
     columns = status.NODE_COLUMNS if args.detail else \
@@ -89,37 +42,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_request_list(args: argparse.Namespace) -> int:
     from nodepool import status
-    from nodepool.zk.store import Store
-    _, client = _connect(args)
+    _, client = common.connect(args)
     try:
-        store = Store(client)
-        ids = store.request_ids()
-        from nodepool.zk import paths
-        from nodepool.zk.records import CorruptRecord, NodeRequest
-        requests = []
-        for request_id, result in zip(ids, client.get_many(paths.request(i)
-                                                           for i in ids)):
-            if result is None:
-                continue
-            try:
-                request = NodeRequest.from_json(request_id, result[0])
-            except CorruptRecord:
-                continue
-            if request is not None:
-                requests.append(request)
+        requests = common.read_requests(client)
     finally:
         client.disconnect()
-    requests.sort(key=NodeRequest.sort_key)
-    rows = [status.request_row(r) for r in requests]
-    print(status.render_json(rows) if args.json else
-          status.render_table(status.REQUEST_COLUMNS, rows))
+    common.print_rows(args, status.REQUEST_COLUMNS, status.request_rows(requests))
     return EXIT_OK
-
-
-def _print_rows(args: argparse.Namespace, columns, rows) -> None:
-    from nodepool import status
-    print(status.render_json(rows) if getattr(args, "json", False) else
-          status.render_table(columns, rows))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,7 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
         "not.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     validate.set_defaults(func=cmd_config_validate)
 
-    from nodepool.cmd import images, nodes
     images.add_parsers(sub)
     nodes.add_parsers(sub)
 

@@ -7,8 +7,11 @@ import argparse
 import sys
 import time
 
-from nodepool.cmd.common import CommandError
-from nodepool.cmd.nodepool import EXIT_OK, _connect, _print_rows
+# Imported up front, not when the table is printed: ``delete`` prints the
+# node right after unlocking it, and its launcher may remove it at once.
+from nodepool import status
+from nodepool.cmd import common
+from nodepool.cmd.common import EXIT_OK, CommandError
 
 LOCK_TIMEOUT = 5.0
 # ``delete --now``: how long the cloud deletion may take before we give up.
@@ -17,12 +20,8 @@ DELETE_NOW_TIMEOUT = 600.0
 
 def _node_table(args, client, node_id: str) -> None:
     """The ``list`` table restricted to one node (empty once it is gone)."""
-    from nodepool import status
-    from nodepool.cmd.nodepool import read_nodes
-    now = time.time()
-    rows = [status.node_row(node, locked, now) for node, locked in read_nodes(client)
-            if node.id == node_id]
-    _print_rows(args, status.NODE_COLUMNS[:status.NODE_COLUMNS_SHORT], rows)
+    rows = status.node_rows(common.read_nodes(client), node_id)
+    common.print_rows(args, status.NODE_COLUMNS[:status.NODE_COLUMNS_SHORT], rows)
 
 
 def _locked_node(store, node_id: str):
@@ -47,7 +46,7 @@ def _change_locked_node(args, change) -> int:
     """Lock the node, ``change(config, store, node, lock)``, unlock, and
     print what is left of it."""
     from nodepool.zk.store import Store
-    config, client = _connect(args)
+    config, client = common.connect(args)
     try:
         store = Store(client)
         node, lock = _locked_node(store, args.id)
@@ -114,10 +113,8 @@ def _delete_in_cloud(provider, external_id: str) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from nodepool import status
-    from nodepool.cmd.nodepool import read_nodes
     from nodepool.zk.store import Store
-    _, client = _connect(args)
+    _, client = common.connect(args)
     try:
         store = Store(client)
         image_rows = []
@@ -130,7 +127,8 @@ def cmd_info(args: argparse.Namespace) -> int:
                 image_rows.append({"image": image, "build": build_id,
                                    "uploads": ",".join(uploads)})
         node_rows = [{"id": node.id, "server_id": node.external_id}
-                     for node, _ in read_nodes(client) if node.provider == args.provider]
+                     for node, _ in common.read_nodes(client)
+                     if node.provider == args.provider]
     finally:
         client.disconnect()
     if args.json:
@@ -138,15 +136,13 @@ def cmd_info(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"ZooKeeper data for provider {args.provider}\n")
     print("Image data:")
-    print(status.render_table([("image", "Image Name"), ("build", "Build ID"),
-                               ("uploads", "Upload IDs")], image_rows))
+    print(status.render_table(status.INFO_IMAGE_COLUMNS, image_rows))
     print("\nNodes:")
-    print(status.render_table([("id", "ID"), ("server_id", "Server ID")], node_rows))
+    print(status.render_table(status.INFO_NODE_COLUMNS, node_rows))
     return EXIT_OK
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
-    from nodepool.cmd.nodepool import read_nodes
     from nodepool.zk.store import Store
     if not args.force:
         print("\nWARNING! This action is not reversible!")
@@ -154,7 +150,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
         if answer.strip().lower() != "y":
             print("Aborting. No data erased.")
             return EXIT_OK
-    _, client = _connect(args)
+    _, client = common.connect(args)
     try:
         store = Store(client)
         print(f"Erasing build data for {args.provider}...")
@@ -163,7 +159,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
                 if args.provider in store.upload_providers(image, build_id):
                     store.erase_provider_uploads(image, build_id, args.provider)
         print(f"Erasing node data for {args.provider}...")
-        for node, _ in read_nodes(client):
+        for node, _ in common.read_nodes(client):
             if node.provider == args.provider:
                 store.delete_node(node)
     finally:
@@ -172,16 +168,13 @@ def cmd_erase(args: argparse.Namespace) -> int:
 
 
 def cmd_label_list(args: argparse.Namespace) -> int:
-    from nodepool import status
     from nodepool.zk.store import Store
-    _, client = _connect(args)
+    _, client = common.connect(args)
     try:
-        labels = set()
-        for component in Store(client).components("pool"):
-            labels.update(getattr(component, "supported_labels", None) or [])
+        pools = Store(client).components("pool")
     finally:
         client.disconnect()
-    _print_rows(args, status.LABEL_COLUMNS, [{"label": label} for label in sorted(labels)])
+    common.print_rows(args, status.LABEL_COLUMNS, status.label_rows(pools))
     return EXIT_OK
 
 
@@ -191,7 +184,7 @@ def cmd_alien_image_list(args: argparse.Namespace) -> int:
     leaves behind)."""
     from nodepool.drivers import capabilities, make_adapter
     from nodepool.zk.store import Store
-    config, client = _connect(args)
+    config, client = common.connect(args)
     rows = []
     try:
         store = Store(client)
@@ -224,8 +217,7 @@ def cmd_alien_image_list(args: argparse.Namespace) -> int:
                                  "id": image["id"]})
     finally:
         client.disconnect()
-    _print_rows(args, [("provider", "Provider"), ("name", "Name"), ("id", "Image ID")],
-                rows)
+    common.print_rows(args, status.ALIEN_IMAGE_COLUMNS, rows)
     return EXIT_OK
 
 

@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING
 
 from nodepool.drivers.base import RuntimeConfigurationError
-from nodepool.launcher.worker import PeriodicWorker
+from nodepool.worker import PeriodicWorker
 from nodepool.resources import Resources
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from nodepool.config.model import Pool
 from nodepool.drivers.base import Host
-from nodepool.launcher.worker import PeriodicWorker
+from nodepool.worker import PeriodicWorker
 from nodepool.zk import paths
 from nodepool.zk.locks import Lock
 from nodepool.zk.records import Node, NodeState

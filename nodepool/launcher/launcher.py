@@ -242,7 +242,7 @@ class Launcher:
         self.config_errors = 0
         self.webapp = None
         if webapp:
-            from nodepool.launcher.webapp import StatusWebApp
+            from nodepool.web.app import StatusWebApp
             web = self.config.webapp
             self.webapp = StatusWebApp(
                 self, web.listen_address,

@@ -24,7 +24,7 @@ from kazoo.exceptions import KazooException
 from nodepool.drivers.base import META_BUILD_ID, META_NODE_ID, META_PROVIDER, \
     META_UPLOAD_ID
 from nodepool.launcher.lifecycle import NodeDelete
-from nodepool.launcher.worker import PeriodicWorker
+from nodepool.worker import PeriodicWorker
 from nodepool.zk import paths
 from nodepool.zk.locks import Lock
 from nodepool.zk.records import (

@@ -14,8 +14,8 @@ import logging
 import socket
 import time
 
-from nodepool.launcher.worker import PeriodicWorker
 from nodepool import stats
+from nodepool.worker import PeriodicWorker
 from nodepool.zk import paths
 from nodepool.zk.locks import Lock
 from nodepool.zk.records import NodeState

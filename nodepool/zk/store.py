@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Callable, Iterable
+from typing import Callable, Container, Iterable
 
 from kazoo.exceptions import (BadVersionError, NodeExistsError, NoNodeError,
                               NotEmptyError)
@@ -456,13 +456,18 @@ class Store:
             log.warning("Corrupt upload record %s: %s", upload_id, exc)
             return None
 
+    def upload_ids(self, image_name: str, build_id: str, provider: str) -> list[str]:
+        try:
+            children = self.kazoo.get_children(paths.uploads(image_name, build_id,
+                                                             provider))
+        except NoNodeError:
+            return []
+        return [c for c in children if c != paths.LOCK_DIR]
+
     def get_uploads(self, image_name: str, build_id: str,
                     provider: str) -> list[ImageUpload]:
         base = paths.uploads(image_name, build_id, provider)
-        try:
-            ids = [c for c in self.kazoo.get_children(base) if c != paths.LOCK_DIR]
-        except NoNodeError:
-            return []
+        ids = self.upload_ids(image_name, build_id, provider)
         uploads = []
         for upload_id, result in zip(ids, self.client.get_many(
                 f"{base}/{u}" for u in ids)):
@@ -509,63 +514,34 @@ class Store:
         except NoNodeError:
             pass
 
-    def export_image_data(self) -> dict[str, str]:
-        """Every build and upload record and pause flag, by path."""
-        data: dict[str, str] = {}
-        for image in self.image_names():
-            if self.is_image_paused(image):
-                data[paths.image_pause(image)] = ""
-            for build_id in self.build_ids(image):
-                build_path = paths.build(image, build_id)
-                try:
-                    raw, _ = self.kazoo.get(build_path)
-                except NoNodeError:
-                    continue
-                data[build_path] = raw.decode("utf-8")
-                for provider in self.upload_providers(image, build_id):
-                    base = paths.uploads(image, build_id, provider)
-                    try:
-                        children = self.kazoo.get_children(base)
-                    except NoNodeError:
-                        continue
-                    for upload_id in children:
-                        if upload_id == paths.LOCK_DIR:
-                            continue
-                        try:
-                            raw, _ = self.kazoo.get(f"{base}/{upload_id}")
-                        except NoNodeError:
-                            continue
-                        data[f"{base}/{upload_id}"] = raw.decode("utf-8")
-        return data
+    # Raw record text, as nodepool.builder.transfer backs it up and restores it.
 
-    def import_image_data(self, data: dict[str, str]) -> None:
-        """Write exported records back. Each upload directory's sequence
-        counter is first advanced past the highest restored number, so new
-        uploads never reuse one."""
-        kazoo = self.kazoo
-        highest: dict[str, int] = {}
-        for path in data:
-            parts = path.split("/")
-            if len(parts) == 10 and parts[9].isdigit():
-                parent = "/".join(parts[:9])
-                highest[parent] = max(highest.get(parent, -1), int(parts[9]))
-        for parent, number in highest.items():
-            kazoo.ensure_path(parent)
-            while True:
-                created = kazoo.create(parent + "/", b"", sequence=True)
-                if created not in data:
-                    kazoo.delete(created)
-                if int(created.rsplit("/", 1)[1]) >= number:
-                    break
-        for path, text in sorted(data.items()):
-            raw = text.encode("utf-8")
-            if kazoo.exists(path):
-                kazoo.set(path, raw)
-            else:
-                try:
-                    kazoo.create(path, raw, makepath=True)
-                except NodeExistsError:
-                    kazoo.set(path, raw)
+    def read_text(self, path: str) -> str | None:
+        try:
+            return self.kazoo.get(path)[0].decode("utf-8")
+        except NoNodeError:
+            return None
+
+    def write_text(self, path: str, text: str) -> None:
+        """Overwrite the znode, or create it with its parents."""
+        raw = text.encode("utf-8")
+        try:
+            self.kazoo.create(path, raw, makepath=True)
+        except NodeExistsError:
+            self.kazoo.set(path, raw)
+
+    def advance_upload_numbers(self, image_name: str, build_id: str, provider: str,
+                               number: int, keep: Container[str]) -> None:
+        """Take sequence numbers in the upload directory until ``number`` is
+        taken, deleting the znodes made that are not in ``keep``."""
+        parent = paths.uploads(image_name, build_id, provider)
+        self.kazoo.ensure_path(parent)
+        while True:
+            created = self.kazoo.create(parent + "/", b"", sequence=True)
+            if created not in keep:
+                self.kazoo.delete(created)
+            if int(created.rsplit("/", 1)[1]) >= number:
+                return
 
     def pause_image(self, image_name: str) -> None:
         try:

@@ -8,7 +8,7 @@ import urllib.request
 from conftest import wait_until
 from launcher_fixtures import FAKE_PROVIDER, add_upload
 
-from nodepool.launcher.webapp import wants_json
+from nodepool.web.server import wants_json
 
 
 def fetch(launcher, path, accept=None, headers=None):

@@ -1,4 +1,5 @@
-"""A background loop that runs when woken, or at least every ``interval``."""
+"""A background loop that runs when woken, or at least every ``interval``;
+the base of the launcher's and the builder's periodic workers."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import threading
 
 from kazoo.exceptions import KazooException
 
-log = logging.getLogger("nodepool.launcher.worker")
+log = logging.getLogger("nodepool.worker")
 
 
 class PeriodicWorker:
@@ -28,10 +29,21 @@ class PeriodicWorker:
         self._thread.start()
 
     def stop(self) -> None:
+        self.signal_stop()
+        self.join(timeout=30)
+
+    def signal_stop(self) -> None:
+        """Ask the loop to end after the current pass, without waiting."""
         self._stopped.set()
         self.wake.set()
+
+    def join(self, timeout: float) -> None:
         if self._thread.is_alive():
-            self._thread.join(timeout=30)
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     @property
     def stopped(self) -> bool:

@@ -1,63 +1,23 @@
 """The launcher's status web server: the CLI's tables and JSON over HTTP,
-answered from the launcher's ZooKeeper caches (no ZooKeeper reads)."""
+built by the same views (:mod:`nodepool.status`) from the launcher's
+ZooKeeper caches (no ZooKeeper reads)."""
 
 from __future__ import annotations
 
 import email.utils
 import logging
-import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Callable
 from urllib.parse import parse_qs, urlparse
 
 from nodepool import status
+from nodepool.web.server import QuietHTTPServer, serve, wants_json
 
-log = logging.getLogger("nodepool.launcher.webapp")
+log = logging.getLogger("nodepool.web.app")
 
 CACHE_SECONDS = 1.0
-
-
-class QuietHTTPServer(ThreadingHTTPServer):
-    """A threading HTTP server that treats a client hanging up mid-request
-    (a killed CLI, a restarted daemon) as routine, not a stderr traceback."""
-
-    daemon_threads = True
-
-    def handle_error(self, request, client_address) -> None:
-        error = sys.exc_info()[1]
-        if isinstance(error, (ConnectionError, TimeoutError)):
-            log.debug("Client %s went away: %s", client_address, error)
-            return
-        log.exception("Error answering %s", client_address)
-
-
-def wants_json(accept: str | None) -> bool:
-    """Is application/json the best of text/html, text/plain,
-    application/json (preferred in that order on ties)?"""
-    if not accept:
-        return False
-    offered = ["text/html", "text/plain", "application/json"]
-    best, best_q = None, -1.0
-    for part in accept.split(","):
-        fields = [f.strip() for f in part.split(";")]
-        media = fields[0].lower()
-        q = 1.0
-        for param in fields[1:]:
-            if param.startswith("q="):
-                try:
-                    q = float(param[2:])
-                except ValueError:
-                    q = 0.0
-        for candidate in offered:
-            matches = media in (candidate, "*/*") or (
-                media.endswith("/*") and candidate.startswith(media[:-1]))
-            if matches and (q > best_q or (q == best_q and best is not None and
-                            offered.index(candidate) < offered.index(best))):
-                if q > 0:
-                    best, best_q = candidate, q
-    return best == "application/json"
 
 
 class StatusWebApp:
@@ -84,46 +44,23 @@ class StatusWebApp:
 
     def node_rows(self, query: dict) -> list[dict]:
         nodes = self.launcher.nodes
-        wanted = query.get("node_id")
-        now = time.time()
-        return [status.node_row(n, nodes.is_locked(n.id), now)
-                for n in sorted(nodes.nodes(), key=lambda n: n.id)
-                if wanted is None or n.id == wanted]
+        return status.node_rows(((n, nodes.is_locked(n.id)) for n in nodes.nodes()),
+                                query.get("node_id"))
 
     def request_rows(self, query: dict) -> list[dict]:
-        requests = sorted(self.launcher.requests.requests(), key=lambda r: r.sort_key())
-        return [status.request_row(r) for r in requests]
+        return status.request_rows(self.launcher.requests.requests())
 
     def label_rows(self, query: dict) -> list[dict]:
-        labels = set()
-        for pool in self.launcher.components.pools():
-            labels.update(pool.supported_labels or [])
-        return [{"label": label} for label in sorted(labels)]
+        return status.label_rows(self.launcher.components.pools())
 
     def image_rows(self, query: dict) -> list[dict]:
-        uploads = sorted(self.launcher.images.uploads(),
-                         key=lambda u: (u.image_name, u.build_id, u.provider_name, u.id))
-        return [status.upload_row(u) for u in uploads]
+        return status.image_rows(self.launcher.images)
 
     def dib_image_rows(self, query: dict) -> list[dict]:
-        images = self.launcher.images
-        builds = sorted(images.builds(), key=lambda b: (b.image_name, b.state_time))
-        return [status.build_row(b, images.flags(b.image_name).paused) for b in builds]
+        return status.dib_image_rows(self.launcher.images)
 
     def image_status_rows(self, query: dict) -> list[dict]:
-        images = self.launcher.images
-        rows = []
-        for image in images.image_names():
-            flags = images.flags(image)
-            request = None
-            if flags.build_requested_at is not None:
-                building = images.is_building(image) and any(
-                    b.state == "building" and b.state_time >= flags.build_requested_at
-                    for b in images.builds(image))
-                request = "building" if building else "pending"
-            rows.append(status.image_status_row(image, flags.paused, request,
-                                                flags.build_requested_at))
-        return rows
+        return status.image_status_rows(self.launcher.images)
 
     # -- serving ---------------------------------------------------------------
 
@@ -166,10 +103,8 @@ class StatusWebApp:
         class Handler(_Handler):
             webapp = app
 
-        self._server = QuietHTTPServer((self.host, self.port), Handler)
+        self._server = serve(self.host, self.port, Handler, "webapp")
         self.port = self._server.server_address[1]
-        threading.Thread(target=self._server.serve_forever, daemon=True,
-                         name="webapp").start()
         log.info("Status web server on http://%s:%d/", self.host, self.port)
 
     def stop(self) -> None:

@@ -1,0 +1,62 @@
+"""HTTP plumbing of nodepool's web servers (the launcher's status server,
+the OpenStack simulator): a quiet threading server started on its own
+thread, and content negotiation."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+log = logging.getLogger("nodepool.web.server")
+
+
+class QuietHTTPServer(ThreadingHTTPServer):
+    """A threading HTTP server that treats a client hanging up mid-request
+    (a killed CLI, a restarted daemon) as routine, not a stderr traceback."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            log.debug("Client %s went away: %s", client_address, error)
+            return
+        log.exception("Error answering %s", client_address)
+
+
+def serve(host: str, port: int, handler: type[BaseHTTPRequestHandler],
+          name: str) -> QuietHTTPServer:
+    """Serve on a daemon thread called ``name``; with port 0 the server's
+    ``server_address`` tells the port chosen."""
+    server = QuietHTTPServer((host, port), handler)
+    threading.Thread(target=server.serve_forever, daemon=True, name=name).start()
+    return server
+
+
+def wants_json(accept: str | None) -> bool:
+    """Is application/json the best of text/html, text/plain,
+    application/json (preferred in that order on ties)?"""
+    if not accept:
+        return False
+    offered = ["text/html", "text/plain", "application/json"]
+    best, best_q = None, -1.0
+    for part in accept.split(","):
+        fields = [f.strip() for f in part.split(";")]
+        media = fields[0].lower()
+        q = 1.0
+        for param in fields[1:]:
+            if param.startswith("q="):
+                try:
+                    q = float(param[2:])
+                except ValueError:
+                    q = 0.0
+        for candidate in offered:
+            matches = media in (candidate, "*/*") or (
+                media.endswith("/*") and candidate.startswith(media[:-1]))
+            if matches and (q > best_q or (q == best_q and best is not None and
+                            offered.index(candidate) < offered.index(best))):
+                if q > 0:
+                    best, best_q = candidate, q
+    return best == "application/json"
