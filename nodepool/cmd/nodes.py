@@ -83,33 +83,37 @@ def cmd_delete(args: argparse.Namespace) -> int:
             print(f"Provider {node.provider} for node {node.id} not defined on "
                   "this launcher")
             return
-        node.set_state(NodeState.DELETING)
-        store.update_node(node)
         if args.now:
-            if node.external_id:
-                _delete_in_cloud(provider, node.external_id)
-            store.delete_locked_node(node, lock)
+            _delete_now(store, node, lock, provider)
+        else:
+            node.set_state(NodeState.DELETING)
+            store.update_node(node)
     return _change_locked_node(args, delete)
 
 
-def _delete_in_cloud(provider, external_id: str) -> None:
-    """Run the driver's delete state machine to the end, here and now."""
-    from nodepool.drivers import NotFound, make_adapter
+def _delete_now(store, node, lock, provider) -> None:
+    """The launcher's own delete (``lifecycle.NodeDelete``: mark deleting,
+    the driver's delete state machine, retries, then the record), stepped
+    here to the end."""
+    from nodepool.drivers import make_adapter
+    from nodepool.launcher.lifecycle import NodeDelete
     adapter = make_adapter(provider)
+    outcome: dict[str, bool] = {}
+    task = NodeDelete(node=node, lock=lock, store=store, adapter=adapter,
+                      on_done=lambda _, deleted: outcome.update(deleted=deleted))
+    deadline = time.monotonic() + DELETE_NOW_TIMEOUT
     try:
-        machine = adapter.delete_state_machine(external_id)
-        deadline = time.monotonic() + DELETE_NOW_TIMEOUT
-        while not machine.complete:
-            if time.monotonic() > deadline:
-                raise CommandError(f"{external_id} still not deleted after "
-                                   f"{DELETE_NOW_TIMEOUT:.0f}s")
-            try:
-                machine.advance()
-            except NotFound:
-                return
-            time.sleep(max(0.01, getattr(machine, "poll_delay", 0.1) or 0.1))
+        while (delay := task.step()) is not None:
+            if time.monotonic() + delay > deadline:
+                raise CommandError(f"node {node.id}: instance {node.external_id} "
+                                   f"still not deleted after {DELETE_NOW_TIMEOUT:.0f}s; "
+                                   "it stays 'deleting' for the launcher to finish")
+            time.sleep(delay)
     finally:
         adapter.stop()
+    if not outcome.get("deleted"):
+        raise CommandError(f"node {node.id}: not deleted; it stays 'deleting' for "
+                           "the launcher to retry")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
