@@ -9,9 +9,7 @@ test asks for it.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import sys
 import tempfile
 import time
 import uuid
@@ -19,11 +17,8 @@ import uuid
 import pytest
 from kazoo.client import KazooClient
 
-sys.path.insert(0, os.path.dirname(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tools"))
-
-from zkserver import TCPProxy, ZooKeeperServerProcess  # noqa: E402  (tools/)
-from zuul import FakeZuul  # noqa: E402
+from nodepool.testing.zkserver import TCPProxy, ZooKeeperServerProcess  # noqa: E402
+from nodepool.testing.zuul_client import FakeZuul  # noqa: E402
 
 from nodepool.zk.client import ZooKeeperClient  # noqa: E402
 from nodepool.zk.store import Store  # noqa: E402
@@ -118,7 +113,7 @@ def zuul(zk_hosts):
 def statsd(monkeypatch):
     """A real UDP statsd receiver, with STATSD_HOST/PORT pointing at it for
     everything the test starts in this process."""
-    from statsd_receiver import StatsReceiver
+    from nodepool.testing.statsd_receiver import StatsReceiver
     receiver = StatsReceiver()
     monkeypatch.setenv("STATSD_HOST", "127.0.0.1")
     monkeypatch.setenv("STATSD_PORT", str(receiver.port))
@@ -132,7 +127,7 @@ def sim(tmp_path, monkeypatch, request):
     ``sim`` pointing at it. A test shapes the cloud with
     ``@pytest.mark.sim(max_volumes=1, ...)``."""
     import yaml
-    from openstack_sim import OpenStackSimulator  # tools/
+    from nodepool.testing.openstack_sim import OpenStackSimulator  # tools/
     marker = request.node.get_closest_marker("sim")
     simulator = OpenStackSimulator(boot_delay=0.1,
                                    **(marker.kwargs if marker else {})).start()
@@ -186,5 +181,4 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01,
 
 # The launcher ``env`` fixture, for every functional test. Imported last:
 # launcher_fixtures uses the helpers above.
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "functional"))
 from launcher_fixtures import env  # noqa: E402,F401

@@ -19,8 +19,7 @@ import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from zkserver import ZooKeeperServerProcess, free_port  # noqa: E402
+from nodepool.testing.zkserver import ZooKeeperServerProcess, free_port  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "doc", "examples", "quickstart.yaml")

@@ -23,7 +23,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -32,9 +31,6 @@ import urllib.request
 import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-sys.path.insert(0, ROOT)
 
 import yaml  # noqa: E402
 from kazoo.client import KazooState  # noqa: E402
@@ -44,9 +40,9 @@ from kazoo.exceptions import (  # noqa: E402
 )
 from kazoo.handlers.threading import KazooTimeoutError  # noqa: E402
 from kazoo.recipe.lock import Lock  # noqa: E402
-from openstack_sim import OpenStackSimulator  # noqa: E402
-from zkserver import TCPProxy, ZooKeeperEnsemble, ZooKeeperServerProcess  # noqa: E402
-from zuul import NODES, REQUESTS, FakeZuul  # noqa: E402
+from nodepool.testing.openstack_sim import OpenStackSimulator  # noqa: E402
+from nodepool.testing.zkserver import TCPProxy, ZooKeeperEnsemble, ZooKeeperServerProcess  # noqa: E402
+from nodepool.testing.zuul_client import NODES, REQUESTS, FakeZuul  # noqa: E402
 
 BIN = os.path.join(ROOT, ".venv", "bin")
 LABELS = ["small", "large", "image"]
@@ -912,7 +908,7 @@ def _servers_yaml(ports: list[int]) -> str:
 
 
 def _free_port() -> int:
-    from zkserver import free_port
+    from nodepool.testing.zkserver import free_port
     return free_port()
 
 

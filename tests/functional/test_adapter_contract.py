@@ -3,8 +3,6 @@ no ZooKeeper. What the launcher relies on from every driver that launches
 instances (fake cloud, OpenStack simulator over HTTP, memcloud), and from
 every inventory driver (static, against real sshd hosts)."""
 
-import os
-import sys
 import time
 
 import pytest
@@ -15,10 +13,9 @@ from nodepool.config.loader import build_config
 from nodepool.drivers.base import META_NODE_ID, META_PROVIDER, Instance
 from nodepool.resources import Resources
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
 from launcher_fixtures import FAKE_PROVIDER  # noqa: E402
-from openstack_sim import OpenStackSimulator  # noqa: E402
-from sshdserver import SSHServer  # noqa: E402
+from nodepool.testing.openstack_sim import OpenStackSimulator  # noqa: E402
+from nodepool.testing.sshdserver import SSHServer  # noqa: E402
 
 LABELS = "labels:\n  - name: a\n"
 

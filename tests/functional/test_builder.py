@@ -555,7 +555,7 @@ def test_export_then_import_into_an_empty_zookeeper(env, store, zuul, tmp_path,
     assert int(later.id) > int(upload.id)
     fresh.delete_upload(later)
     # A launcher on the restored data boots the restored image.
-    from zuul import FakeZuul
+    from nodepool.testing.zuul_client import FakeZuul
     env.start(restored)
     restored_zuul = FakeZuul(f"127.0.0.1:{env.zk_server.port}{restored_chroot}")
     try:
@@ -574,8 +574,7 @@ def test_uploads_to_openstack_through_glance(env, store, tmp_path, monkeypatch):
     upload over HTTP, properties in Glance, and deletion of superseded
     images."""
     import yaml
-    sys.path.insert(0, os.path.join(ROOT, "tools"))
-    from openstack_sim import OpenStackSimulator
+    from nodepool.testing.openstack_sim import OpenStackSimulator
     sim = OpenStackSimulator().start()
     try:
         clouds = tmp_path / "clouds.yaml"

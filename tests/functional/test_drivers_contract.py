@@ -8,7 +8,6 @@ fail, and requests beyond the capacity of the moment wait instead of failing.
 
 import os
 import shutil
-import sys
 import tempfile
 
 import pytest
@@ -16,9 +15,8 @@ import pytest
 from conftest import wait_until
 from nodepool.zk.records import NodeState
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
-from openstack_sim import OpenStackSimulator  # noqa: E402
-from sshdserver import SSHServer  # noqa: E402
+from nodepool.testing.openstack_sim import OpenStackSimulator  # noqa: E402
+from nodepool.testing.sshdserver import SSHServer  # noqa: E402
 
 
 class FakeDriver:

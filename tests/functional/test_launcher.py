@@ -293,7 +293,7 @@ def test_cloud_quota_error_aborts_and_relaunches(env, zuul):
 
 
 def test_boot_timeout_fails_the_launch(env, zuul):
-    from zkserver import free_port
+    from nodepool.testing.zkserver import free_port
     port = free_port()  # nothing listens there
     path = config(env, retries=1, boot_timeout=1,
                   provider_extra="    simulation: {interface-ip: 127.0.0.1}")
@@ -512,7 +512,7 @@ def test_launch_timeout(env, zuul):
 
 
 def test_cloud_node_host_keys_are_scanned_from_the_real_host(env, zuul, tmp_path):
-    from sshdserver import SSHServer  # tools/, on the path via conftest
+    from nodepool.testing.sshdserver import SSHServer  # tools/, on the path via conftest
     server = SSHServer(str(tmp_path / "sshd")).start()
     try:
         path = config(env, provider_extra="    simulation: {interface-ip: 127.0.0.1}")

@@ -52,7 +52,7 @@ def test_list_and_request_list(env, zuul):
 
 
 def test_unreachable_zookeeper_is_a_clear_error(tmp_path):
-    from zkserver import free_port
+    from nodepool.testing.zkserver import free_port
     path = tmp_path / "nodepool.yaml"
     path.write_text(f"zookeeper-servers:\n  - host: 127.0.0.1\n    port: {free_port()}\n")
     result = subprocess.run([sys.executable, "-m", "nodepool.cmd.nodepool", "-c",

@@ -1,5 +1,5 @@
 """The openstack driver through real openstacksdk over HTTP, against the
-simulator in tools/openstack_sim.py."""
+simulator in nodepool/testing/openstack_sim.py."""
 
 import time
 
@@ -340,7 +340,7 @@ def test_rate_limits_and_slow_responses_are_waited_out(env, sim, zuul):
 
 @pytest.mark.sim(server_address="127.0.0.1")
 def test_host_keys_are_scanned_from_the_server(env, sim, zuul, tmp_path):
-    from sshdserver import SSHServer  # tools/, on the path
+    from nodepool.testing.sshdserver import SSHServer  # tools/, on the path
     sshd = SSHServer(str(tmp_path / "sshd")).start()
     try:
         text = CONFIG.format(retries=1).replace(

@@ -53,10 +53,10 @@ def test_short_ensemble_soak_passes_with_every_fault_kind():
 
 CLIENT_CHECK = textwrap.dedent("""
     import json, logging, os, sys, tempfile, threading, time
-    sys.path.insert(0, os.path.join(sys.argv[1], "tools"))
+    sys.path.insert(0, os.path.join(sys.argv[1], "tools"))  # the soak is a script
     import soak
     from kazoo.client import KazooClient
-    from zkserver import TCPProxy, ZooKeeperServerProcess
+    from nodepool.testing.zkserver import TCPProxy, ZooKeeperServerProcess
 
     logging.getLogger("kazoo").setLevel(logging.ERROR)
     zk = ZooKeeperServerProcess(tempfile.mkdtemp(prefix="soak-client-"))

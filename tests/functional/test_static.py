@@ -1,15 +1,12 @@
 """Static driver specifics, with real sshd hosts on loopback."""
 
-import os
-import sys
 
 import pytest
 
 from conftest import wait_until
 from nodepool.zk.records import NodeState
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tools"))
-from sshdserver import SSHServer  # noqa: E402
+from nodepool.testing.sshdserver import SSHServer  # noqa: E402
 
 
 @pytest.fixture

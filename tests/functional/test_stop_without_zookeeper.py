@@ -12,8 +12,8 @@ import time
 import pytest
 
 from conftest import wait_until
-from zkserver import ZooKeeperServerProcess, free_port
-from zuul import FakeZuul
+from nodepool.testing.zkserver import ZooKeeperServerProcess, free_port
+from nodepool.testing.zuul_client import FakeZuul
 
 BIN = os.path.dirname(sys.executable)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -286,7 +286,7 @@ def test_dropped_connection_is_survived_and_missed_changes_caught_up(
 
 def test_connect_gives_a_clear_error_when_nobody_listens():
     from nodepool.zk.client import ZooKeeperError
-    from zkserver import free_port
+    from nodepool.testing.zkserver import free_port
     client = ZooKeeperClient(f"127.0.0.1:{free_port()}", timeout=2)
     with pytest.raises(ZooKeeperError, match="cannot connect to ZooKeeper"):
         client.connect(timeout=1.5)

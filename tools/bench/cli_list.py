@@ -14,15 +14,12 @@ import argparse
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-sys.path.insert(0, ROOT)
 
-from zkserver import ZooKeeperServerProcess  # noqa: E402
+from nodepool.testing.zkserver import ZooKeeperServerProcess  # noqa: E402
 
 from nodepool.zk import paths  # noqa: E402
 from nodepool.zk.client import ZooKeeperClient  # noqa: E402

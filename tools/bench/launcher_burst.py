@@ -17,19 +17,15 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-sys.path.insert(0, ROOT)
 
-from zkserver import ZooKeeperServerProcess  # noqa: E402
-from zuul import FakeZuul  # noqa: E402
+from nodepool.testing.zkserver import ZooKeeperServerProcess  # noqa: E402
+from nodepool.testing.zuul_client import FakeZuul  # noqa: E402
 
 from nodepool.zk.cache import NodeCache, RequestCache  # noqa: E402
 from nodepool.zk.client import ZooKeeperClient  # noqa: E402
@@ -143,7 +139,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--cloud", choices=["fake", "openstack"], default="fake",
                         help="fake: in-memory cloud in the launcher; openstack: "
-                        "openstacksdk over HTTP to tools/openstack_sim.py (run in "
+                        "openstacksdk over HTTP to nodepool/testing/openstack_sim.py (run in "
                         "this process)")
     parser.add_argument("--profile", action="store_true",
                         help="yappi-profile the launcher during the burst (SIGUSR2); "
@@ -161,7 +157,7 @@ def main() -> int:
     simulator = None
     if args.cloud == "openstack":
         import yaml
-        from openstack_sim import OpenStackSimulator
+        from nodepool.testing.openstack_sim import OpenStackSimulator
         simulator = OpenStackSimulator(max_instances=max_servers * 2,
                                        max_cores=max_servers * 8).start()
         clouds = os.path.join(state, "clouds.yaml")

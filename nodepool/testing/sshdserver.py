@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 import time
 
-from zkserver import free_port
+from nodepool.testing.zkserver import free_port
 
 SSHD = "/usr/sbin/sshd"
 

@@ -582,7 +582,7 @@ class TCPProxy:
 
 
 def main() -> int:
-    """Run a throw-away server in the foreground: ``python tools/zkserver.py``
+    """Run a throw-away server in the foreground: ``python -m nodepool.testing.zkserver``
     (``--ensemble`` for three servers)."""
     import argparse
     import signal

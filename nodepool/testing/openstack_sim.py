@@ -7,7 +7,7 @@ real HTTP for openstacksdk to drive it unmodified. Servers go BUILD -> ACTIVE af
 configurable delay. Faults can be injected (see :class:`Faults`).
 
 Runs in a test process (``OpenStackSimulator().start()``) or on its own:
-``python tools/openstack_sim.py --port 5000``.
+``python -m nodepool.testing.openstack_sim --port 5000``.
 """
 
 from __future__ import annotations
