@@ -13,9 +13,8 @@ import json
 import time
 from typing import Any, Iterable, Protocol
 
-from nodepool.zk.records import (
-    BuildState, Component, ImageBuild, ImageFlags, ImageUpload, Node, NodeRequest,
-)
+from nodepool.zk.image_records import ImageBuild, ImageFlags, ImageUpload
+from nodepool.zk.records import BuildState, Component, Node, NodeRequest
 
 # (key, header); the first NODE_COLUMNS_SHORT are shown without --detail.
 NODE_COLUMNS = [

@@ -9,7 +9,7 @@ import pytest
 
 from nodepool.drivers.fake.adapter import FakeCloud
 from nodepool.launcher.launcher import Launcher
-from nodepool.zk.records import ImageBuild, ImageUpload
+from nodepool.zk.image_records import ImageBuild, ImageUpload
 
 # The smallest useful fake provider: label "small" on the default cloud image.
 FAKE_PROVIDER = """

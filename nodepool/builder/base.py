@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 from nodepool.config.model import Config, Provider
 from nodepool.drivers import capabilities
 from nodepool.worker import PeriodicWorker
-from nodepool.zk.records import BuildState, ImageBuild
+from nodepool.zk.image_records import ImageBuild
+from nodepool.zk.records import BuildState
 
 if TYPE_CHECKING:
     from nodepool.builder.builder import Builder

@@ -15,7 +15,8 @@ from nodepool.builder.base import (
     BUILDING, IDLE, PAUSED, BuilderWorker, newest_ready,
 )
 from nodepool.config.model import Config, DiskImage
-from nodepool.zk.records import BuildState, ImageBuild
+from nodepool.zk.image_records import ImageBuild
+from nodepool.zk.records import BuildState
 
 if TYPE_CHECKING:
     from nodepool.builder.builder import Builder

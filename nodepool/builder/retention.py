@@ -16,7 +16,8 @@ from nodepool.config.model import Config
 from nodepool.drivers import NotFound
 from nodepool.zk import paths
 from nodepool.zk.locks import Lock, is_locked
-from nodepool.zk.records import BuildState, ImageUpload, UploadState
+from nodepool.zk.image_records import ImageUpload
+from nodepool.zk.records import BuildState, UploadState
 
 if TYPE_CHECKING:
     from nodepool.builder.builder import Builder

@@ -16,7 +16,8 @@ from nodepool.builder.base import (
 )
 from nodepool.config.model import Config, DiskImage, Provider, ProviderDiskImage
 from nodepool.drivers import DriverUnavailable
-from nodepool.zk.records import BuildState, ImageBuild, ImageUpload, UploadState
+from nodepool.zk.image_records import ImageBuild, ImageUpload
+from nodepool.zk.records import BuildState, UploadState
 
 if TYPE_CHECKING:
     from nodepool.builder.builder import Builder

@@ -18,9 +18,8 @@ from nodepool.version import __version__
 if TYPE_CHECKING:
     from nodepool.config.model import Config
     from nodepool.zk.client import ZooKeeperClient
-    from nodepool.zk.records import (
-        ImageBuild, ImageFlags, ImageUpload, Node, NodeRequest,
-    )
+    from nodepool.zk.image_records import ImageBuild, ImageFlags, ImageUpload
+    from nodepool.zk.records import Node, NodeRequest
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -164,7 +163,7 @@ class ZooKeeperImages:
         return self._names
 
     def flags(self, image_name: str) -> ImageFlags:
-        from nodepool.zk.records import ImageFlags
+        from nodepool.zk.image_records import ImageFlags
         if image_name not in self._flags:
             self._flags[image_name] = ImageFlags(
                 image_name, self.store.is_image_paused(image_name),

@@ -14,9 +14,9 @@ from typing import Iterable
 
 from nodepool.zk import paths
 from nodepool.zk.client import ZooKeeperClient
+from nodepool.zk.image_records import ImageBuild, ImageFlags, ImageUpload
 from nodepool.zk.records import (
-    Component, CorruptRecord, ImageBuild, ImageFlags, ImageUpload, Node,
-    NodeRequest, PoolComponent, UploadState,
+    Component, CorruptRecord, Node, NodeRequest, PoolComponent, UploadState,
 )
 from nodepool.zk.treecache import TreeCache
 

@@ -17,7 +17,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from nodepool.zk import paths
 
 
 class CorruptRecord(ValueError):
@@ -134,7 +133,7 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _load_object(raw: bytes | str | None) -> dict | None:
+def load_object(raw: bytes | str | None) -> dict | None:
     """Parse znode data; empty data means 'absent' (returns None).
 
     Strict where Python's json module is lax: ``NaN``/``Infinity`` and
@@ -173,7 +172,7 @@ def short_repr(value: Any, limit: int = 300) -> str:
     return f"{text[:limit]}... ({len(text)} characters)"
 
 
-def _decoder(from_json):
+def decoder(from_json):
     """Make any failure to build a record from stored data a CorruptRecord
     (a crafted record must never crash a reader with another exception)."""
 
@@ -283,10 +282,10 @@ class NodeRequest(Record):
         return cls(id=request_id, **cls._decode_fields(data))
 
     @classmethod
-    @_decoder
+    @decoder
     def from_json(cls, request_id: str | None, raw: bytes | str | None,
                   version: int = -1) -> "NodeRequest | None":
-        data = _load_object(raw)
+        data = load_object(raw)
         if data is None:
             return None
         req = cls.from_dict(request_id, data)
@@ -446,10 +445,10 @@ class Node(Record):
         return cls(id=node_id, **kwargs)
 
     @classmethod
-    @_decoder
+    @decoder
     def from_json(cls, node_id: str | None, raw: bytes | str | None,
                   version: int = -1) -> "Node | None":
-        data = _load_object(raw)
+        data = load_object(raw)
         if data is None:
             return None
         node = cls.from_dict(node_id, data)
@@ -475,143 +474,6 @@ class Node(Record):
     def idle(self) -> bool:
         """Ready and allocated to no request."""
         return self.state == NodeState.READY and not self.allocated_to
-
-
-# -- images ----------------------------------------------------------------
-
-@dataclass(eq=False)
-class ImageBuild(Record):
-    """``/nodepool/images/<image>/builds/<build-id>`` (spec 2.3)."""
-
-    FIELDS = (
-        ("state", "state", "str", Record.REQUIRED),
-        ("state_time", "state_time", "float", 0.0),
-        ("builder", "builder", "str?", None),
-        ("builder_id", "builder_id", "str?", None),
-        ("formats", "formats", "any", ""),
-        ("username", "username", "str?", "zuul"),
-        ("python_path", "python_path", "str?", "/usr/bin/python2"),
-        ("shell_type", "shell_type", "str?", None),
-    )
-
-    image_name: str = ""
-    id: str | None = None
-    state: str = BuildState.BUILDING
-    state_time: float = field(default_factory=time.time)
-    builder: str | None = None
-    builder_id: str | None = None
-    formats: list[str] = field(default_factory=list)
-    username: str | None = "zuul"
-    python_path: str | None = "/usr/bin/python2"
-    shell_type: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    version: int = -1
-
-    @classmethod
-    @_decoder
-    def from_json(cls, image_name: str, build_id: str | None,
-                  raw: bytes | str | None, version: int = -1) -> "ImageBuild | None":
-        data = _load_object(raw)
-        if data is None:
-            return None
-        kwargs = cls._decode_fields(data)
-        formats = kwargs["formats"]
-        if isinstance(formats, str):
-            kwargs["formats"] = [f for f in formats.split(",") if f]
-        elif isinstance(formats, list) and all(isinstance(f, str) for f in formats):
-            kwargs["formats"] = list(formats)
-        else:
-            raise CorruptRecord("field 'formats': expected a comma-joined string")
-        return cls(image_name=image_name, id=build_id, version=version, **kwargs)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = self._encode_fields()
-        # The wire form is a sorted, comma-joined string, omitted when empty;
-        # builder and builder_id are only written when known.
-        if self.formats:
-            out["formats"] = ",".join(sorted(set(self.formats)))
-        else:
-            out.pop("formats")
-        for key in ("builder", "builder_id"):
-            if out.get(key) is None:
-                out.pop(key)
-        return out
-
-    def set_state(self, state: str) -> None:
-        if state not in BuildState.ALL:
-            raise ValueError(f"invalid build state {state!r}")
-        self.state = state
-        self.state_time = time.time()
-
-    @property
-    def dib_id(self) -> str:
-        """The operator-facing id: ``<image>-<build id>``."""
-        return f"{self.image_name}-{self.id}"
-
-
-@dataclass(eq=False)
-class ImageUpload(Record):
-    """``.../builds/<build-id>/providers/<provider>/images/<upload-id>``."""
-
-    FIELDS = (
-        ("state", "state", "str", Record.REQUIRED),
-        ("state_time", "state_time", "float", 0.0),
-        ("external_id", "external_id", "str?", None),
-        ("external_name", "external_name", "str?", None),
-        ("format", "format", "str?", None),
-        ("username", "username", "str?", "zuul"),
-        ("python_path", "python_path", "str?", "/usr/bin/python2"),
-        ("shell_type", "shell_type", "str?", None),
-    )
-
-    image_name: str = ""
-    build_id: str = ""
-    provider_name: str = ""
-    id: str | None = None
-    state: str = UploadState.UPLOADING
-    state_time: float = field(default_factory=time.time)
-    external_id: str | None = None
-    external_name: str | None = None
-    format: str | None = None
-    username: str | None = "zuul"
-    python_path: str | None = "/usr/bin/python2"
-    shell_type: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    version: int = -1
-
-    @classmethod
-    @_decoder
-    def from_json(cls, image_name: str, build_id: str, provider_name: str,
-                  upload_id: str | None, raw: bytes | str | None,
-                  version: int = -1) -> "ImageUpload | None":
-        data = _load_object(raw)
-        if data is None:
-            return None
-        return cls(image_name=image_name, build_id=build_id,
-                   provider_name=provider_name, id=upload_id, version=version,
-                   **cls._decode_fields(data))
-
-    def set_state(self, state: str) -> None:
-        if state not in UploadState.ALL:
-            raise ValueError(f"invalid upload state {state!r}")
-        self.state = state
-        self.state_time = time.time()
-
-    @property
-    def path(self) -> str:
-        """The full znode path; the launcher stores it as a node's image_id."""
-        return paths.upload(self.image_name, self.build_id, self.provider_name,
-                            self.id or "")
-
-
-@dataclass(eq=False)
-class ImageFlags:
-    """The marker znodes of one image: ``pause`` and ``request-build``."""
-
-    image_name: str
-    paused: bool = False
-    # Creation time of the request-build marker (epoch seconds), if present.
-    build_requested_at: float | None = None
 
 
 # -- components ------------------------------------------------------------
@@ -640,10 +502,10 @@ class Component(Record):
     version_stat: int = -1
 
     @classmethod
-    @_decoder
+    @decoder
     def from_json(cls, znode: str | None, raw: bytes | str | None,
                   version: int = -1) -> "Component | None":
-        data = _load_object(raw)
+        data = load_object(raw)
         if data is None:
             return None
         target = PoolComponent if data.get("kind") == "pool" else Component

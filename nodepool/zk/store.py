@@ -18,9 +18,9 @@ from kazoo.exceptions import (BadVersionError, NodeExistsError, NoNodeError,
 from nodepool.zk import paths
 from nodepool.zk.client import ZooKeeperClient
 from nodepool.zk.locks import Lock
+from nodepool.zk.image_records import ImageBuild, ImageUpload
 from nodepool.zk.records import (
-    BuildState, Component, CorruptRecord, ImageBuild, ImageUpload, Node, NodeRequest,
-    NodeState,
+    BuildState, Component, CorruptRecord, Node, NodeRequest, NodeState,
 )
 
 log = logging.getLogger("nodepool.zk.store")

@@ -548,7 +548,7 @@ def test_export_then_import_into_an_empty_zookeeper(env, store, zuul, tmp_path,
     assert back.external_id == upload.external_id and back.state == "ready"
     assert fresh.is_image_paused("ubuntu")
     # New uploads are numbered after the restored ones.
-    from nodepool.zk.records import ImageUpload
+    from nodepool.zk.image_records import ImageUpload
     later = ImageUpload(image_name="ubuntu", build_id=upload.build_id,
                         provider_name="fake-cloud", state="failed")
     fresh.store_upload(later)

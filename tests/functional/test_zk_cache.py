@@ -11,9 +11,8 @@ from conftest import expire_session, wait_until
 from nodepool.zk import paths
 from nodepool.zk.cache import ImageCache, NodeCache, RequestCache
 from nodepool.zk.client import ZooKeeperClient
-from nodepool.zk.records import (
-    ImageBuild, ImageUpload, Node, NodeRequest, NodeState, PoolComponent,
-)
+from nodepool.zk.image_records import ImageBuild, ImageUpload
+from nodepool.zk.records import Node, NodeRequest, NodeState, PoolComponent
 from nodepool.zk.components import ComponentRegistration, new_pool_component
 from nodepool.zk.store import Store
 

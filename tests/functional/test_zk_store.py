@@ -10,9 +10,9 @@ from kazoo.recipe.lock import Lock as KazooLock
 
 from nodepool.zk import paths
 from nodepool.zk.locks import Lock, lock_contenders
+from nodepool.zk.image_records import ImageBuild, ImageUpload
 from nodepool.zk.records import (
-    ComponentState, ImageBuild, ImageUpload, Node, NodeRequest, NodeState,
-    PoolComponent, RequestState,
+    ComponentState, Node, NodeRequest, NodeState, PoolComponent, RequestState,
 )
 from nodepool.zk.components import ComponentRegistration, new_pool_component
 from nodepool.zk.store import Store, VersionConflict

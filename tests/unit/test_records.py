@@ -5,9 +5,9 @@ import json
 import pytest
 
 from nodepool.zk import paths
+from nodepool.zk.image_records import ImageBuild, ImageUpload
 from nodepool.zk.records import (
-    Component, CorruptRecord, ImageBuild, ImageUpload, Node, NodeRequest,
-    NodeState, PoolComponent, RequestState,
+    Component, CorruptRecord, Node, NodeRequest, NodeState, PoolComponent, RequestState,
 )
 
 # Spec 2.1 example A: a request exactly as Zuul creates it.

@@ -1,9 +1,8 @@
 """The status views the CLI and the web both print (nodepool.status)."""
 
 from nodepool import status
-from nodepool.zk.records import (
-    ImageBuild, ImageFlags, ImageUpload, Node, PoolComponent,
-)
+from nodepool.zk.image_records import ImageBuild, ImageFlags, ImageUpload
+from nodepool.zk.records import Node, PoolComponent
 
 
 class Images:
