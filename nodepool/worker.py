@@ -22,6 +22,7 @@ class PeriodicWorker:
         self.interval = interval
         self.client = client
         self.wake = threading.Event()
+        self.running = False
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name=name)
 
@@ -49,6 +50,11 @@ class PeriodicWorker:
     def stopped(self) -> bool:
         return self._stopped.is_set()
 
+    @property
+    def pending(self) -> bool:
+        """A pass is running or has been asked for."""
+        return self.running or (self.wake.is_set() and not self.stopped)
+
     def _run(self) -> None:
         while not self._stopped.is_set():
             self.wake.wait(self.interval)
@@ -59,12 +65,15 @@ class PeriodicWorker:
                 continue
             if self.settle:
                 self._stopped.wait(self.settle)
+            self.running = True
             try:
                 self.run_once()
             except KazooException as exc:
                 log.warning("%s: ZooKeeper error: %s", self.name, exc)
             except Exception:
                 log.exception("%s failed", self.name)
+            finally:
+                self.running = False
 
     def run_once(self) -> None:  # pragma: no cover - interface
         raise NotImplementedError

@@ -80,7 +80,7 @@ class LauncherEnv:
         return builder
 
     def settle(self, timeout: float = 20.0) -> None:
-        """Wait until every launcher started here has nothing left to do
+        """Wait until every launcher and builder started here has nothing left to do
         (Zuul's tests call it waitUntilSettled): each cache has caught up
         with ZooKeeper and no worker has work queued or running, in three
         checks in a row. Then "nothing happened" can be asserted without
@@ -90,10 +90,14 @@ class LauncherEnv:
         pending: list[str] = []
         while calm < 3:
             launchers = [la for la in self.launchers if la.client.kazoo is not None]
+            builders = [b for b in self.builders if b.client.kazoo is not None]
             for launcher in launchers:
                 launcher.nodes.barrier()
                 launcher.requests.barrier()
+            for builder in builders:
+                builder.images.barrier()
             pending = [what for launcher in launchers for what in launcher.pending_work()]
+            pending += [what for builder in builders for what in builder.pending_work()]
             calm = 0 if pending else calm + 1
             if time.monotonic() > deadline:
                 raise TimeoutError(f"launchers not settled after {timeout}s: {pending}")

@@ -99,6 +99,12 @@ class Builder:
         return [*self.build_workers, *self.upload_workers,
                 *([self.cleanup_worker] if self.cleanup_worker else [])]
 
+    def pending_work(self) -> list[str]:
+        """Workers with a pass running or asked for (empty: the builder waits
+        for news, or for a periodic pass to come due)."""
+        return [worker.name for worker in [*self.workers, self.config_watcher]
+                if worker.pending]
+
     # -- start and stop ----------------------------------------------------
 
     def start(self, connect_timeout: float | None = None,

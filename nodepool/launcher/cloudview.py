@@ -109,7 +109,7 @@ class CloudView(PeriodicWorker):
     def answering(self) -> bool:
         """Questions to the cloud asked or about to be."""
         return self._asking or self._stale_labels or self._stale_limits \
-            or self.wake.is_set()
+            or self.pending
 
     def stop(self) -> None:
         # The thread may be stuck in a hung cloud call: do not wait for it.

@@ -338,14 +338,14 @@ class Launcher:
             busy = sum(len(runner) for runner in manager.runners)
             if busy:
                 pending.append(f"{name}: {busy} launches or deletes")
-            if manager.registrar is not None and manager.registrar.wake.is_set():
+            if manager.registrar is not None and manager.registrar.pending:
                 pending.append(f"{name}: registering hosts")
             for pool_name, worker in list(manager.workers.items()):
                 pending += [f"{name}/{pool_name}: {what}"
                             for what in worker.pending_work()]
         if self.delete_worker.busy:
             pending.append("deletes being dispatched")
-        if self.min_ready.wake.is_set():
+        if self.min_ready.pending:
             pending.append("min-ready")
         return pending
 

@@ -142,7 +142,7 @@ def test_manual_build_and_pause(env, store, tmp_path):
     wait_for_ready_upload(store)
     store.pause_image("ubuntu")
     store.request_build("ubuntu")
-    time.sleep(1.5)
+    env.settle()
     assert len(store.get_builds("ubuntu")) == 1  # paused: the request waits
     assert store.build_request_status("ubuntu") == "pending"
     store.unpause_image("ubuntu")
@@ -381,7 +381,7 @@ def test_invalid_config_keeps_the_builder_running(env, store, tmp_path):
     with open(path, "a") as handle:
         handle.write("bogus-key: 1\n")
     os.utime(path)
-    time.sleep(0.5)
+    env.settle()
     assert builder.config.images_dir == str(tmp_path / "images")
     store.request_build("ubuntu")
     wait_until(lambda: len(ready_builds(store)) == 2, timeout=30,
@@ -421,7 +421,7 @@ def test_delete_after_upload(env, store, tmp_path, keep):
     wait_until(lambda: not (images / f"ubuntu-{build.id}.qcow2").exists() and
                (images / f"ubuntu-{build.id}.raw").exists() == keep, timeout=30,
                message="the uploaded format deleted, raw kept only if asked")
-    time.sleep(0.5)  # (and a later pass does not change its mind)
+    env.settle()  # (and a later pass does not change its mind)
     assert (images / f"ubuntu-{build.id}.raw").exists() == keep
     assert (images / f"ubuntu-{build.id}.d").is_dir()
 
@@ -444,6 +444,8 @@ def test_failing_post_upload_hook_fails_the_upload(env, store, tmp_path):
     wait_until(lambda: [u for b in store.get_builds("ubuntu")
                         for u in store.get_uploads("ubuntu", b.id, "fake-cloud")
                         if int(u.id) >= 1], timeout=30, message="upload attempted")
+    # The upload is retried for ever, so the builder never settles: give the
+    # second attempt time to fail too.
     time.sleep(1.0)
     assert not ready_uploads(store)
     # Nothing of ours stays in the cloud.
@@ -657,9 +659,9 @@ def test_config_reload_adds_a_provider_and_pauses_an_image(env, store, tmp_path)
     assert len(store.get_builds("ubuntu")) == 1  # the same build, not a new one
     # pause: true in the configuration stops builds, even requested ones.
     env.rewrite(path, config_text(tmp_path, image_extra="    pause: true\n") + second)
-    time.sleep(0.5)
+    env.settle()
     store.request_build("ubuntu")
-    time.sleep(1.5)
+    env.settle()
     assert len(store.get_builds("ubuntu")) == 1
     env.rewrite(path, config_text(tmp_path) + second)
     wait_until(lambda: len(ready_builds(store)) == 2, timeout=30,
