@@ -45,9 +45,11 @@ class CloudView(PeriodicWorker):
         super().__init__(f"cloudview-{manager.provider.name}", LIMITS_SECONDS)
         self.manager = manager
         self._mutex = threading.Lock()
-        # label -> resources one node uses, or None: it can never launch.
+        # label -> resources one node uses, or None: it can never launch;
+        # label -> whether its cloud image exists. Replaced, never changed in
+        # place, so readers (every request of every pass) take no lock.
+        # The Resources are shared: readers must not change them.
         self._needs: dict[str, Resources | None] = {}
-        # label -> whether its cloud image exists.
         self._ready: dict[str, bool] = {}
         self._limits: Resources | None | Unknown = UNKNOWN
         self._zones: list[str] | None = None
@@ -60,19 +62,16 @@ class CloudView(PeriodicWorker):
     # -- readers (any thread; never block) -----------------------------------------
 
     def label_need(self, label: str) -> Resources | None | Unknown:
-        with self._mutex:
-            if label in self._needs:
-                need = self._needs[label]
-                return need.copy() if need is not None else None
-        self.refresh_labels()
-        return UNKNOWN
+        need = self._needs.get(label, UNKNOWN)
+        if need is UNKNOWN:
+            self.refresh_labels()
+        return need
 
     def image_ready(self, label: str) -> bool | Unknown:
-        with self._mutex:
-            if label in self._ready:
-                return self._ready[label]
-        self.refresh_labels()
-        return UNKNOWN
+        ready = self._ready.get(label, UNKNOWN)
+        if ready is UNKNOWN:
+            self.refresh_labels()
+        return ready
 
     def limits(self) -> Resources | None | Unknown:
         """Cloud limits less what servers not ours use; None: unlimited."""
@@ -99,9 +98,8 @@ class CloudView(PeriodicWorker):
         (readers keep the old answers meanwhile, except for removed labels)."""
         labels = self._labels()
         with self._mutex:
-            for table in (self._needs, self._ready):
-                for name in set(table) - set(labels):
-                    del table[name]
+            self._needs = {k: v for k, v in self._needs.items() if k in labels}
+            self._ready = {k: v for k, v in self._ready.items() if k in labels}
         self._stale_labels = self._stale_limits = True
         self.wake.set()
 
@@ -172,8 +170,8 @@ class CloudView(PeriodicWorker):
             with self._mutex:
                 changed |= self._needs.get(name, UNKNOWN) != need \
                     or self._ready.get(name) != ready
-                self._needs[name] = need
-                self._ready[name] = ready
+                self._needs = {**self._needs, name: need}
+                self._ready = {**self._ready, name: ready}
         if self._zones is None and self.manager.capabilities.launches_instances:
             try:
                 zones = list(adapter.azs())

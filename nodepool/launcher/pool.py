@@ -194,7 +194,13 @@ class PoolWorker:
     def post(self, event: HandlerEvent) -> None:
         """Tell the pool thread about one of its handlers (any thread)."""
         with self.mutex:
-            self.events.append(event)
+            if isinstance(event, Ended):
+                # The handler is done with: out of the registry at once, so
+                # the next pass neither counts its nodes nor waits for it.
+                if self.handlers.get(event.handler.id) is event.handler:
+                    del self.handlers[event.handler.id]
+            else:
+                self.events.append(event)
         self.wake.set()
 
     def _apply_events(self) -> set[str]:
@@ -207,10 +213,6 @@ class PoolWorker:
             handler = event.handler
             if self.handlers.get(handler.id) is not handler:
                 continue  # ended, or dropped with a lost session
-            if isinstance(event, Ended):
-                with self.mutex:
-                    self.handlers.pop(handler.id, None)
-                continue
             if isinstance(event, LaunchEnded):
                 handler.launch_ended(event)
             elif isinstance(event, Cancelled):
