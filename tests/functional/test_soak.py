@@ -116,7 +116,9 @@ CLIENT_CHECK = textwrap.dedent("""
         expired("2")
         proxy.refusing = False
         assert zuul.release_node(nodes[1], deadline()) == "written"
-        assert state("2") == "used" and locks("2") == [] and zuul.relocked == 1
+        # Relocked at least once (more if a retry meets the reconnection).
+        assert (state("2"), locks("2"), zuul.relocked >= 1) == ("used", [], True), \
+            (state("2"), locks("2"), zuul.relocked)
 
         # Lock lost and the node deleted meanwhile: nothing to do.
         proxy.refusing = True
