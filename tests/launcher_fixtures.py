@@ -27,6 +27,27 @@ FAKE_PROVIDER = """
             min-ram: 1
 """
 
+
+def sim_provider(name: str, image_extra: str = "", pool_extra: str = "") -> str:
+    """A provider entry for the OpenStack simulator (clouds.yaml name ``sim``)
+    offering label "a" on its Ubuntu image; the extras are indented lines
+    added to the cloud image and to the pool."""
+    return f"""
+  - name: {name}
+    cloud: sim
+    region-name: RegionOne
+    rate: 0.001
+    cloud-images:
+      - name: ubuntu
+        image-id: ubuntu-image-id
+{image_extra}    pools:
+      - name: main
+{pool_extra}        labels:
+          - name: a
+            cloud-image: ubuntu
+            min-ram: 1024
+"""
+
 # Intervals short enough that timer-driven housekeeping happens within a test.
 FAST = dict(idle_interval=1.0, cleanup_interval=0.3, delete_sweep_interval=0.5,
             min_ready_interval=0.5, config_check_interval=0.1)

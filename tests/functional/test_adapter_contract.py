@@ -13,7 +13,7 @@ from nodepool.config.loader import build_config
 from nodepool.drivers.base import META_NODE_ID, META_PROVIDER, Instance
 from nodepool.resources import Resources
 
-from launcher_fixtures import FAKE_PROVIDER  # noqa: E402
+from launcher_fixtures import FAKE_PROVIDER, sim_provider  # noqa: E402
 from nodepool.testing.openstack_sim import OpenStackSimulator  # noqa: E402
 from nodepool.testing.sshdserver import SSHServer  # noqa: E402
 
@@ -51,22 +51,7 @@ class Fake:
 
 
 class OpenStack:
-    body = """
-providers:
-  - name: openstack-adapter
-    cloud: sim
-    region-name: RegionOne
-    rate: 0.001
-    cloud-images:
-      - name: ubuntu
-        image-id: ubuntu-image-id
-    pools:
-      - name: main
-        labels:
-          - name: a
-            cloud-image: ubuntu
-            min-ram: 1024
-"""
+    body = "providers:" + sim_provider("openstack-adapter")
     image = "ubuntu-image-id"
 
     def __init__(self, tmp_path, monkeypatch):

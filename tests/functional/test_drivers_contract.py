@@ -13,6 +13,7 @@ import tempfile
 import pytest
 
 from conftest import wait_until
+from launcher_fixtures import FAKE_PROVIDER, sim_provider
 from nodepool.zk.records import NodeState
 
 from nodepool.testing.openstack_sim import OpenStackSimulator  # noqa: E402
@@ -25,23 +26,9 @@ class FakeDriver:
     scans_keys = True
 
     def config(self):
-        return """
-labels:
-  - name: a
-providers:
-  - name: fake-contract
-    cloud: fake
-    cloud-images:
-      - name: precise
-        image-name: Fake Precise
-    pools:
-      - name: main
-        max-servers: 3
-        labels:
-          - name: a
-            cloud-image: precise
-            min-ram: 1
-"""
+        provider = FAKE_PROVIDER.replace("fake-cloud", "fake-contract") \
+            .replace("max-servers: 5", "max-servers: 3").replace("name: small", "name: a")
+        return "labels:\n  - name: a\nproviders:" + provider
 
     def stop(self):
         pass
@@ -102,27 +89,10 @@ class OpenStackDriver:
         monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", clouds)
 
     def config(self):
-        return f"""
-labels:
-  - name: a
-providers:
-  - name: openstack-contract
-    cloud: sim
-    region-name: RegionOne
-    rate: 0.001
-    cloud-images:
-      - name: ubuntu
-        image-id: ubuntu-image-id
-        connection-port: {self.sshd.port}
-    pools:
-      - name: main
-        max-servers: 3
-        auto-floating-ip: false
-        labels:
-          - name: a
-            cloud-image: ubuntu
-            min-ram: 1024
-"""
+        return "labels:\n  - name: a\nproviders:" + sim_provider(
+            "openstack-contract",
+            image_extra=f"        connection-port: {self.sshd.port}\n",
+            pool_extra="        max-servers: 3\n        auto-floating-ip: false\n")
 
     def stop(self):
         self.sshd.stop()

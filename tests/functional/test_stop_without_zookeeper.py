@@ -12,6 +12,7 @@ import time
 import pytest
 
 from conftest import wait_until
+from launcher_fixtures import FAKE_PROVIDER
 from nodepool.testing.zkserver import ZooKeeperServerProcess, free_port
 from nodepool.testing.zuul_client import FakeZuul
 
@@ -31,23 +32,11 @@ labels:
 diskimages:
   - name: ubuntu
     dib-cmd: {root}/tools/fake-image-create
-providers:
-  - name: fake-cloud
-    cloud: fake
+providers:""" + FAKE_PROVIDER.replace("    cloud: fake\n", """    cloud: fake
     simulation: {{boot-delay: 60}}
     diskimages:
       - name: ubuntu
-    cloud-images:
-      - name: precise
-        image-name: Fake Precise
-    pools:
-      - name: main
-        max-servers: 5
-        labels:
-          - name: small
-            cloud-image: precise
-            min-ram: 1
-"""
+""", 1)
 
 
 def write_config(tmp_path, port: int) -> str:
