@@ -7,17 +7,15 @@ import sys
 
 from nodepool.cmd import common, daemon
 
+# The default log files' name, as upstream names them.
+LOG_NAME = "nodepool-builder"
+
 
 def build_parser():
     parser = common.base_parser("nodepool-builder",
                                 "Build disk images and upload them to providers.")
-    parser.add_argument("-p", dest="pidfile",
-                        default="/var/run/nodepool/nodepool-builder.pid",
-                        help="path to the pid file (daemon mode)")
-    parser.add_argument("-d", dest="debug", action="store_true",
-                        help="stay in the foreground, log DEBUG to stdout")
-    parser.add_argument("-f", dest="foreground", action="store_true",
-                        help="stay in the foreground")
+    daemon.add_daemon_arguments(parser, "/var/run/nodepool/nodepool-builder.pid",
+                                LOG_NAME)
     parser.add_argument("--build-workers", type=int, default=1,
                         help="number of build worker threads")
     parser.add_argument("--upload-workers", type=int, default=4,
@@ -52,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
                        cleanup_interval=args.cleanup_interval)
 
     from nodepool.builder.base import BuilderError
-    return daemon.run_service(args, make, (ConfigError, BuilderError))
+    return daemon.run_service(args, make, (ConfigError, BuilderError),
+                              program="nodepool-builder", log_name=LOG_NAME)
 
 
 def _startup_problems(config) -> list[str]:

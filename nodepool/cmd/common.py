@@ -5,12 +5,8 @@ ZooKeeper for the status views, printing rows."""
 from __future__ import annotations
 
 import argparse
-import logging
-import logging.config
 import sys
 from typing import TYPE_CHECKING
-
-import yaml
 
 from nodepool.config.model import DEFAULT_CONFIG_PATH
 from nodepool.version import __version__
@@ -20,8 +16,6 @@ if TYPE_CHECKING:
     from nodepool.zk.client import ZooKeeperClient
     from nodepool.zk.image_records import ImageBuild, ImageFlags, ImageUpload
     from nodepool.zk.records import Node, NodeRequest
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 # Exit statuses scripts can rely on.
 EXIT_OK = 0
@@ -46,33 +40,17 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("-s", "--secure", dest="secure", default=None,
                         help="path to the secure configuration file")
     parser.add_argument("-l", dest="logconfig", default=None,
-                        help="path to a logging configuration file (YAML "
-                        "dictConfig or ini fileConfig)")
+                        help="path to a logging configuration file: YAML or "
+                        "JSON for dictConfig ('{server}' in a handler's filename "
+                        "becomes the program's log name), or ini for fileConfig")
     return parser
 
 
-def setup_logging(logconfig: str | None, debug: bool = False,
-                  stream=sys.stderr) -> None:
-    """Configure logging from ``-l``, else a plain handler on ``stream``."""
-    if logconfig and not debug:
-        with open(logconfig, encoding="utf-8") as handle:
-            text = handle.read()
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError:
-            data = None
-        if isinstance(data, dict):
-            # Loggers made at import time (before this runs) must keep
-            # working; dictConfig would silence them by default.
-            data.setdefault("disable_existing_loggers", False)
-            logging.config.dictConfig(data)
-        else:
-            logging.config.fileConfig(logconfig, disable_existing_loggers=False)
-        return
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
-                        format=LOG_FORMAT, stream=stream)
-    if not debug:
-        logging.getLogger("kazoo").setLevel(logging.WARNING)
+def setup_logging(logconfig: str | None, debug: bool = False) -> None:
+    """The ``nodepool`` command's logging (see :mod:`nodepool.cmd.logs`);
+    a LoggingSetupError names what is wrong in one line."""
+    from nodepool.cmd import logs
+    logs.for_cli(logconfig, debug).apply()
 
 
 # -- the nodepool subcommands ---------------------------------------------------
@@ -80,7 +58,8 @@ def setup_logging(logconfig: str | None, debug: bool = False,
 def connect(args: argparse.Namespace) -> tuple[Config, ZooKeeperClient]:
     """Load the configuration and connect; a clear message when either fails."""
     from nodepool.config import ConfigError, load_config
-    from nodepool.zk.client import ZooKeeperError, client_from_config
+    from nodepool.zk.client import (ZooKeeperError, ZooKeeperUnreachable,
+                                    client_from_config)
     try:
         config = load_config(args.config, args.secure)
     except ConfigError as exc:
@@ -88,6 +67,9 @@ def connect(args: argparse.Namespace) -> tuple[Config, ZooKeeperClient]:
     client = client_from_config(config, read_only=args.read_only_zk)
     try:
         client.connect(timeout=args.zk_timeout)
+    except ZooKeeperUnreachable:
+        raise CommandError(f"cannot reach ZooKeeper at {client.hosts} within "
+                           f"{args.zk_timeout:g}s") from None
     except ZooKeeperError as exc:
         raise CommandError(str(exc)) from None
     return config, client

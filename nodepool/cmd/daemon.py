@@ -1,8 +1,12 @@
-"""What both daemons share: detaching, the pid file, signals, debugging aids.
+"""What both daemons share: detaching, the pid file, logging, signals,
+debugging aids.
 
 * ``-d``/``-f`` keep the process in the foreground; otherwise it detaches with
   python-daemon (umask 022) holding a pid lock file, and a stale pid file
   (its process is gone) is broken first.
+* Logging (:mod:`nodepool.cmd.logs`) is checked before detaching: a bad
+  ``-l`` file or an unwritable log directory is one line on the terminal and
+  exit status 78, not a silent death.
 * SIGINT and SIGTERM stop cleanly.
 * SIGUSR2 logs every thread's stack and toggles yappi: the first signal starts
   profiling, the next one logs the statistics and stops it.
@@ -10,6 +14,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
@@ -19,6 +24,26 @@ import traceback
 from typing import Callable
 
 log = logging.getLogger("nodepool.daemon")
+
+
+def add_daemon_arguments(parser: argparse.ArgumentParser, pidfile: str,
+                         log_name: str) -> None:
+    """The options both daemons take: -p, -d, -f, --log-dir, --debug-kazoo."""
+    from nodepool.cmd import logs
+    parser.add_argument("-p", dest="pidfile", default=pidfile,
+                        help="path to the pid file (daemon mode)")
+    parser.add_argument("-d", dest="debug", action="store_true",
+                        help="stay in the foreground, log DEBUG to stdout")
+    parser.add_argument("-f", dest="foreground", action="store_true",
+                        help="stay in the foreground, log INFO to stdout")
+    parser.add_argument("--log-dir", dest="log_dir", default=logs.default_log_dir(),
+                        help=f"detached without -l: write {log_name}.log (INFO) "
+                        f"and {log_name}-debug.log (DEBUG) here, reopened when "
+                        f"rotated (${logs.LOG_DIR_ENV} sets the default)")
+    parser.add_argument("--debug-kazoo", dest="debug_kazoo", action="store_true",
+                        help="let kazoo log each ZooKeeper packet at DEBUG (off "
+                        "even with -d, as it slows the daemon; also "
+                        f"{logs.KAZOO_DEBUG_ENV}=1)")
 
 
 def dump_stacks() -> str:
@@ -121,24 +146,36 @@ def _abort_start_on_stop(service, stop: threading.Event,
             return
 
 
-def run_service(args, make: Callable[[], object], errors: tuple) -> int:
-    """The daemons' common life: set up logging, build the service with
-    ``make()`` (an error of ``errors`` is logged and exits 1), ``start()``
-    it, and ``stop()`` it on SIGINT/SIGTERM."""
-    import sys
-
-    from nodepool.cmd import common
+def run_service(args, make: Callable[[], object], errors: tuple, *,
+                program: str, log_name: str) -> int:
+    """The daemons' common life: set up logging (``log_name`` names the
+    default log files), build the service with ``make()`` (an error of
+    ``errors`` is logged and exits 1), ``start()`` it, and ``stop()`` it on
+    SIGINT/SIGTERM."""
+    from nodepool.cmd import logs
     log = logging.getLogger("nodepool.daemon")
     foreground = args.debug or args.foreground
+    try:
+        plan = logs.for_daemon(args, log_name)
+        if foreground:
+            plan.apply()
+        else:
+            plan.check()
+    except logs.LoggingSetupError as exc:
+        print(f"{program}: {exc}", file=sys.stderr)
+        return logs.EXIT_LOGGING
 
     def setup_logging():
-        common.setup_logging(args.logconfig, args.debug,
-                             stream=sys.stdout if foreground else sys.stderr)
+        if not foreground:
+            plan.apply()
 
     def serve(stop: threading.Event) -> int:
         from kazoo.exceptions import KazooException
 
+        from nodepool.version import __version__
         from nodepool.zk.client import ConnectInterrupted, ZooKeeperError
+        log.info("%s %s starting (pid %d, configuration %s)", program, __version__,
+                 os.getpid(), args.config)
         while True:
             try:
                 service = make()

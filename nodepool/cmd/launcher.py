@@ -7,16 +7,15 @@ import sys
 
 from nodepool.cmd import common, daemon
 
+# The default log files' name, as upstream names them.
+LOG_NAME = "nodepool"
+
 
 def build_parser():
     parser = common.base_parser("nodepool-launcher",
                                 "Launch and delete nodes for Zuul's node requests.")
-    parser.add_argument("-p", dest="pidfile", default="/var/run/nodepool/nodepool.pid",
-                        help="path to the pid file (daemon mode)")
-    parser.add_argument("-d", dest="debug", action="store_true",
-                        help="stay in the foreground, log DEBUG to stdout")
-    parser.add_argument("-f", dest="foreground", action="store_true",
-                        help="stay in the foreground")
+    daemon.add_daemon_arguments(parser, "/var/run/nodepool/nodepool.pid",
+                                LOG_NAME)
     parser.add_argument("--no-webapp", action="store_true",
                         help="do not start the status web server")
     parser.add_argument("--cleanup-interval", type=float, default=60.0,
@@ -41,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         return Launcher(config_path, args.secure, webapp=not args.no_webapp,
                         cleanup_interval=args.cleanup_interval)
 
-    return daemon.run_service(args, make, (ConfigError,))
+    return daemon.run_service(args, make, (ConfigError,),
+                              program="nodepool-launcher", log_name=LOG_NAME)
 
 
 if __name__ == "__main__":

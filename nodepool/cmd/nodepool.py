@@ -51,10 +51,25 @@ def cmd_request_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 86400:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds above 0 and below 86400, not {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = common.base_parser("nodepool", "Administer a nodepool installation.")
     parser.add_argument("--debug", action="store_true",
-                        help="log at DEBUG level to stderr")
+                        help="log at DEBUG level to stderr (kazoo's connection "
+                        "retries included)")
+    parser.add_argument("--zk-timeout", type=_seconds, default=10.0,
+                        metavar="SECONDS",
+                        help="give up when no ZooKeeper server answers within this")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     validate = sub.add_parser(
         "config-validate", help="check the configuration file and exit",
@@ -77,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                               description="List node requests in priority order.")
     requests.add_argument("--json", action="store_true", help="print JSON")
     requests.set_defaults(func=cmd_request_list)
-    # -c and -s work after the subcommand too (``nodepool list -c f``);
+    # -c, -s and --zk-timeout work after the subcommand too (``nodepool list -c f``);
     # SUPPRESS keeps the global value when they are not repeated there.
     for subparser in sub.choices.values():
         subparser.add_argument("-c", "--config", dest="config",
@@ -86,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
         subparser.add_argument("-s", "--secure", dest="secure",
                                default=argparse.SUPPRESS,
                                help="path to the secure configuration file")
+        subparser.add_argument("--zk-timeout", type=_seconds, metavar="SECONDS",
+                               default=argparse.SUPPRESS,
+                               help="give up when no ZooKeeper server answers "
+                               "within this")
     return parser
 
 
@@ -95,9 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_ERROR
-    common.setup_logging(args.logconfig, args.debug)
+    from nodepool.cmd.logs import LoggingSetupError
+    try:
+        common.setup_logging(args.logconfig, args.debug)
+    except LoggingSetupError as exc:
+        print(f"nodepool: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     args.read_only_zk = False
-    args.zk_timeout = 10.0
     try:
         return args.func(args)
     except CommandError as exc:

@@ -32,8 +32,8 @@ from nodepool.zk.kazoo_ext import (AddWatch, MultiRead, NodepoolKazooClient,
                                    PollingHandler, add_watch_request)
 
 __all__ = ["AddWatch", "MultiRead", "PollingHandler", "RESYNC", "ZooKeeperClient",
-           "ZooKeeperError", "ZooKeeperServer", "ZooKeeperTLS", "client_from_config",
-           "connection_string"]
+           "ZooKeeperError", "ZooKeeperServer", "ZooKeeperTLS", "ZooKeeperUnreachable",
+           "client_from_config", "connection_string"]
 
 log = logging.getLogger("nodepool.zk.client")
 
@@ -43,6 +43,10 @@ DEFAULT_TIMEOUT = 10.0
 
 class ZooKeeperError(Exception):
     """A ZooKeeper connection could not be made or used."""
+
+
+class ZooKeeperUnreachable(ZooKeeperError):
+    """``connect(timeout=...)`` found no server within its timeout."""
 
 
 @dataclass(frozen=True)
@@ -330,7 +334,7 @@ class ZooKeeperClient:
                     pass
                 if deadline is not None and time.monotonic() >= deadline:
                     self._drop_kazoo()
-                    raise ZooKeeperError(
+                    raise ZooKeeperUnreachable(
                         f"cannot connect to ZooKeeper at {self.hosts}: "
                         f"{exc or type(exc).__name__}") from None
                 now = time.monotonic()
