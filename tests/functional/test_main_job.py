@@ -59,5 +59,5 @@ def test_unreachable_zookeeper_is_a_clear_error(tmp_path):
                              str(path), "list"], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 1
-    assert "cannot connect to ZooKeeper" in result.stderr
+    assert "cannot reach ZooKeeper at 127.0.0.1:" in result.stderr
     assert "Traceback" not in result.stderr

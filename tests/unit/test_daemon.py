@@ -31,13 +31,19 @@ class FlakyService:
         FlakyService.events.append(("stop", self.number))
 
 
-def test_a_start_cut_short_by_zookeeper_is_retried_with_a_fresh_service():
-    args = argparse.Namespace(debug=False, foreground=True, logconfig=None,
-                              pidfile=None)
+def test_a_start_cut_short_by_zookeeper_is_retried_with_a_fresh_service(tmp_path):
+    # An incremental logging configuration changes nothing: pytest keeps
+    # capturing this process's logs.
+    logconfig = tmp_path / "logging.yaml"
+    logconfig.write_text("version: 1\nincremental: true\n")
+    args = argparse.Namespace(debug=False, foreground=True, logconfig=str(logconfig),
+                              pidfile=None, log_dir=None, debug_kazoo=False,
+                              config="nodepool.yaml")
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM,
                                                signal.SIGUSR2)}
     try:
-        rc = daemon.run_service(args, FlakyService, (ValueError,))
+        rc = daemon.run_service(args, FlakyService, (ValueError,),
+                                program="nodepool-launcher", log_name="nodepool")
     finally:
         for number, handler in saved.items():
             signal.signal(number, handler)
