@@ -21,6 +21,7 @@ unless ``--debug-kazoo`` or ``NODEPOOL_KAZOO_DEBUG=1`` asks for them.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import logging.config
 import os
@@ -226,7 +227,7 @@ def to_files(log_dir: str, server: str, kazoo_debug: bool = False) -> LogPlan:
         })
 
 
-def for_daemon(args, server: str) -> LogPlan:
+def for_daemon(args: argparse.Namespace, server: str) -> LogPlan:
     """The plan for ``nodepool-launcher``/``nodepool-builder`` arguments."""
     kazoo_debug = kazoo_debug_requested(getattr(args, "debug_kazoo", False))
     if args.logconfig:
