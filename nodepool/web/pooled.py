@@ -87,6 +87,8 @@ class PooledHTTPServer(HTTPServer):
         if workers < 1 or max_connections < 1 or not idle_timeout > 0:
             raise ValueError("workers, max_connections and idle_timeout must be "
                              "positive")
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         try:
             super().__init__(address, handler)
         except OSError as error:
@@ -139,6 +141,8 @@ class PooledHTTPServer(HTTPServer):
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        if not self._threads:
+            self._selector.close()  # (the dispatcher closes it otherwise)
         self._close_all()
         self.server_close()
         for sock in (self._wake_r, self._wake_w):
@@ -238,6 +242,8 @@ class PooledHTTPServer(HTTPServer):
             pass
 
     def _to_worker(self, connection: _Connection) -> None:
+        if connection.closed:
+            return  # evicted earlier in this same round of events
         self._unpark(connection)
         self._work.put(connection)
 
