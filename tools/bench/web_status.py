@@ -7,7 +7,8 @@ launcher (no providers of its own, so it leaves the records alone) with its
 status web server, and fetches every page as a table and as JSON, printing
 the status code, the number of rows and the time of the first fetch and of
 the median of ``--runs`` fetches made after the one-second response cache
-expired (so each is rendered anew).
+expired (so each is rendered anew); then the thread count with 300 idle
+connections open, and a page fetched meanwhile.
 
     .venv/bin/python tools/bench/web_status.py --nodes 1000 --requests 100
 """
@@ -53,6 +54,23 @@ def caches_hold(launcher, nodes: int, requests: int, uploads: int) -> bool:
     return (len(launcher.nodes.nodes()) >= nodes
             and len(launcher.requests.requests()) >= requests
             and len(launcher.images.uploads()) >= uploads)
+
+
+def idle_connections(port: int, count: int = 300) -> None:
+    """Threads of this process before and with ``count`` idle connections,
+    and a page fetched while they stay open."""
+    import socket
+    import threading
+    before = threading.active_count()
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=30)
+             for _ in range(count)]
+    try:
+        code, _, ms = fetch(port, "/request-list.json")
+        print(f"{count} idle connections: threads {before} -> "
+              f"{threading.active_count()}; /request-list.json {code} in {ms:.1f} ms")
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def main() -> None:
@@ -102,6 +120,7 @@ def main() -> None:
                     times.append(fetch(port, path)[2])
                 print(f"{path:<22} {code:>4} {rows_of(path, body):>5} {len(body):>8} "
                       f"{first:>9.1f} {statistics.median(times):>10.1f}")
+        idle_connections(port)
         filled.release()
     finally:
         if launcher is not None:
