@@ -1,6 +1,7 @@
 """The launcher's status web server: the CLI's tables and JSON over HTTP,
 built by the same views (:mod:`nodepool.status`) from the launcher's
-ZooKeeper caches (no ZooKeeper reads)."""
+ZooKeeper caches (no ZooKeeper reads), served by a bounded set of threads
+(:mod:`nodepool.web.pooled`)."""
 
 from __future__ import annotations
 
