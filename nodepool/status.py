@@ -14,7 +14,9 @@ import time
 from typing import Any, Iterable, Protocol
 
 from nodepool.zk.image_records import ImageBuild, ImageFlags, ImageUpload
-from nodepool.zk.records import BuildState, Component, Node, NodeRequest
+from nodepool.zk.records import (
+    BuildState, Component, Node, NodeRequest, request_priority, request_sequence,
+)
 
 # (key, header); the first NODE_COLUMNS_SHORT are shown without --detail.
 NODE_COLUMNS = [
@@ -82,26 +84,48 @@ def request_row(request: NodeRequest) -> dict[str, Any]:
     }
 
 
+# Sort keys here are total: a record with a field left empty (None) or of
+# an unexpected type must sort somewhere, never fail the whole page.
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    return 0
+
+
 def node_rows(nodes: Iterable[tuple[Node, bool]], node_id: str | None = None,
               now: float | None = None) -> list[dict[str, Any]]:
     """``list`` and ``/node-list``: (node, locked) pairs, by node id;
     ``node_id`` keeps only that node."""
     now = time.time() if now is None else now
     return [node_row(node, locked, now)
-            for node, locked in sorted(nodes, key=lambda pair: pair[0].id)
+            for node, locked in sorted(nodes, key=lambda pair: _text(pair[0].id))
             if node_id is None or node.id == node_id]
+
+
+def request_order(request: NodeRequest) -> tuple[str, float, str, str]:
+    """The order launchers consider requests in (precedence, relative
+    priority, sequence: NodeRequest.sort_key), total over any record."""
+    return (request_priority(request.id), _number(request.relative_priority),
+            request_sequence(request.id), _text(request.id))
 
 
 def request_rows(requests: Iterable[NodeRequest]) -> list[dict[str, Any]]:
     """``request-list``: in the order launchers consider them."""
-    return [request_row(r) for r in sorted(requests, key=NodeRequest.sort_key)]
+    return [request_row(r) for r in sorted(requests, key=request_order)]
 
 
 def label_rows(pools: Iterable[Component]) -> list[dict[str, Any]]:
     """``label-list``: every label a registered pool supports, sorted."""
     labels: set[str] = set()
     for pool in pools:
-        labels.update(getattr(pool, "supported_labels", None) or [])
+        labels.update(_text(label) for label in
+                      getattr(pool, "supported_labels", None) or [])
+    labels.discard("")
     return [{"label": label} for label in sorted(labels)]
 
 
@@ -111,7 +135,10 @@ def _cell(key: str, value: Any) -> str:
     if isinstance(value, list):
         return ",".join(str(v) for v in value)
     if isinstance(value, dict):
-        return json.dumps(value, sort_keys=True)
+        try:
+            return json.dumps(value, sort_keys=True, default=str)
+        except TypeError:  # keys of mixed types cannot be sorted
+            return json.dumps(value, default=str)
     if (key == "age" or key.endswith("_age")) and isinstance(value, (int, float)) \
             and not isinstance(value, bool):
         return format_age(value)
@@ -141,7 +168,7 @@ def render_table(columns: list[tuple[str, str]], rows: Iterable[dict[str, Any]],
 
 
 def render_json(rows: list[dict[str, Any]]) -> str:
-    return json.dumps(rows, indent=2, sort_keys=False)
+    return json.dumps(rows, indent=2, sort_keys=False, default=str)
 
 
 # -- images ---------------------------------------------------------------------
@@ -166,14 +193,14 @@ def build_row(build, paused: bool) -> dict[str, Any]:
             "builder": build.builder, "formats": list(build.formats),
             "state": "paused" if paused else build.state,
             # An epoch, as upstream's web app gives; tables show it elapsed.
-            "age": int(build.state_time)}
+            "age": int(_number(build.state_time))}
 
 
 def upload_row(upload) -> dict[str, Any]:
     return {"id": upload.build_id, "upload_id": upload.id,
             "provider": upload.provider_name, "image": upload.image_name,
             "external_name": upload.external_name, "external_id": upload.external_id,
-            "state": upload.state, "age": int(upload.state_time)}
+            "state": upload.state, "age": int(_number(upload.state_time))}
 
 
 def image_status_row(image: str, paused: bool, request: str | None,
@@ -200,7 +227,8 @@ class ImageSource(Protocol):
 
 def dib_image_rows(images: ImageSource) -> list[dict[str, Any]]:
     """``dib-image-list``: builds by image, oldest first."""
-    builds = sorted(images.builds(), key=lambda b: (b.image_name, b.state_time))
+    builds = sorted(images.builds(), key=lambda b: (_text(b.image_name),
+                                                    _number(b.state_time), _text(b.id)))
     return [build_row(b, images.flags(b.image_name).paused) for b in builds]
 
 
@@ -210,9 +238,9 @@ def image_rows(images: ImageSource) -> list[dict[str, Any]]:
     built_at = {(b.image_name, b.id): b.state_time for b in images.builds()}
 
     def order(upload: ImageUpload) -> tuple:
-        return (upload.image_name, built_at.get((upload.image_name, upload.build_id),
-                                                0.0),
-                upload.build_id, upload.provider_name, upload.id)
+        return (_text(upload.image_name),
+                _number(built_at.get((upload.image_name, upload.build_id))),
+                _text(upload.build_id), _text(upload.provider_name), _text(upload.id))
     return [upload_row(u) for u in sorted(images.uploads(), key=order)]
 
 

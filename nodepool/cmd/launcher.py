@@ -28,10 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from nodepool.config import ConfigError, load_config
     config_path = os.path.abspath(os.path.expanduser(args.config))
+    from nodepool.web.pooled import ListenError, check_can_listen
     try:
-        # Fail on the terminal, before detaching, if the file is unusable.
-        load_config(config_path, args.secure)
-    except ConfigError as exc:
+        # Fail on the terminal, before detaching, if the file is unusable
+        # or the status server's port is taken.
+        config = load_config(config_path, args.secure)
+        if not args.no_webapp:
+            check_can_listen(config.webapp.listen_address, config.webapp.port)
+    except (ConfigError, ListenError) as exc:
         print(exc, file=sys.stderr)
         return 1
 
@@ -40,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         return Launcher(config_path, args.secure, webapp=not args.no_webapp,
                         cleanup_interval=args.cleanup_interval)
 
-    return daemon.run_service(args, make, (ConfigError,),
+    return daemon.run_service(args, make, (ConfigError, ListenError),
                               program="nodepool-launcher", log_name=LOG_NAME)
 
 

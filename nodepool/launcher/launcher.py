@@ -247,6 +247,9 @@ class Launcher:
             self.webapp = StatusWebApp(
                 self, web.listen_address,
                 web.port if webapp_port is None else webapp_port)
+            # A port in use is a one-line start-up error (ListenError), before
+            # ZooKeeper is touched.
+            self.webapp.bind()
 
     # -- start and stop ----------------------------------------------------
 

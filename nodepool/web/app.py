@@ -1,6 +1,7 @@
 """The launcher's status web server: the CLI's tables and JSON over HTTP,
 built by the same views (:mod:`nodepool.status`) from the launcher's
-ZooKeeper caches (no ZooKeeper reads)."""
+ZooKeeper caches (no ZooKeeper reads), served by a bounded set of threads
+(:mod:`nodepool.web.pooled`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from typing import Callable
 from urllib.parse import parse_qs, urlparse
 
 from nodepool import status
-from nodepool.web.server import QuietHTTPServer, serve, wants_json
+from nodepool.web.pooled import (
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_WORKERS, PooledHTTPServer,
+)
+from nodepool.web.server import wants_json
 
 log = logging.getLogger("nodepool.web.app")
 
@@ -24,11 +28,17 @@ class StatusWebApp:
     """Serves ``/node-list``, ``/request-list``, ``/label-list``,
     ``/image-list``, ``/dib-image-list``, ``/image-status`` and ``/ready``."""
 
-    def __init__(self, launcher, host: str, port: int):
+    def __init__(self, launcher, host: str, port: int, *,
+                 workers: int = DEFAULT_WORKERS,
+                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS):
         self.launcher = launcher
         self.host = host
         self.port = port
-        self._server: QuietHTTPServer | None = None
+        self.workers = workers
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self._server: PooledHTTPServer | None = None
         self._cache: dict[tuple, tuple[float, bytes, str]] = {}
         self._lock = threading.Lock()
         self.routes: dict[str, tuple[list, Callable[[dict], list[dict]]]] = {
@@ -97,20 +107,35 @@ class StatusWebApp:
             cached = self._cache.get(key)
         return cached[2] if cached else email.utils.formatdate(usegmt=True)
 
-    def start(self) -> None:
+    @property
+    def server(self) -> PooledHTTPServer | None:
+        return self._server
+
+    def bind(self) -> None:
+        """Take the port (raises :class:`~nodepool.web.pooled.ListenError`,
+        one line); done early so a port in use stops start-up first."""
+        if self._server is not None:
+            return
         app = self
 
         class Handler(_Handler):
             webapp = app
 
-        self._server = serve(self.host, self.port, Handler, "webapp")
+        self._server = PooledHTTPServer(
+            (self.host, self.port), Handler, workers=self.workers,
+            idle_timeout=self.idle_timeout, max_connections=self.max_connections,
+            name="webapp")
         self.port = self._server.server_address[1]
+
+    def start(self) -> None:
+        self.bind()
+        self._server.serve()
         log.info("Status web server on http://%s:%d/", self.host, self.port)
 
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()
-            self._server.server_close()
+            self._server = None
 
 
 class _Handler(BaseHTTPRequestHandler):

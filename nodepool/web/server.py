@@ -1,6 +1,7 @@
-"""HTTP plumbing of nodepool's web servers (the launcher's status server,
-the OpenStack simulator): a quiet threading server started on its own
-thread, and content negotiation."""
+"""HTTP plumbing of nodepool's web servers: a quiet thread-per-connection
+server started on its own thread (the OpenStack simulator's; the launcher's
+status server has a bounded pool, :mod:`nodepool.web.pooled`), and content
+negotiation."""
 
 from __future__ import annotations
 

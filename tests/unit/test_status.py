@@ -1,5 +1,7 @@
 """The status views the CLI and the web both print (nodepool.status)."""
 
+import json
+
 from nodepool import status
 from nodepool.zk.image_records import ImageBuild, ImageFlags, ImageUpload
 from nodepool.zk.records import Node, PoolComponent
@@ -83,3 +85,40 @@ def test_nodes_requests_and_labels():
              PoolComponent(supported_labels=["small"])]
     assert status.label_rows(pools) == [{"label": "large"}, {"label": "small"}]
     assert status.request_rows([]) == []
+
+
+def test_views_order_records_with_empty_or_odd_fields():
+    """Records built in-process (not decoded) may carry None or a type the
+    wire would not: every view still sorts them, the same way each time."""
+    from nodepool.zk.records import NodeRequest
+    requests = [NodeRequest(id="200-0000000003", relative_priority=None),
+                NodeRequest(id="100-0000000009", relative_priority=2),
+                NodeRequest(id=None, relative_priority=1),
+                NodeRequest(id="100-0000000004", relative_priority=2),
+                NodeRequest(id="100-0000000005", relative_priority=0)]
+    assert [r["id"] for r in status.request_rows(requests)] == [
+        None, "100-0000000005", "100-0000000004", "100-0000000009", "200-0000000003"]
+    # Well-typed records keep the launchers' order exactly.
+    typed = [r for r in requests if r.id and r.relative_priority is not None]
+    assert [r["id"] for r in status.request_rows(typed)] == \
+        [r.id for r in sorted(typed, key=NodeRequest.sort_key)]
+    nodes = [(Node(id="0000000002"), False), (Node(id=None), False)]
+    assert [r["id"] for r in status.node_rows(nodes)] == [None, "0000000002"]
+    pools = [PoolComponent(supported_labels=["b", None, "a"]), PoolComponent()]
+    assert status.label_rows(pools) == [{"label": "a"}, {"label": "b"}]
+    builds = [ImageBuild(image_name="u", id=None, state="ready", state_time=None),
+              build("u", "b1", 10.0)]
+    images = Images([], [])
+    images._builds = builds  # (the helper's own sort would trip on None)
+    assert [(r["id"], r["age"]) for r in status.dib_image_rows(images)] == \
+        [("u-None", 0), ("u-b1", 10)]
+    uploads = [ImageUpload(image_name="u", build_id="b1", provider_name="p", id=None,
+                           state="uploading", state_time=None),
+               upload("u", "b1", "p", "0000000001")]
+    assert [r["upload_id"] for r in status.image_rows(Images(builds[1:], uploads))] \
+        == [None, "0000000001"]
+    # Values the wire would not give still print and serialise.
+    node = Node(id="0000000003", driver_data={1: "a", "b": 2}, external_id=object())
+    [row] = status.node_rows([(node, False)])
+    assert status.render_table(status.NODE_COLUMNS, [row]).count("\n") == 4
+    assert json.loads(status.render_json([row]))[0]["driver_data"] == {"1": "a", "b": 2}
