@@ -82,7 +82,7 @@ def connect(args: argparse.Namespace) -> tuple[Config, ZooKeeperClient]:
     from nodepool.config import ConfigError, load_config
     from nodepool.zk.client import ZooKeeperError, client_from_config
     try:
-        config = load_config(args.config, args.secure)
+        config = load_config(args.config, args.secure, report_warnings=False)
     except ConfigError as exc:
         raise CommandError(str(exc)) from None
     client = client_from_config(config, read_only=args.read_only_zk)
