@@ -212,7 +212,11 @@ def parse_yaml(path: str, text: str, allow_empty: bool,
         problem = getattr(exc, "problem", None) or str(exc)
         context = getattr(exc, "context", None)
         detail = f"{context}, {problem}" if context else problem
-        raise ConfigError(path, [Problem((where,), f"YAML syntax error: {detail}")]
+        # Beyond a limit, or a tag safe loading refuses: well-formed YAML, but
+        # not something a configuration may hold.
+        kind = "YAML refused" if isinstance(exc, (_LimitedError, ConstructorError)) \
+            else "YAML syntax error"
+        raise ConfigError(path, [Problem((where,), f"{kind}: {detail}")]
                           + list(hints)) from None
     except RecursionError:
         raise ConfigError(path, ["YAML nested too deeply to read"]) from None

@@ -33,6 +33,8 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
+        if not self.path:  # about the whole file (unreadable, not YAML, ...)
+            return self.message
         return f"{render_path(self.path)}: {self.message}"
 
 
