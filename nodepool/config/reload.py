@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 
 from nodepool.config.loader import config_files_changed, load_config
 from nodepool.config.model import Config
@@ -39,10 +40,17 @@ class ConfigReloader:
         # Failed loads, counted once per change of the files.
         self.errors = 0
         self._failed_mtimes: dict | None = None
+        # Several threads may ask (a watcher and the workers): one change is
+        # loaded, and reported, by one of them.
+        self._lock = threading.Lock()
 
     def reload(self, current: Config) -> Config | None:
         """A newly loaded configuration when the files changed and load; None
         when they did not change or the change is invalid (reported once)."""
+        with self._lock:
+            return self._reload(current)
+
+    def _reload(self, current: Config) -> Config | None:
         if not config_files_changed(current):
             return None
         mtimes = file_mtimes(current)
