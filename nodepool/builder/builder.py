@@ -25,9 +25,10 @@ from nodepool.builder.base import BuilderError
 from nodepool.builder.build import BuildWorker
 from nodepool.builder.retention import CleanupWorker
 from nodepool.builder.upload import UploadWorker
-from nodepool.config import ConfigError, load_config
+from nodepool.config import load_config
 from nodepool.config.loader import config_files_changed
 from nodepool.config.model import Config, Provider
+from nodepool.config.reload import ConfigReloader
 from nodepool.drivers import make_adapter
 from nodepool.stats import BuilderStats
 from nodepool.worker import PeriodicWorker
@@ -79,7 +80,7 @@ class Builder:
         self.images: ImageCache | None = None
         self.registration: ComponentRegistration | None = None
         self._config_lock = threading.Lock()
-        self._failed_mtimes: dict | None = None
+        self.reloader = ConfigReloader(config_path, secure_path, log)
         self._adapters: dict[str, tuple[Provider, object]] = {}
         self._adapter_lock = threading.Lock()
         self.build_workers = [BuildWorker(self, i, build_interval)
@@ -177,22 +178,12 @@ class Builder:
         an invalid file keeps the last good configuration."""
         with self._config_lock:
             config = self.config
-            if not config_files_changed(config):
-                return config
-            mtimes = _mtimes(config)
-            if mtimes == self._failed_mtimes:
-                return config
-            try:
-                new = load_config(self.config_path, self.secure_path)
-            except ConfigError as exc:
-                self._failed_mtimes = mtimes
-                log.error("New configuration is invalid; keeping the previous one:"
-                          "\n%s", exc)
+            new = self.reloader.reload(config)
+            if new is None:
                 return config
             if new.images_dir != self.images_dir:
                 log.warning("images-dir changed to %s; it takes a restart",
                             new.images_dir)
-            self._failed_mtimes = None
             self.config = new
             log.info("Configuration reloaded")
             return new
@@ -215,16 +206,6 @@ class Builder:
     @property
     def usable(self) -> bool:
         return self.running.is_set() and self.client.connected
-
-
-def _mtimes(config: Config) -> dict:
-    found = {}
-    for path in config.mtimes:
-        try:
-            found[path] = os.stat(path).st_mtime_ns
-        except OSError:
-            found[path] = None
-    return found
 
 
 class ConfigWatcher(PeriodicWorker):

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     config_path = os.path.abspath(os.path.expanduser(args.config))
     try:
         # Fail on the terminal, before detaching, if the file is unusable.
-        config = load_config(config_path, args.secure)
+        config = load_config(config_path, args.secure, report_warnings=False)
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1

@@ -61,7 +61,7 @@ def connect(args: argparse.Namespace) -> tuple[Config, ZooKeeperClient]:
     from nodepool.zk.client import (ZooKeeperError, ZooKeeperUnreachable,
                                     client_from_config)
     try:
-        config = load_config(args.config, args.secure)
+        config = load_config(args.config, args.secure, report_warnings=False)
     except ConfigError as exc:
         raise CommandError(str(exc)) from None
     client = client_from_config(config, read_only=args.read_only_zk)

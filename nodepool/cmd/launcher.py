@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Fail on the terminal, before detaching, if the file is unusable
         # or the status server's port is taken.
-        config = load_config(config_path, args.secure)
+        config = load_config(config_path, args.secure, report_warnings=False)
         if not args.no_webapp:
             check_can_listen(config.webapp.listen_address, config.webapp.port)
     except (ConfigError, ListenError) as exc:

@@ -12,7 +12,9 @@ from nodepool.cmd.common import EXIT_ERROR, EXIT_OK, CommandError
 def cmd_config_validate(args: argparse.Namespace) -> int:
     from nodepool.config import validate_file
     print(f"validating {args.config}", file=sys.stderr)
-    problems = validate_file(args.config, args.secure)
+    problems, warnings = validate_file(args.config, args.secure)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:

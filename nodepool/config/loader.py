@@ -1,30 +1,35 @@
 """Read, check and build the configuration (spec part A, section 4).
 
-``load_config`` is the only way in: it reads the file (tolerating an editor
-replacing it), substitutes ``%(NODEPOOL_*)`` environment references, parses the
-YAML, validates every key against the core and driver schemas, checks all
-cross references (labels, diskimages, parents, cloud images, duplicates) and
-builds typed objects. Every problem found is reported at once, each naming its
-key path; nothing is half-loaded.
+``load_config`` is the only way in: it reads the file safely (``reading``),
+substitutes ``%(NODEPOOL_*)`` environment references, parses the YAML,
+validates every key against the core and driver schemas, checks all cross
+references (labels, diskimages, parents, cloud images, duplicates) and builds
+typed objects. Every problem found is reported at once, each naming its key
+path; nothing is half-loaded.
+
+What upstream Nodepool accepts loads here too; where upstream silently does
+something surprising with it (a later duplicate replaces an earlier one, a
+label that can never be launched), the loaded config carries a warning.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import re
-import time
+import stat
 from typing import Any, Mapping
-
-import yaml
 
 from nodepool.config import schema as s
 from nodepool.config.model import (
     Config, DiskImage, Label, Provider, TenantLimits, WebApp,
 )
+from nodepool.config.reading import (  # noqa: F401 (substitute_env is public)
+    read_yaml, substitute_env,
+)
 from nodepool.config.schema import ConfigError, Problem
 from nodepool.zk.client import DEFAULT_PORT, ZooKeeperServer, ZooKeeperTLS
 
-ENV_REFERENCE = re.compile(r"%\((NODEPOOL_[A-Za-z0-9_]*)\)")
+log = logging.getLogger("nodepool.config")
 
 # Tenant limit keys -> resource names used in quota arithmetic.
 TENANT_LIMIT_KEYS = {
@@ -34,84 +39,6 @@ TENANT_LIMIT_KEYS = {
     "max-volumes": "volumes",
     "max-volume-gb": "volume-gb",
 }
-
-
-# -- reading -------------------------------------------------------------------
-
-
-def _read(path: str) -> tuple[str, int]:
-    """File text and mtime (ns, taken before reading)."""
-    for attempt in range(4):
-        try:
-            mtime = os.stat(path).st_mtime_ns
-            with open(path, encoding="utf-8") as handle:
-                return handle.read(), mtime
-        except FileNotFoundError:
-            # Editors may replace the file: give it a moment to reappear.
-            if attempt == 3:
-                raise ConfigError(path, ["file not found"]) from None
-            time.sleep(0.5)
-        except IsADirectoryError:
-            raise ConfigError(path, ["is a directory, not a file"]) from None
-        except PermissionError:
-            raise ConfigError(path, ["permission denied"]) from None
-        except UnicodeDecodeError as exc:
-            raise ConfigError(path, [f"not valid UTF-8 text: {exc.reason} at byte "
-                                     f"{exc.start}"]) from None
-        except OSError as exc:
-            raise ConfigError(path, [f"cannot read: {exc.strerror}"]) from None
-    raise AssertionError("unreachable")
-
-
-def substitute_env(text: str, env: Mapping[str, str]) -> tuple[str, list[Problem]]:
-    """Replace ``%(NODEPOOL_X)`` with the variable's value.
-
-    Only variables named NODEPOOL_* are substituted (so secrets of other
-    programs cannot be pulled in). A reference to an unset variable is an
-    error, reported with its line number.
-    """
-    problems = []
-
-    def replace(match: re.Match) -> str:
-        name = match.group(1)
-        if name in env:
-            return env[name]
-        line = text.count("\n", 0, match.start()) + 1
-        problems.append(Problem((f"line {line}",),
-                                f"environment variable {name} is not set"))
-        return match.group(0)
-
-    return ENV_REFERENCE.sub(replace, text), problems
-
-
-def _parse_yaml(path: str, text: str, allow_empty: bool) -> dict:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
-        problem = getattr(exc, "problem", None) or str(exc)
-        context = getattr(exc, "context", None)
-        detail = f"{context}, {problem}" if context else problem
-        raise ConfigError(path, [Problem((where,), f"YAML syntax error: {detail}")]) \
-            from None
-    if data is None:
-        if allow_empty:
-            return {}
-        raise ConfigError(path, ["the file is empty"])
-    if not isinstance(data, dict):
-        raise ConfigError(path, [f"expected a mapping of configuration keys at the "
-                                 f"top level, got {s._describe(data)}"])
-    return data
-
-
-def read_yaml(path: str, env: Mapping[str, str] | None = None,
-              allow_empty: bool = False) -> tuple[dict, int]:
-    text, mtime = _read(path)
-    text, problems = substitute_env(text, os.environ if env is None else env)
-    if problems:
-        raise ConfigError(path, problems)
-    return _parse_yaml(path, text, allow_empty), mtime
 
 
 # -- building --------------------------------------------------------------------
@@ -134,13 +61,15 @@ def _build_zookeeper(raw: dict, problems: list[Problem]) -> list[ZooKeeperServer
     return servers
 
 
-def _build_labels(raw: dict, problems: list[Problem]) -> dict[str, Label]:
+def _build_labels(raw: dict, warnings: list[Problem]) -> dict[str, Label]:
     labels: dict[str, Label] = {}
     for index, item in enumerate(raw.get("labels", [])):
         name = item["name"]
         if name in labels:
-            problems.append(Problem(("labels", index, "name"),
-                                    f"duplicate label {name!r}"))
+            # Upstream keeps the last definition; so do we.
+            warnings.append(Problem(("labels", index, "name"),
+                                    f"duplicate label {name!r}: this later entry "
+                                    "replaces the earlier one"))
         labels[name] = Label(name=name, min_ready=item.get("min-ready", 0),
                              max_ready_age=item.get("max-ready-age", 0))
     return labels
@@ -224,7 +153,7 @@ def _build_diskimages(raw: dict, problems: list[Problem]
 
 
 def _build_providers(raw: dict, config: Config, abstract: set[str],
-                     problems: list[Problem]) -> None:
+                     problems: list[Problem], warnings: list[Problem]) -> None:
     # Imported here: driver packages import the schema helpers of this package.
     from nodepool import drivers
     for index, item in enumerate(raw.get("providers", [])):
@@ -242,11 +171,14 @@ def _build_providers(raw: dict, config: Config, abstract: set[str],
             continue
         context = s.BuildContext(labels=config.labels, diskimages=config.diskimages,
                                  abstract_diskimages=abstract, path=path,
-                                 problems=problems)
+                                 problems=problems, warnings=warnings)
         provider: Provider = driver.build(item, context)
         if provider.name in config.providers:
-            problems.append(Problem(path + ("name",),
-                                    f"duplicate provider name {provider.name!r}"))
+            # Upstream keeps the later provider; so do we, loudly.
+            warnings.append(Problem(path + ("name",), f"duplicate provider name "
+                                    f"{provider.name!r}: this later entry replaces "
+                                    "the earlier one"))
+            del config.providers[provider.name]
         config.providers[provider.name] = provider
         if driver.capabilities.manages_images:
             for image_name in provider.diskimages:
@@ -255,13 +187,15 @@ def _build_providers(raw: dict, config: Config, abstract: set[str],
                     image.formats = sorted(set(image.formats) | {provider.image_type})
 
 
-def _build_tenant_limits(raw: dict, problems: list[Problem]) -> dict[str, TenantLimits]:
+def _build_tenant_limits(raw: dict, warnings: list[Problem]
+                         ) -> dict[str, TenantLimits]:
     limits: dict[str, TenantLimits] = {}
     for index, item in enumerate(raw.get("tenant-resource-limits", [])):
         name = item["tenant-name"]
         if name in limits:
-            problems.append(Problem(("tenant-resource-limits", index, "tenant-name"),
-                                    f"duplicate tenant {name!r}"))
+            warnings.append(Problem(("tenant-resource-limits", index, "tenant-name"),
+                                    f"duplicate tenant {name!r}: this later entry "
+                                    "replaces the earlier one"))
         values = {TENANT_LIMIT_KEYS.get(k, k): val for k, val in item.items()
                   if k != "tenant-name"}
         limits[name] = TenantLimits(tenant_name=name, limits=values)
@@ -273,6 +207,7 @@ def build_config(raw: dict, source: str | None = None) -> Config:
     problems = s.validate(s.top_level, raw)
     if problems:
         raise ConfigError(source, problems)
+    warnings: list[Problem] = []
     config = Config()
     config.zookeeper_servers = _build_zookeeper(raw, problems)
     tls = raw.get("zookeeper-tls")
@@ -288,13 +223,19 @@ def build_config(raw: dict, source: str | None = None) -> Config:
     config.build_log_dir = raw.get("build-log-dir", "/var/log/nodepool/builds")
     config.build_log_retention = raw.get("build-log-retention", 7)
     config.max_hold_age = max(0, raw.get("max-hold-age", 0))
-    config.labels = _build_labels(raw, problems)
+    config.labels = _build_labels(raw, warnings)
     config.diskimages, abstract = _build_diskimages(raw, problems)
-    _build_providers(raw, config, abstract, problems)
-    config.tenant_resource_limits = _build_tenant_limits(raw, problems)
+    _build_providers(raw, config, abstract, problems, warnings)
+    config.tenant_resource_limits = _build_tenant_limits(raw, warnings)
     if problems:
         raise ConfigError(source, problems)
+    config.warnings = _render(source, warnings)
     return config
+
+
+def _render(source: str | None, found: list[Problem]) -> list[str]:
+    where = f"{source}: " if source else ""
+    return [f"{where}{p}" for p in found]
 
 
 def merge_secure(config: Config, raw: dict, source: str) -> None:
@@ -302,6 +243,11 @@ def merge_secure(config: Config, raw: dict, source: str) -> None:
     problems = s.validate(s.secure_file, raw)
     if problems:
         raise ConfigError(source, problems)
+    # Upstream reads only these keys and ignores the rest.
+    config.warnings += _render(source, [
+        Problem((key,), "unknown key in the secure file, ignored (only "
+                f"{', '.join(s.SECURE_FILE_KEYS)} are read from it)")
+        for key in raw if key not in s.SECURE_FILE_KEYS])
     if raw.get("zookeeper-servers"):
         config.zookeeper_servers = _build_zookeeper(raw, problems)
     if "zookeeper-tls" in raw:
@@ -321,20 +267,66 @@ def merge_secure(config: Config, raw: dict, source: str) -> None:
 
 
 def load_config(path: str, secure_path: str | None = None,
-                env: Mapping[str, str] | None = None) -> Config:
-    """Load and validate; raises :class:`ConfigError` naming every problem."""
+                env: Mapping[str, str] | None = None, check_files: bool = True,
+                report_warnings: bool = True) -> Config:
+    """Load and validate; raises :class:`ConfigError` naming every problem.
+
+    ``check_files``: also check that the files the configuration names and
+    needs at start-up (the ZooKeeper TLS certificates) are there.
+    ``report_warnings``: log the warnings (``Config.warnings``) at WARNING.
+    """
     path = os.path.abspath(os.path.expanduser(path))
-    raw, mtime = read_yaml(path, env)
+    raw, mtime, env_warnings = read_yaml(path, env)
     config = build_config(raw, path)
+    config.warnings[:0] = _render(path, env_warnings)
     config.path = path
     config.mtimes[path] = mtime
+    servers_given = "zookeeper-servers" in raw
+    config.zookeeper_tls_source = path
     if secure_path:
         secure_path = os.path.abspath(os.path.expanduser(secure_path))
-        secure_raw, secure_mtime = read_yaml(secure_path, env, allow_empty=True)
+        secure_raw, secure_mtime, env_warnings = read_yaml(secure_path, env,
+                                                           allow_empty=True)
+        config.warnings += _render(secure_path, env_warnings)
         merge_secure(config, secure_raw, secure_path)
+        servers_given = servers_given or "zookeeper-servers" in secure_raw
+        if "zookeeper-tls" in secure_raw:
+            config.zookeeper_tls_source = secure_path
         config.secure_path = secure_path
         config.mtimes[secure_path] = secure_mtime
+    if servers_given and not config.zookeeper_servers:
+        raise ConfigError(path, [Problem(("zookeeper-servers",),
+                                         "must list at least one server")])
+    if check_files and config.zookeeper_tls is not None:
+        missing = _unreadable_tls_files(config.zookeeper_tls)
+        if missing:
+            raise ConfigError(config.zookeeper_tls_source, missing)
+    if report_warnings:
+        for warning in config.warnings:
+            log.warning("Configuration warning: %s", warning)
     return config
+
+
+def _unreadable_tls_files(tls: ZooKeeperTLS) -> list[Problem]:
+    found = []
+    for key in ("cert", "key", "ca"):
+        file = getattr(tls, key)
+        try:
+            info = os.stat(file)
+        except FileNotFoundError:
+            found.append(Problem(("zookeeper-tls", key), f"file {file!r} not found"))
+            continue
+        except OSError as exc:
+            found.append(Problem(("zookeeper-tls", key),
+                                 f"file {file!r}: {exc.strerror}"))
+            continue
+        if not stat.S_ISREG(info.st_mode):
+            found.append(Problem(("zookeeper-tls", key),
+                                 f"{file!r} is not a regular file"))
+        elif not os.access(file, os.R_OK):
+            found.append(Problem(("zookeeper-tls", key),
+                                 f"file {file!r} is not readable (permission denied)"))
+    return found
 
 
 def config_files_changed(config: Config) -> bool:
@@ -348,11 +340,20 @@ def config_files_changed(config: Config) -> bool:
     return False
 
 
-def validate_file(path: str, secure_path: str | None = None) -> list[str]:
-    """Problems found in the files, rendered for printing (empty: valid)."""
+def validate_file(path: str, secure_path: str | None = None
+                  ) -> tuple[list[str], list[str]]:
+    """Problems and warnings found in the files, rendered for printing (no
+    problems: valid)."""
     try:
-        load_config(path, secure_path)
+        config = load_config(path, secure_path, check_files=False,
+                             report_warnings=False)
     except ConfigError as exc:
-        where = f"{exc.source}: " if exc.source else ""
-        return [f"{where}{p}" for p in exc.problems]
-    return []
+        return _render(exc.source, exc.problems), []
+    warnings = list(config.warnings)
+    if config.zookeeper_tls is not None:
+        # Upstream's validator does not look at these files and configs are
+        # often validated away from the hosts that have them (in CI): a
+        # warning here, an error when a daemon or command starts.
+        warnings += [f"{w} (a daemon would not start)" for w in _render(
+            config.zookeeper_tls_source, _unreadable_tls_files(config.zookeeper_tls))]
+    return [], warnings

@@ -91,8 +91,10 @@ class PoolLabel:
     diskimage: str | None = None
     cloud_image: str | None = None
     # Metadata written onto the instance (upstream's instance-properties).
-    instance_properties: dict[str, str] = field(default_factory=dict)
-    dynamic_instance_properties: dict[str, str] = field(default_factory=dict)
+    # Values are kept as written (upstream accepts any YAML value); the
+    # launch turns them into strings.
+    instance_properties: dict[str, Any] = field(default_factory=dict)
+    dynamic_instance_properties: dict[str, Any] = field(default_factory=dict)
     host_key_checking: bool = True
 
 
@@ -189,7 +191,12 @@ class Config:
     tenant_resource_limits: dict[str, TenantLimits] = field(default_factory=dict)
     # Where it came from, for reload detection; not part of equality.
     path: str | None = field(default=None, compare=False)
+    # Rendered "<file>: <key path>: <message>" lines for what was accepted
+    # as upstream accepts it but deserves the operator's attention.
+    warnings: list[str] = field(default_factory=list, compare=False)
     secure_path: str | None = field(default=None, compare=False)
+    # The file whose zookeeper-tls is in effect (main or secure).
+    zookeeper_tls_source: str | None = field(default=None, compare=False)
     mtimes: dict[str, int] = field(default_factory=dict, compare=False)
 
     def pools_with_label(self, label: str) -> list[tuple[Provider, Pool]]:

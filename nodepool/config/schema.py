@@ -8,7 +8,8 @@ are validated against the schema of their own driver, so an error names the exac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import voluptuous as v
@@ -32,6 +33,8 @@ class Problem:
     message: str
 
     def __str__(self) -> str:
+        if not self.path:  # about the whole file (unreadable, not YAML, ...)
+            return self.message
         return f"{render_path(self.path)}: {self.message}"
 
 
@@ -52,6 +55,11 @@ class ConfigError(Exception):
         lines += [f"  {p}" for p in self.problems]
         return "\n".join(lines)
 
+    def one_line(self) -> str:
+        """The same, on one line (for a running daemon's log)."""
+        where = f"{self.source}: " if self.source else ""
+        return where + "; ".join(str(p) for p in self.problems)
+
 
 # -- scalar validators with operator-friendly messages ------------------------
 
@@ -68,6 +76,58 @@ def Number(value: Any) -> float:
     return float(value)
 
 
+def FloatLike(value: Any) -> float:
+    """A number, or a string holding one (upstream coerces with float())."""
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise v.Invalid(f"expected a number, got {_describe(value)}") from None
+    else:
+        number = Number(value)
+    if not math.isfinite(number):
+        raise v.Invalid(f"must be a finite number, got {value!r}")
+    return number
+
+
+def Timeout(value: Any) -> float:
+    """Seconds to wait: a finite number above zero."""
+    number = Number(value)
+    if not math.isfinite(number) or number <= 0:
+        raise v.Invalid(f"must be a positive number of seconds, got {value!r}")
+    return value
+
+
+def IntTimeout(value: Any) -> int:
+    Int(value)
+    if value <= 0:
+        raise v.Invalid(f"must be a positive number of seconds, got {value!r}")
+    return value
+
+
+def NonNegativeIntTimeout(value: Any) -> int:
+    """Seconds where 0 means "the default" (upstream ignores a 0)."""
+    Int(value)
+    if value < 0:
+        raise v.Invalid(f"must not be negative, got {value!r}")
+    return value
+
+
+def Port(value: Any) -> int:
+    Int(value)
+    if not 1 <= value <= 65535:
+        raise v.Invalid(f"must be a port number from 1 to 65535, got {value!r}")
+    return value
+
+
+def ListenPort(value: Any) -> int:
+    """A port to listen on: 0 asks the system for a free one."""
+    Int(value)
+    if not 0 <= value <= 65535:
+        raise v.Invalid(f"must be a port number from 0 to 65535, got {value!r}")
+    return value
+
+
 def Str(value: Any) -> str:
     if not isinstance(value, str):
         raise v.Invalid(f"expected a string, got {_describe(value)}")
@@ -78,6 +138,16 @@ def NonEmptyStr(value: Any) -> str:
     Str(value)
     if not value.strip():
         raise v.Invalid("must not be empty")
+    return value
+
+
+def Name(value: Any) -> str:
+    """A name that becomes a ZooKeeper path part or a file name."""
+    NonEmptyStr(value)
+    if "/" in value or ".." in value:
+        raise v.Invalid(f"must not contain '/' or '..', got {value!r}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise v.Invalid(f"must not contain control characters, got {value!r}")
     return value
 
 
@@ -148,7 +218,7 @@ def _describe(value: Any) -> str:
 
 zookeeper_server = {
     v.Required("host"): NonEmptyStr,
-    "port": Int,
+    "port": Port,
     "chroot": Str,
 }
 
@@ -165,7 +235,7 @@ label = {
 }
 
 diskimage = {
-    v.Required("name"): NonEmptyStr,
+    v.Required("name"): Name,
     "abstract": Bool,
     "parent": Str,
     "dib-cmd": Str,
@@ -176,7 +246,7 @@ diskimage = {
     "delete-after-upload": Bool,
     "release": StrOrInt,
     "rebuild-age": Int,
-    "build-timeout": Int,
+    "build-timeout": NonNegativeIntTimeout,
     "env-vars": StrMap,
     "username": Str,
     "python-path": Str,
@@ -195,14 +265,14 @@ tenant_limit = {
 }
 
 webapp = {
-    "port": Int,
+    "port": ListenPort,
     "listen_address": Str,
 }
 
 top_level = v.Schema({
     "zookeeper-servers": ListOf(zookeeper_server),
     "zookeeper-tls": zookeeper_tls,
-    "zookeeper-timeout": Number,
+    "zookeeper-timeout": Timeout,
     "webapp": webapp,
     "labels": ListOf(label),
     "diskimages": ListOf(diskimage),
@@ -216,16 +286,19 @@ top_level = v.Schema({
     "tenant-resource-limits": ListOf(tenant_limit),
 })
 
+# The keys of the secure file that are read; upstream ignores any other key,
+# so the loader warns about them instead of failing.
 secure_file = v.Schema({
     "zookeeper-servers": ListOf(zookeeper_server),
     "zookeeper-tls": zookeeper_tls,
     "diskimages": ListOf({v.Required("name"): NonEmptyStr,
                           v.Required("env-vars"): StrMap}),
-})
+}, extra=v.ALLOW_EXTRA)
+SECURE_FILE_KEYS = ("zookeeper-servers", "zookeeper-tls", "diskimages")
 
 # Keys every provider accepts, whatever its driver.
 provider_common = {
-    v.Required("name"): NonEmptyStr,
+    v.Required("name"): Name,
     "driver": Str,
     "max-concurrency": Int,
     "priority": Int,
@@ -233,7 +306,7 @@ provider_common = {
 
 # Keys every pool accepts, whatever its driver.
 pool_common = {
-    v.Required("name"): NonEmptyStr,
+    v.Required("name"): Name,
     "max-servers": Int,
     "priority": Int,
     "node-attributes": Map,
@@ -276,6 +349,11 @@ class BuildContext:
     abstract_diskimages: set
     path: tuple                 # e.g. ("providers", 2)
     problems: list
+    # Things upstream accepts that we load but the operator should know about.
+    warnings: list = field(default_factory=list)
 
     def problem(self, subpath: tuple, message: str) -> None:
         self.problems.append(Problem(self.path + tuple(subpath), message))
+
+    def warn(self, subpath: tuple, message: str) -> None:
+        self.warnings.append(Problem(self.path + tuple(subpath), message))

@@ -16,8 +16,9 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from nodepool.config import ConfigError, config_files_changed, load_config
+from nodepool.config import load_config
 from nodepool.config.model import Config, PoolLabel, Provider
+from nodepool.config.reload import ConfigReloader
 from nodepool.drivers import DriverUnavailable, connection_key, driver_of
 from nodepool.launcher.lifecycle import LaunchResult, NodeDelete, NodeLaunch, Runner
 from nodepool.launcher.maintenance import Cleanup, DeleteWorker, MinReady
@@ -237,9 +238,8 @@ class Launcher:
         self._stopped = threading.Event()
         self._config_thread = threading.Thread(target=self._watch_config,
                                                daemon=True, name="config-watch")
-        self._failed_mtimes: dict | None = None
+        self.reloader = ConfigReloader(config_path, secure_path, log)
         self.registration: ComponentRegistration | None = None
-        self.config_errors = 0
         self.webapp = None
         if webapp:
             from nodepool.web.app import StatusWebApp
@@ -409,28 +409,16 @@ class Launcher:
             except Exception:
                 log.exception("Configuration check failed")
 
+    @property
+    def config_errors(self) -> int:
+        """Changed configurations that failed to load (one per change)."""
+        return self.reloader.errors
+
     def check_config(self) -> bool:
         """Reload if the files changed; returns True if a new config was applied."""
-        if not config_files_changed(self.config):
+        new = self.reloader.reload(self.config)
+        if new is None:
             return False
-        try:
-            new = load_config(self.config_path, self.secure_path)
-        except ConfigError as exc:
-            import os
-            mtimes = {}
-            for path in (self.config_path, self.secure_path):
-                if path:
-                    try:
-                        mtimes[path] = os.stat(path).st_mtime_ns
-                    except OSError:
-                        mtimes[path] = None
-            if mtimes != self._failed_mtimes:
-                self._failed_mtimes = mtimes
-                self.config_errors += 1
-                log.error("The new configuration is invalid; still running on the "
-                          "last good one:\n%s", exc)
-            return False
-        self._failed_mtimes = None
         self.apply_config(new)
         return True
 

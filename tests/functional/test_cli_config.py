@@ -30,9 +30,15 @@ def test_secure_file_is_checked_too():
     env = {k: v for k, v in os.environ.items() if k != "NODEPOOL_REGISTRY_TOKEN"}
     result = subprocess.run([sys.executable, "-m", "nodepool.cmd.nodepool", *args],
                             capture_output=True, text=True, timeout=60, env=env)
-    assert result.returncode == 1
-    assert "spec-secure.yaml: line 8: environment variable NODEPOOL_REGISTRY_TOKEN " \
-        "is not set" in result.stderr
+    # Upstream keeps an unset reference as written: valid, with a warning.
+    assert result.returncode == 0, result.stderr
+    assert "warning: " + os.path.abspath(os.path.join(FIXTURES, "spec-secure.yaml")) + \
+        ": line 8: environment variable NODEPOOL_REGISTRY_TOKEN is not set; the " \
+        "text '%(NODEPOOL_REGISTRY_TOKEN)' is kept as written" in result.stderr
+    # The TLS files of the example's production host are not here: said, but
+    # not fatal to validation (upstream's validator does not look at them).
+    assert "zookeeper-tls.ca: file '/etc/nodepool/secure/ca.pem' not found (a " \
+        "daemon would not start)" in result.stderr
 
 
 def test_invalid_file_lists_every_problem_and_exits_one(tmp_path):

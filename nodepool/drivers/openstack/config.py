@@ -64,7 +64,7 @@ class OpenStackConfig:
             "meta": s.Map,
             "config-drive": s.Bool,
             "connection-type": s.Str,
-            "connection-port": s.Int,
+            "connection-port": s.Port,
         }
         cloud_image = {
             v.Required("name"): s.NonEmptyStr,
@@ -75,7 +75,7 @@ class OpenStackConfig:
             "python-path": s.Str,
             "shell-type": s.Str,
             "connection-type": s.Str,
-            "connection-port": s.Int,
+            "connection-port": s.Port,
         }
         label = {
             v.Required("name"): s.NonEmptyStr,
@@ -88,8 +88,9 @@ class OpenStackConfig:
             "boot-from-volume": s.Bool,
             "volume-size": s.Int,
             "volume-type": s.Str,
+            # Upstream takes any mapping for both (values need not be strings).
             "instance-properties": s.Map,
-            "dynamic-instance-properties": s.StrMap,
+            "dynamic-instance-properties": s.Map,
             "userdata": s.Str,
             "networks": s.ListOf(s.Str),
             "host-key-checking": s.Bool,
@@ -113,11 +114,12 @@ class OpenStackConfig:
         keys.update({
             v.Required("cloud"): s.NonEmptyStr,
             "region-name": s.Str,
-            "boot-timeout": s.Int,
-            "launch-timeout": s.Int,
+            "boot-timeout": s.IntTimeout,
+            "launch-timeout": s.IntTimeout,
             "launch-retries": s.Int,
-            "image-upload-timeout": s.Int,
-            "rate": s.Number,
+            "image-upload-timeout": s.IntTimeout,
+            # Upstream coerces with float(), so rate: '1.0' is accepted.
+            "rate": s.FloatLike,
             "image-name-format": s.Str,
             "post-upload-hook": s.Str,
             "clean-floating-ips": s.Bool,
@@ -149,7 +151,7 @@ class OpenStackConfig:
             launch_timeout=raw.get("launch-timeout", 3600),
             launch_retries=raw.get("launch-retries", 3),
             image_upload_timeout=raw.get("image-upload-timeout", 3600),
-            rate=float(raw.get("rate", 1.0)),
+            rate=s.FloatLike(raw.get("rate", 1.0)),
             image_name_format=raw.get("image-name-format", "{image_name}-{timestamp}"),
             post_upload_hook=raw.get("post-upload-hook"),
             clean_floating_ips=raw.get("clean-floating-ips", False),
@@ -163,8 +165,10 @@ class OpenStackConfig:
         for index, pool_raw in enumerate(raw.get("pools", [])):
             pool = self._build_pool(pool_raw, provider, ctx, ("pools", index))
             if pool.name in provider.pools:
-                ctx.problem(("pools", index, "name"),
-                            f"duplicate pool name {pool.name!r}")
+                # Upstream keeps the later one; so do we, loudly.
+                ctx.warn(("pools", index, "name"), f"duplicate pool name "
+                         f"{pool.name!r}: this later entry replaces the earlier one")
+                del provider.pools[pool.name]
             provider.pools[pool.name] = pool
         return provider
 
@@ -186,7 +190,8 @@ class OpenStackConfig:
             name = item["name"]
             where = ("diskimages", index, "name")
             if name in provider.diskimages:
-                ctx.problem(where, f"duplicate diskimage {name!r} in this provider")
+                ctx.warn(where, f"duplicate diskimage {name!r} in this provider: "
+                         "this later entry replaces the earlier one")
             if name in ctx.abstract_diskimages:
                 ctx.problem(where, f"diskimage {name!r} is abstract and cannot be "
                             "uploaded")
@@ -205,8 +210,8 @@ class OpenStackConfig:
         for index, item in enumerate(raw.get("cloud-images", [])):
             name = item["name"]
             if name in provider.cloud_images:
-                ctx.problem(("cloud-images", index, "name"),
-                            f"duplicate cloud-image {name!r}")
+                ctx.warn(("cloud-images", index, "name"), f"duplicate cloud-image "
+                         f"{name!r}: this later entry replaces the earlier one")
             if "image-id" in item and "image-name" in item:
                 ctx.problem(("cloud-images", index),
                             "'image-id' and 'image-name' are mutually exclusive")
@@ -239,13 +244,17 @@ class OpenStackConfig:
         for index, item in enumerate(raw.get("labels", [])):
             here = where + ("labels", index)
             label = self._build_label(item, pool, provider, ctx, here)
+            if label is None:
+                continue
             if label.name in pool.labels:
-                ctx.problem(here + ("name",),
-                            f"label {label.name!r} is listed twice in this pool")
+                ctx.warn(here + ("name",), f"label {label.name!r} is listed twice in "
+                         "this pool: this later entry replaces the earlier one")
             pool.labels[label.name] = label
         return pool
 
-    def _build_label(self, raw, pool, provider, ctx, where) -> PoolLabel:
+    def _build_label(self, raw, pool, provider, ctx, where) -> PoolLabel | None:
+        """The pool label, or None when it cannot be launched in this
+        provider (a warning says why)."""
         name = raw["name"]
         if name not in ctx.labels:
             ctx.problem(where + ("name",), f"label {name!r} is not defined in the "
@@ -257,18 +266,30 @@ class OpenStackConfig:
                         "required")
         if "min-ram" not in raw and "flavor-name" not in raw:
             ctx.problem(where, "one of 'min-ram' or 'flavor-name' is required")
+        launchable = True
         if has_diskimage:
             image = raw["diskimage"]
-            if image not in ctx.diskimages:
+            if image in ctx.abstract_diskimages:
+                ctx.problem(where + ("diskimage",), f"diskimage {image!r} is abstract "
+                            "and cannot be booted")
+            elif image not in ctx.diskimages:
                 ctx.problem(where + ("diskimage",), f"unknown diskimage {image!r}")
             elif image not in provider.diskimages:
-                ctx.problem(where + ("diskimage",),
-                            f"diskimage {image!r} is not listed in this provider's "
-                            "diskimages, so it is never uploaded here")
+                # Upstream accepts this and then waits forever for an upload
+                # that never comes; we keep the file loadable but do not offer
+                # the label here.
+                ctx.warn(where + ("diskimage",),
+                         f"diskimage {image!r} is not listed in provider "
+                         f"{provider.name!r}'s diskimages, so it is never uploaded "
+                         f"there: label {name!r} is not launched in provider "
+                         f"{provider.name!r} pool {pool.name!r}")
+                launchable = False
         if has_cloud_image and raw["cloud-image"] not in provider.cloud_images:
             ctx.problem(where + ("cloud-image",),
                         f"unknown cloud-image {raw['cloud-image']!r} (not in this "
                         "provider's cloud-images)")
+        if not launchable:
+            return None
         return OpenStackLabel(
             name=name, diskimage=raw.get("diskimage"),
             cloud_image=raw.get("cloud-image"), min_ram=raw.get("min-ram", 0),

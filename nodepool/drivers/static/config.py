@@ -38,12 +38,12 @@ class StaticConfig:
             v.Required("name"): s.NonEmptyStr,
             v.Required("labels"): s.StrOrStrList,
             "username": s.Str,
-            "timeout": s.Int,
+            "timeout": s.IntTimeout,
             "host-key-checking": s.Bool,
             "host-key": s.StrOrStrList,
             "connection-type": s.Str,
-            "connection-port": s.Int,
-            "ssh-port": s.Int,
+            "connection-port": s.Port,
+            "ssh-port": s.Port,
             "shell-type": s.Str,
             "python-path": s.Str,
             "max-parallel-jobs": s.Int,
@@ -64,8 +64,10 @@ class StaticConfig:
                         priority=pool_raw.get("priority"),
                         node_attributes=pool_raw.get("node-attributes"))
             if pool.name in provider.pools:
-                ctx.problem(("pools", p_index, "name"),
-                            f"duplicate pool name {pool.name!r}")
+                # Upstream keeps the later one; so do we, loudly.
+                ctx.warn(("pools", p_index, "name"), f"duplicate pool name "
+                         f"{pool.name!r}: this later entry replaces the earlier one")
+                del provider.pools[pool.name]
             for n_index, node_raw in enumerate(pool_raw.get("nodes", [])):
                 where = ("pools", p_index, "nodes", n_index)
                 node = self._build_node(node_raw)
