@@ -351,9 +351,10 @@ def validate_file(path: str, secure_path: str | None = None
         return _render(exc.source, exc.problems), []
     warnings = list(config.warnings)
     if config.zookeeper_tls is not None:
-        # Upstream's validator does not look at these files and configs are
-        # often validated away from the hosts that have them (in CI): a
-        # warning here, an error when a daemon or command starts.
-        warnings += [f"{w} (a daemon would not start)" for w in _render(
-            config.zookeeper_tls_source, _unreadable_tls_files(config.zookeeper_tls))]
+        # A daemon or command would refuse to start: say so now, before a
+        # deployment rather than at it.
+        problems = _render(config.zookeeper_tls_source,
+                           _unreadable_tls_files(config.zookeeper_tls))
+        if problems:
+            return problems, warnings
     return [], warnings
