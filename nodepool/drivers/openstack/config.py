@@ -89,7 +89,7 @@ class OpenStackConfig:
             "volume-size": s.Int,
             "volume-type": s.Str,
             "instance-properties": s.Map,
-            "dynamic-instance-properties": s.StrMap,
+            "dynamic-instance-properties": s.Map,
             "userdata": s.Str,
             "networks": s.ListOf(s.Str),
             "host-key-checking": s.Bool,
