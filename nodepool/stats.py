@@ -1,7 +1,8 @@
 """statsd metric names and emitters, in one place (spec section 7).
 
-Metrics are sent when ``STATSD_HOST`` is set (``STATSD_PORT`` defaults to
-8125, ``STATSD_PREFIX`` is optional); otherwise every call is a no-op.
+Metrics are sent when ``STATSD_HOST`` or ``STATSD_PORT`` is set (as upstream:
+the host defaults to localhost and the port to 8125; ``STATSD_PREFIX`` is
+optional); otherwise every call is a no-op.
 """
 
 from __future__ import annotations
@@ -56,6 +57,32 @@ def tenant_limit_key(tenant: str, limit: str) -> str:
     return f"nodepool.tenant_limits.{normalize(tenant)}.{normalize(limit)}"
 
 
+# Gauges of limits, valued as upstream values them: an unlimited pool or an
+# unset tenant limit is infinite, which goes out as "inf" (dashboards
+# built on upstream's metrics see the same series).
+UNLIMITED = float("inf")
+TENANT_LIMITS_ALWAYS_SENT = ("cores", "instances", "ram")
+
+
+def max_servers_total(pools) -> float:
+    """Sum of the pools' max-servers; a pool without one makes it infinite,
+    a pool with 0 (disabled) adds nothing."""
+    total: float = 0
+    for pool in pools:
+        value = UNLIMITED if pool.max_servers is None else pool.max_servers
+        if value:
+            total += value
+    return total
+
+
+def tenant_limit_values(limits: dict) -> dict:
+    """A tenant's configured limits, cores/instances/ram always present
+    (infinite when not set)."""
+    values = {key: UNLIMITED for key in TENANT_LIMITS_ALWAYS_SENT}
+    values.update(limits)
+    return values
+
+
 def zk_queue_key(hostname: str, part: str) -> str:
     """``part``: ``client.connection_queue``, ``node_cache.event_queue`` ..."""
     return f"nodepool.launcher.{hostname}.zk.{part}"
@@ -66,12 +93,37 @@ def api_task_prefix(provider: str) -> str:
     return f"nodepool.task.{provider}"
 
 
+DEFAULT_HOST = "localhost"
+DEFAULT_PORT = 8125
+
+
+def statsd_address() -> tuple[str, int] | None:
+    """Where metrics go, from ``STATSD_HOST``/``STATSD_PORT`` (either one
+    is enough); None when neither is set or the port is not a port."""
+    host = os.environ.get("STATSD_HOST") or ""
+    port_text = os.environ.get("STATSD_PORT") or ""
+    if not host and not port_text:
+        return None
+    port = DEFAULT_PORT
+    if port_text:
+        try:
+            port = int(port_text)
+        except ValueError:
+            port = 0
+        if not 0 < port < 65536:
+            log.error("STATSD_PORT=%r is not a port number (1-65535); metrics "
+                      "are not sent", port_text)
+            return None
+    return host or DEFAULT_HOST, port
+
+
 def make_client():
-    host = os.environ.get("STATSD_HOST")
-    if not host:
+    address = statsd_address()
+    if address is None:
         return None
     import statsd
-    return statsd.StatsClient(host=host, port=int(os.environ.get("STATSD_PORT", 8125)),
+    host, port = address
+    return statsd.StatsClient(host=host, port=port,
                               prefix=os.environ.get("STATSD_PREFIX") or None)
 
 

@@ -21,13 +21,13 @@ from typing import Callable
 
 from kazoo.exceptions import KazooException
 
-from nodepool.config.model import Pool, PoolLabel, Provider
+from nodepool.config.model import DiskImage, Pool, PoolLabel, Provider
 from nodepool.drivers.base import (
-    META_IMAGE, META_NODE_ID, META_POOL, META_PROVIDER, Adapter, DriverError,
-    ImageUnavailable, Instance, LaunchKeyscanError, LaunchTimeout, NotFound,
-    QuotaError,
+    Adapter, DriverError, ImageUnavailable, Instance, LaunchKeyscanError,
+    LaunchTimeout, NotFound, QuotaError,
 )
 from nodepool.hostkeys import scan_host_keys, scan_pool
+from nodepool.launcher.metadata import instance_metadata
 from nodepool.zk.cache import ImageCache
 from nodepool.zk.locks import Lock
 from nodepool.zk.records import Node, NodeState
@@ -40,6 +40,11 @@ DELETE_TIMEOUT = 600.0
 # connection comes back within seconds), each retried after the delay.
 MAX_ZK_ERRORS = 30
 ZK_RETRY_DELAY = 1.0
+# How long a failed host-key scan waits for the console log (console-log:
+# true) before the attempt is failed and its instance deleted regardless.
+CONSOLE_WAIT = 60.0
+# The statsd result of a launch whose ZooKeeper session (and lock) was lost.
+ZK_SESSION_ERROR = "error.zksession"
 
 
 class Task:
@@ -131,8 +136,12 @@ class NodeLaunch(Task):
 
     def __init__(self, *, node: Node, lock: Lock, store: Store, adapter: Adapter,
                  provider: Provider, pool: Pool, label: PoolLabel, images: ImageCache,
-                 request, callback: LaunchCallback, stats=None):
+                 request, callback: LaunchCallback, stats=None,
+                 diskimage: DiskImage | None = None):
         self.node = node
+        # The label's diskimage as configured now (not as it was when the
+        # image was built): username, python-path and shell-type come from it.
+        self.diskimage = diskimage
         self.lock = lock
         self.store = store
         self.adapter = adapter
@@ -149,6 +158,10 @@ class NodeLaunch(Task):
         self.cleanup = None
         self.scan: Future | None = None
         self.scan_deadline = 0.0
+        # A failed scan's console-log fetch, and the error it will fail with.
+        self.console: Future | None = None
+        self.console_deadline = 0.0
+        self.scan_error: Exception | None = None
         self.image_external_id: str | None = None
         self.image_name: str | None = None
         self.started = time.monotonic()
@@ -199,10 +212,14 @@ class NodeLaunch(Task):
             self.node.image_id = upload.path
             self.image_external_id = upload.external_id
             self.image_name = label.diskimage
+            # As upstream: login details from the current config, so a
+            # changed username applies without rebuilding the image (the
+            # upload's frozen copy only serves if the diskimage is gone).
+            source = self.diskimage if self.diskimage is not None else upload
+            self.node.username = source.username
+            self.node.python_path = source.python_path
+            self.node.shell_type = source.shell_type
             image = self.provider.diskimages.get(label.diskimage)
-            self.node.username = upload.username
-            self.node.python_path = upload.python_path
-            self.node.shell_type = upload.shell_type
             if image is not None:
                 self.node.connection_type = image.connection_type
                 self.node.connection_port = image.connection_port
@@ -211,7 +228,9 @@ class NodeLaunch(Task):
             self.node.image_id = cloud_image.name
             self.image_external_id = None
             self.image_name = cloud_image.name
-            self.node.username = cloud_image.username or "zuul"
+            # No username configured: null, as upstream writes it, so Zuul's
+            # executor applies its own default_username.
+            self.node.username = cloud_image.username
             self.node.python_path = cloud_image.python_path
             self.node.shell_type = cloud_image.shell_type
             self.node.connection_type = cloud_image.connection_type
@@ -224,20 +243,9 @@ class NodeLaunch(Task):
             self.node.connection_type = self.node.connection_type or "ssh"
 
     def _metadata(self) -> dict[str, str]:
-        meta = {"groups": f"{self.provider.name},{self.image_name},{self.label.name}"}
-        meta.update({k: str(v) for k, v in self.label.instance_properties.items()})
-        for key, template in self.label.dynamic_instance_properties.items():
-            try:
-                meta[key] = template.format(request=self.request)
-            except Exception as exc:
-                log.warning("Node %s: cannot render dynamic property %s=%r: %s",
-                            self.node.id, key, template, exc)
-        meta[META_NODE_ID] = self.node.id
-        meta[META_POOL] = self.pool.name
-        meta[META_PROVIDER] = self.provider.name
-        if self.image_name:
-            meta[META_IMAGE] = self.image_name
-        return meta
+        return instance_metadata(provider=self.provider.name, pool=self.pool.name,
+                                 label=self.label, image_name=self.image_name,
+                                 node_id=self.node.id, request=self.request)
 
     def _start_attempt(self) -> None:
         self.attempts += 1
@@ -294,8 +302,9 @@ class NodeLaunch(Task):
         if self.finished:
             return
         self.finished = True
-        if self.stats is not None and result != LaunchResult.LOST:
-            self.stats.launch_result(self.node, self.request, result.value,
+        if self.stats is not None:
+            key = ZK_SESSION_ERROR if result == LaunchResult.LOST else result.value
+            self.stats.launch_result(self.node, self.request, key,
                                      time.monotonic() - self.started)
         try:
             self.callback(self.node, result)
@@ -334,6 +343,8 @@ class NodeLaunch(Task):
     def _step(self) -> float | None:
         if self.cleanup is not None:
             return self._step_cleanup()
+        if self.console is not None:
+            return self._step_console()
         if self.scan is not None:
             return self._step_scan()
         try:
@@ -374,17 +385,58 @@ class NodeLaunch(Task):
             if time.monotonic() > self.scan_deadline + 5:
                 self.scan.cancel()
                 self.scan = None
-                return self._attempt_failed(LaunchKeyscanError(
+                return self._scan_failed(LaunchKeyscanError(
                     f"host key scan of {self.node.interface_ip} timed out"))
             return 0.05
         scan, self.scan = self.scan, None
         try:
             keys = scan.result()
         except Exception as exc:
-            return self._attempt_failed(exc)
+            return self._scan_failed(exc)
         if keys:
             self.node.host_keys = keys
         return self._ready()
+
+    def _scan_failed(self, exc: Exception) -> float | None:
+        """With ``console-log: true``, the instance's console is fetched
+        (off this thread) and logged before the attempt fails and the
+        instance goes: it usually says why the host never answered."""
+        external_id = self.machine.external_id if self.machine else None
+        if not getattr(self.label, "console_log", False) or external_id is None:
+            return self._attempt_failed(exc)
+        self.scan_error = exc
+        self.console_deadline = time.monotonic() + CONSOLE_WAIT
+        self.console = scan_pool.submit(self.adapter.console_log, external_id)
+        return 0.05
+
+    def _step_console(self) -> float | None:
+        console = self.console
+        if not console.done() and time.monotonic() < self.console_deadline:
+            return 0.1
+        self.console = None
+        external_id = self.machine.external_id if self.machine else None
+        if not console.done():
+            console.cancel()
+            log.warning("Node %s: no console log of instance %s within %ss",
+                        self.node.id, external_id, CONSOLE_WAIT)
+        else:
+            try:
+                output = console.result()
+            except Exception as exc:
+                log.warning("Node %s: cannot fetch the console log of instance "
+                            "%s: %s", self.node.id, external_id, exc)
+            else:
+                self._log_console(external_id, output)
+        return self._attempt_failed(self.scan_error)
+
+    def _log_console(self, external_id, output: str | None) -> None:
+        if not output:
+            log.info("Node %s: instance %s has no console log", self.node.id,
+                     external_id)
+            return
+        log.info("Node %s: console log of instance %s:", self.node.id, external_id)
+        for line in output.splitlines():
+            log.info("Node %s: console: %s", self.node.id, line.rstrip())
 
     def _ready(self) -> float | None:
         self.node.set_state(NodeState.READY)

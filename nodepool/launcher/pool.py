@@ -626,4 +626,5 @@ class PoolWorker:
                 images=self.launcher.images, request=request,
                 callback=lambda n, r, i=index: self.post(
                     LaunchEnded(handler, i, n.id, r)),
-                stats=self.launcher.stats))
+                stats=self.launcher.stats,
+                diskimage=self.launcher.config.diskimages.get(label.diskimage or "")))

@@ -111,16 +111,10 @@ class StatsReporter(PeriodicWorker):
     def provider_gauges(self, pipe) -> None:
         config = self.launcher.config
         for provider in config.providers.values():
-            total = 0.0
-            for pool in provider.pools.values():
-                if pool.max_servers is None:
-                    total = float("inf")  # unlimited: statsd cannot carry it
-                elif pool.max_servers > 0:
-                    total += pool.max_servers  # 0 or less: a disabled pool
-            if total != float("inf"):
-                pipe.gauge(stats.max_servers_key(provider.name), total)
+            pipe.gauge(stats.max_servers_key(provider.name),
+                       stats.max_servers_total(provider.pools.values()))
         for tenant, limits in config.tenant_resource_limits.items():
-            for key, value in limits.limits.items():
+            for key, value in stats.tenant_limit_values(limits.limits).items():
                 pipe.gauge(stats.tenant_limit_key(tenant, key), value)
 
     def internal_gauges(self, pipe) -> None:

@@ -392,6 +392,9 @@ class Node(Record):
         ("hold_job", "hold_job", "str?", None),
         ("comment", "comment", "str?", None),
         ("hold_expiration", "hold_expiration", "any", None),
+        # Zuul hands it to jobs as ``nodepool.node_properties``; a mapping,
+        # written empty (Zuul's own default) rather than left out.
+        ("node_properties", "node_properties", "dict?", dict),
     )
     # Zuul adds "id" when it writes a node back; ssh_port is derived.
     DROP_KEYS = frozenset({"id", "ssh_port"})
@@ -432,6 +435,7 @@ class Node(Record):
     hold_job: str | None = None
     comment: str | None = None
     hold_expiration: int | None = None
+    node_properties: dict | None = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     version: int = -1
 

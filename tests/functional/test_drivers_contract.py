@@ -24,6 +24,8 @@ class FakeDriver:
     name = "fake"
     capacity = 3
     scans_keys = True
+    # Its cloud image names no username: null, as upstream writes it.
+    username = None
 
     def config(self):
         provider = FAKE_PROVIDER.replace("fake-cloud", "fake-contract") \
@@ -38,6 +40,7 @@ class StaticDriver:
     name = "static"
     capacity = 3
     scans_keys = True
+    username = "zuul"  # the static driver's default
 
     def __init__(self):
         self.servers = [SSHServer().start()
@@ -77,6 +80,7 @@ class OpenStackDriver:
     name = "openstack"
     capacity = 3
     scans_keys = True
+    username = None  # a cloud image without username
 
     def __init__(self, monkeypatch):
         import yaml
@@ -107,6 +111,7 @@ class MemCloudDriver:
     name = "memcloud"
     capacity = 3
     scans_keys = True
+    username = "zuul"  # boots no image: the node record's default
 
     def __init__(self):
         from nodepool import drivers
@@ -167,7 +172,8 @@ def test_request_is_fulfilled_with_a_complete_node(launcher, driver, zuul):
     assert request["state"] == "fulfilled"
     node = zuul.get_node(request["nodes"][0])
     assert node["state"] == "ready" and node["type"] == ["a"]
-    assert node["interface_ip"] and node["username"] == "zuul"
+    assert node["interface_ip"] and node["username"] == driver.username
+    assert node["node_properties"] == {}
     assert isinstance(node["connection_port"], int)
     assert node["connection_type"] == "ssh"
     assert bool(node["host_keys"]) == driver.scans_keys

@@ -71,7 +71,8 @@ def test_fulfil_single_request_like_zuul(env, zuul):
     assert node["type"] == ["small"] and node["provider"] == "fake-cloud"
     assert node["interface_ip"] == "fake" and node["host_keys"] == ["ssh-rsa FAKEKEY"]
     assert node["connection_port"] == 22 and node["connection_type"] == "ssh"
-    assert node["username"] == "zuul" and node["python_path"] == "auto"
+    # The cloud image names no username: null, for Zuul's default_username.
+    assert node["username"] is None and node["python_path"] == "auto"
     assert node["attributes"] == {"executor-zone": "z1"}
     assert node["resources"] == {"cores": 4, "instances": 1, "ram": 8192}
     assert node["tenant_name"] == "acme" and node["requestor"] == zuul.system_id

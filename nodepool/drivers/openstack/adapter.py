@@ -20,8 +20,7 @@ from nodepool.resources import Resources
 
 log = logging.getLogger("nodepool.drivers.openstack")
 
-
-
+CONSOLE_TIMEOUT = 30.0
 
 
 class OpenStackAdapter(Adapter):
@@ -279,6 +278,23 @@ class OpenStackAdapter(Adapter):
                 del self._down_ports[port_id]
             if removed:
                 report("ports", removed)
+
+    def console_log(self, external_id) -> str | None:
+        """The server's console output (Nova's ``os-getConsoleOutput``
+        action), or None when the cloud has none to give. Blocking: the
+        launcher calls it off its runner threads, and the call itself takes
+        its turn on the rate-limited executor."""
+        import openstack.exceptions
+        try:
+            output = self.executor.submit(
+                self.conn.compute.get_server_console_output, external_id
+            ).result(timeout=CONSOLE_TIMEOUT)
+        except openstack.exceptions.SDKException as exc:
+            log.warning("Provider %s: no console log of server %s: %s",
+                        self.provider.name, external_id, exc)
+            return None
+        text = output.get("output") if isinstance(output, dict) else None
+        return text if isinstance(text, str) else None
 
     def label_ready(self, label: OpenStackLabel) -> bool:
         if not label.cloud_image:

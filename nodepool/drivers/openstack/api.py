@@ -90,15 +90,14 @@ def rate_limit_wait(exc: Exception, attempt: int) -> float | None:
 def api_metrics_config(provider: OpenStackProvider) -> dict | None:
     """statsd settings for openstacksdk's own API timers, named
     ``nodepool.task.<provider>.<service>.<METHOD>.<operation>``."""
-    host = os.environ.get("STATSD_HOST")
-    if not host:
+    from nodepool.stats import api_task_prefix, statsd_address
+    address = statsd_address()
+    if address is None:
         return None
-    from nodepool.stats import api_task_prefix
     prefix = api_task_prefix(provider.name)
     if os.environ.get("STATSD_PREFIX"):
         prefix = f"{os.environ['STATSD_PREFIX']}.{prefix}"
-    return {"host": host, "port": int(os.environ.get("STATSD_PORT", 8125)),
-            "prefix": prefix}
+    return {"host": address[0], "port": address[1], "prefix": prefix}
 
 
 def is_quota_message(message: str) -> bool:

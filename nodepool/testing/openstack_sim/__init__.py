@@ -1,7 +1,7 @@
 """An OpenStack API simulator on loopback, for the openstack driver's tests.
 
 Speaks enough of Keystone v3 (token and catalog), Nova (servers, flavors,
-limits, availability zones, server metadata, faults), Glance v2 (images),
+limits, availability zones, server metadata, console output, faults), Glance v2 (images),
 Neutron (networks, ports, floating IPs) and Cinder v3 (volumes, limits) over
 real HTTP for openstacksdk to drive it unmodified. Servers go BUILD -> ACTIVE after a
 configurable delay. Faults can be injected (see :class:`Faults`).

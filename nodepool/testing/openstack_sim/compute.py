@@ -56,6 +56,14 @@ def server_view(sim: OpenStackSimulator, server: Server) -> dict:
     return view
 
 
+def console_text(server: Server) -> str:
+    """A boot log as a cloud image's serial console would show it."""
+    return (f"[    0.000000] Linux version 6.8.0-sim (buildd@sim) #1 SMP\n"
+            f"[    2.104518] cloud-init: instance {server.id} booting\n"
+            f"[    5.331907] sshd: no host keys available -- exiting.\n"
+            f"{server.name} login: \n")
+
+
 class ComputeRoutes:
     # -- keystone ----------------------------------------------------------------
 
@@ -141,6 +149,13 @@ class ComputeRoutes:
         if spec.get("key_name") and spec["key_name"] not in sim.keypairs:
             self._error(400, "Invalid key_name provided.")
             return
+        metadata = spec.get("metadata") or {}
+        # Nova's schema: string keys and values of at most 255 characters.
+        if not isinstance(metadata, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) and 0 < len(k) <= 255
+                and len(v) <= 255 for k, v in metadata.items()):
+            self._error(400, "Invalid input for field/attribute metadata.")
+            return
         with sim.lock:
             faults = sim.faults
             usage = sim.usage()
@@ -164,8 +179,7 @@ class ComputeRoutes:
                     id=str(uuid.uuid4()), name=spec.get("name", ""), flavor=flavor,
                     image=spec.get("imageRef"),
                     az=spec.get("availability_zone") or "nova",
-                    metadata={str(k): str(v) for k, v in
-                              (spec.get("metadata") or {}).items()},
+                    metadata=dict(metadata),
                     networks=spec.get("networks"), key_name=spec.get("key_name"),
                     security_groups=[g.get("name") for g in
                                      spec.get("security_groups") or []],
@@ -178,6 +192,7 @@ class ComputeRoutes:
                        (server.networks if isinstance(server.networks, list) else [])):
                     sim._v6 += 1
                     server.address6 = f"2001:db8::{sim._v6:x}"
+                server.console_output = console_text(server)
                 for mapping in mappings:
                     volume = sim.add_volume(
                         size=int(mapping.get("volume_size") or 1),
@@ -268,6 +283,25 @@ class ComputeRoutes:
                 self._send(200, {"metadata": dict(server.metadata)})
                 return
         self._error(404, f"Instance {server_id} could not be found.")
+
+    def server_action(self, server_id):
+        """Only the console-output action (``os-getConsoleOutput``)."""
+        body = self._body()
+        server = next((s for s in self.sim.live_servers() if s.id == server_id), None)
+        if server is None:
+            self._error(404, f"Instance {server_id} could not be found.")
+            return
+        if "os-getConsoleOutput" not in body:
+            self._error(400, f"unsupported server action: {sorted(body)}")
+            return
+        if server.status != "ACTIVE":
+            self._error(409, f"Instance {server_id} is not ready.")
+            return
+        lines = server.console_output.splitlines(keepends=True)
+        length = (body["os-getConsoleOutput"] or {}).get("length")
+        if length is not None and int(length) >= 0:
+            lines = lines[len(lines) - int(length):] if int(length) else []
+        self._send(200, {"output": "".join(lines)})
 
     def limits(self):
         sim = self.sim

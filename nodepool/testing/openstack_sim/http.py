@@ -116,6 +116,7 @@ ROUTES: list[tuple[str, str, Callable]] = [
     ("GET", r"/compute/v2\.1/servers/([^/]+)", Handler.server),
     ("DELETE", r"/compute/v2\.1/servers/([^/]+)", Handler.delete_server),
     ("GET", r"/compute/v2\.1/servers/([^/]+)/metadata", Handler.server_metadata),
+    ("POST", r"/compute/v2\.1/servers/([^/]+)/action", Handler.server_action),
     ("GET", r"/compute/v2\.1/limits", Handler.limits),
     ("GET", r"/compute/v2\.1/os-keypairs", Handler.keypairs),
     ("GET", r"/compute/v2\.1/os-keypairs/([^/]+)", Handler.keypair),

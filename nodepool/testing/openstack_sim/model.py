@@ -49,6 +49,8 @@ class Server:
     security_groups: list = field(default_factory=list)
     config_drive: bool = False
     user_data: str | None = None
+    # What os-getConsoleOutput answers once the server is ACTIVE.
+    console_output: str = ""
 
 
 FLAVORS = [
