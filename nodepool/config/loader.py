@@ -143,7 +143,8 @@ def _build_diskimages(raw: dict, problems: list[Problem]
             build_timeout=merged.get("build-timeout", 28800),
             dib_cmd=merged.get("dib-cmd", "disk-image-create"),
             pause=merged.get("pause", False),
-            username=merged.get("username", "zuul"),
+            # An empty username means the default, as upstream reads it.
+            username=merged.get("username") or "zuul",
             python_path=merged.get("python-path", "auto"),
             shell_type=merged.get("shell-type"),
             delete_after_upload=merged.get("delete-after-upload", False),

@@ -91,6 +91,15 @@ def test_rate_written_as_a_string_or_integer(tmp_path, written, expected):
     assert load(tmp_path, text).providers["cloud-a"].rate == expected
 
 
+def test_empty_diskimage_username_means_the_default(tmp_path):
+    def change(d):
+        d["diskimages"][0]["username"] = ""
+        d["diskimages"][1]["username"] = "centos"
+    config = load(tmp_path, data(change))
+    assert config.diskimages["debian"].username == "zuul"
+    assert config.diskimages["centos"].username == "centos"
+
+
 def test_duplicate_top_level_labels_keep_the_last(tmp_path):
     def change(d):
         d["labels"].append({"name": "small", "min-ready": 4})
