@@ -12,7 +12,8 @@ from nodepool.cmd.common import EXIT_ERROR, EXIT_OK, CommandError
 def cmd_config_validate(args: argparse.Namespace) -> int:
     from nodepool.config import validate_file
     print(f"validating {args.config}", file=sys.stderr)
-    problems, warnings = validate_file(args.config, args.secure)
+    problems, warnings = validate_file(args.config, args.secure,
+                                       check_files=not args.no_file_checks)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     for problem in problems:
@@ -78,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate the configuration file (and the secure file if "
         "given); print every problem with its key path. Exit 0 if valid, 1 if "
         "not.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    validate.add_argument(
+        "--no-file-checks", action="store_true",
+        help="do not check that the files the configuration names (ZooKeeper "
+        "TLS certificates) exist: for checks away from the daemons' hosts")
     validate.set_defaults(func=cmd_config_validate)
 
     images.add_parsers(sub)

@@ -341,17 +341,18 @@ def config_files_changed(config: Config) -> bool:
     return False
 
 
-def validate_file(path: str, secure_path: str | None = None
-                  ) -> tuple[list[str], list[str]]:
+def validate_file(path: str, secure_path: str | None = None,
+                  check_files: bool = True) -> tuple[list[str], list[str]]:
     """Problems and warnings found in the files, rendered for printing (no
-    problems: valid)."""
+    problems: valid). ``check_files=False`` leaves out the files the
+    configuration names (TLS certificates), for checks away from the hosts."""
     try:
         config = load_config(path, secure_path, check_files=False,
                              report_warnings=False)
     except ConfigError as exc:
         return _render(exc.source, exc.problems), []
     warnings = list(config.warnings)
-    if config.zookeeper_tls is not None:
+    if check_files and config.zookeeper_tls is not None:
         # A daemon or command would refuse to start: say so now, before a
         # deployment rather than at it.
         problems = _render(config.zookeeper_tls_source,

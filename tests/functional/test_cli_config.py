@@ -15,14 +15,27 @@ def nodepool(*args, env=None):
 
 def test_valid_files_exit_zero():
     for name in ("spec-example.yaml", "spec-static.yaml", "spec-fake.yaml"):
-        result = nodepool("-c", os.path.join(FIXTURES, name), "config-validate")
+        result = nodepool("-c", os.path.join(FIXTURES, name), "config-validate",
+                          "--no-file-checks")
         assert result.returncode == 0, result.stderr
         assert "configuration is valid" in result.stderr
 
 
+def test_missing_tls_files_fail_validation_unless_file_checks_are_off():
+    # spec-example.yaml names /etc/nodepool/tls/*.pem, absent here: a daemon
+    # would not start, so validation says so first.
+    result = nodepool("-c", os.path.join(FIXTURES, "spec-example.yaml"),
+                      "config-validate")
+    assert result.returncode == 1
+    assert "zookeeper-tls.cert: file '/etc/nodepool/tls/client.pem' not found" \
+        in result.stderr
+    assert "configuration is invalid (3 problems)" in result.stderr
+
+
 def test_secure_file_is_checked_too():
     args = ("-c", os.path.join(FIXTURES, "spec-example.yaml"),
-            "-s", os.path.join(FIXTURES, "spec-secure.yaml"), "config-validate")
+            "-s", os.path.join(FIXTURES, "spec-secure.yaml"), "config-validate",
+            "--no-file-checks")
     result = nodepool(*args, env={"NODEPOOL_REGISTRY_TOKEN": "t0k3n"})
     assert result.returncode == 0, result.stderr
     result = nodepool(*args, env={"NODEPOOL_REGISTRY_TOKEN": ""})
@@ -35,10 +48,13 @@ def test_secure_file_is_checked_too():
     assert "warning: " + os.path.abspath(os.path.join(FIXTURES, "spec-secure.yaml")) + \
         ": line 8: environment variable NODEPOOL_REGISTRY_TOKEN is not set; the " \
         "text '%(NODEPOOL_REGISTRY_TOKEN)' is kept as written" in result.stderr
-    # The TLS files of the example's production host are not here: said, but
-    # not fatal to validation (upstream's validator does not look at them).
-    assert "zookeeper-tls.ca: file '/etc/nodepool/secure/ca.pem' not found (a " \
-        "daemon would not start)" in result.stderr
+    # The secure file's TLS files (of the example's production host) are
+    # the ones checked when file checks are on.
+    result = nodepool(*args[:-1], env={"NODEPOOL_REGISTRY_TOKEN": "t0k3n"})
+    assert result.returncode == 1
+    assert os.path.abspath(os.path.join(FIXTURES, "spec-secure.yaml")) + \
+        ": zookeeper-tls.ca: file '/etc/nodepool/secure/ca.pem' not found" \
+        in result.stderr
 
 
 def test_invalid_file_lists_every_problem_and_exits_one(tmp_path):
