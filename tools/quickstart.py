@@ -42,8 +42,23 @@ NODEPOOL = os.path.join(BIN, "nodepool")
 READY_TIMEOUT = 120.0
 # A daemon that has not stopped this long after the signal is killed.
 DAEMON_STOP_TIMEOUT = 30.0
+# After a Ctrl-C the daemons have the SIGINT too: they are given this long
+# before a SIGTERM (one that arrives while a stopped daemon's interpreter
+# shuts down, its handlers gone, kills it).
+SIGINT_GRACE = 5.0
 WEB_PAGES = ("/request-list", "/label-list", "/image-list", "/dib-image-list",
              "/ready")
+
+
+class StopRequest(threading.Event):
+    """Set by SIGINT, SIGTERM or SIGHUP; remembers the first signal."""
+
+    signum: int | None = None
+
+    def handler(self, signum, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+        self.set()
 
 
 @dataclass
@@ -104,7 +119,8 @@ def usage_text(config: dict, files: DemoFiles, daemons: list[Daemon]) -> str:
         f"  CLI:        {q(NODEPOOL)} -c {q(files.resolved_config)} list",
         f"  or:         . {q(files.env_file)} && {q(NODEPOOL)} -c {q(CONFIG)} list",
         "  Logs:       " + ", ".join(d.log_path for d in daemons),
-        "Press Ctrl-C to stop.",
+        "Press Ctrl-C to stop. (A clean stop removes the state directory, logs"
+        " included; NODEPOOL_QUICKSTART_KEEP=1 keeps it.)",
     ]
     return "\n".join(lines)
 
@@ -138,14 +154,22 @@ def start_daemon(name: str, state: str, env: dict) -> Daemon:
     return Daemon(name, process, log_path)
 
 
-def stop_daemons(daemons: list[Daemon]) -> bool:
-    """SIGTERM to every daemon still running (after a Ctrl-C they have the
-    SIGINT already; a second stop signal is harmless), one deadline for all;
-    True if every one exited with 0 on its own."""
+def stop_daemons(daemons: list[Daemon], interrupted: bool) -> bool:
+    """Stop every daemon still running, one deadline for all; True if every
+    one exited with 0 (or, after a Ctrl-C, of the SIGINT itself: a daemon
+    still starting has no handler yet)."""
+    if interrupted:
+        grace = time.monotonic() + SIGINT_GRACE
+        for daemon in daemons:
+            try:
+                daemon.process.wait(timeout=max(0.0, grace - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
     for daemon in daemons:
         if daemon.process.poll() is None:
             daemon.process.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + DAEMON_STOP_TIMEOUT
+    expected = (0, -signal.SIGINT) if interrupted else (0,)
     clean = True
     for daemon in daemons:
         try:
@@ -156,7 +180,7 @@ def stop_daemons(daemons: list[Daemon]) -> bool:
             daemon.process.kill()
             daemon.process.wait()
         code = daemon.process.returncode
-        clean = clean and code == 0
+        clean = clean and code in expected
         print(f"{daemon.name} stopped (exit {code})", flush=True)
     return clean
 
@@ -225,9 +249,9 @@ def run_demo(state: str, zookeeper: ZooKeeperServerProcess, daemons: list[Daemon
 
 
 def main() -> int:
-    stop = threading.Event()
+    stop = StopRequest()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, stop.handler)
     state = tempfile.mkdtemp(prefix="nodepool-quickstart-")
     zookeeper = ZooKeeperServerProcess(os.path.join(state, "zookeeper"),
                                        own_process_group=True)
@@ -244,7 +268,7 @@ def main() -> int:
         ok = stop.is_set() or run_demo(state, zookeeper, daemons, stop)
     finally:
         print("Stopping ...", flush=True)
-        ok = stop_daemons(daemons) and ok
+        ok = stop_daemons(daemons, stop.signum == signal.SIGINT) and ok
         # Last: the daemons have released their locks and unregistered.
         zookeeper.stop()
         print("ZooKeeper stopped", flush=True)
