@@ -210,7 +210,11 @@ def run_service(args, make: Callable[[], object], errors: tuple, *,
                     return 0
             finally:
                 started.set()
-        stop.wait()
+        # Timed: the kernel may hand SIGINT/SIGTERM to any thread, and Python
+        # runs the handler only when the main thread wakes; an untimed wait
+        # would sleep through it for good.
+        while not stop.wait(1.0):
+            pass
         service.stop()
         return 0
 

@@ -152,7 +152,10 @@ class ZooKeeperServerProcess:
 
     def __init__(self, workdir: str, tls: bool = False,
                  tls_files: TLSFiles | None = None, myid: int | None = None,
-                 peers: list[Peer] | None = None):
+                 peers: list[Peer] | None = None, own_process_group: bool = False):
+        """``own_process_group``: the JVM runs in a session of its own, so a
+        terminal's Ctrl-C (SIGINT to the foreground process group) does not
+        reach it and its owner can stop it after its clients."""
         if (myid is None) != (peers is None):
             raise ValueError("myid and peers go together")
         self.workdir = workdir
@@ -164,6 +167,7 @@ class ZooKeeperServerProcess:
         self._stopped_on_purpose = False
         self.myid = myid
         self.peers = list(peers) if peers is not None else None
+        self.own_process_group = own_process_group
         if tls or tls_files is not None:
             os.makedirs(workdir, exist_ok=True)
             if self.tls_files is None:
@@ -238,7 +242,8 @@ class ZooKeeperServerProcess:
             [java, f"-Xms{heap_min}", f"-Xmx{heap_max}", "-XX:+UseSerialGC",
              "-XX:TieredStopAtLevel=1", "-Dzookeeper.jmx.log4j.disable=true",
              "-cp", classpath, main_class, config_path],
-            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=self.own_process_group)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Until the server serves clients: ``srvr`` reports it standalone, or
