@@ -179,6 +179,16 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01,
         time.sleep(interval)
 
 
+def alive(pid: int) -> bool:
+    """The process runs (a zombie waiting to be reaped has stopped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            # The state follows the command name, which may hold spaces.
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 # The launcher ``env`` fixture, for every functional test. Imported last:
 # launcher_fixtures uses the helpers above.
 from launcher_fixtures import env  # noqa: E402,F401

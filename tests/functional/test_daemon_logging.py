@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from conftest import wait_until
+from conftest import alive, wait_until
 from launcher_fixtures import FAKE_PROVIDER
 
 BIN = os.path.dirname(sys.executable)
@@ -28,18 +28,6 @@ KAZOO_DEBUG = re.compile(r"^\S+ \S+ (DEBUG|Level 5) kazoo\b", re.M)
 NODEPOOL_DEBUG = re.compile(r"^\S+ \S+ DEBUG nodepool\.", re.M)
 LOG_NAMES = {"nodepool-launcher": "nodepool", "nodepool-builder": "nodepool-builder"}
 RUNNING = {"nodepool-launcher": "Launcher running", "nodepool-builder": " running: "}
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split()[2] != "Z"  # a zombie is gone too
-    except FileNotFoundError:
-        return False
 
 
 def read(path) -> str:

@@ -13,6 +13,7 @@ import time
 import urllib.parse
 import urllib.request
 
+from conftest import alive
 from launcher_fixtures import FAKE_PROVIDER
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -21,15 +22,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 QUICKSTART_READY_TIMEOUT = 240.0
 # Generous: the stop takes a second or two.
 STOP_TIMEOUT = 60.0
-
-
-def alive(pid: int) -> bool:
-    """Running (a zombie waiting to be reaped has stopped)."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def children(pid: int) -> list[int]:

@@ -10,6 +10,8 @@ from nodepool.config import ConfigError, load_config
 from nodepool.config.loader import config_files_changed, substitute_env
 from nodepool.drivers import capabilities
 
+from config_files import load, problems_of, write
+
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures")
 
 BASE = {
@@ -32,22 +34,6 @@ BASE = {
     ],
     "tenant-resource-limits": [{"tenant-name": "acme", "max-cores": 100}],
 }
-
-
-def write(tmp_path, data, name="nodepool.yaml"):
-    path = tmp_path / name
-    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
-    return str(path)
-
-
-def load(tmp_path, data, **kwargs):
-    return load_config(write(tmp_path, data), **kwargs)
-
-
-def problems_of(tmp_path, data, **kwargs):
-    with pytest.raises(ConfigError) as info:
-        load(tmp_path, data, **kwargs)
-    return [str(p) for p in info.value.problems]
 
 
 @pytest.mark.parametrize("name", ["spec-example.yaml", "spec-static.yaml",

@@ -12,6 +12,8 @@ import yaml
 from nodepool.config import ConfigError, load_config, validate_file
 from nodepool.config.reading import MAX_DEPTH, MAX_FILE_BYTES
 
+from config_files import load, problems_of, write
+
 BASE = {
     "zookeeper-servers": [{"host": "127.0.0.1", "port": 2181}],
     "labels": [{"name": "small", "min-ready": 1}, {"name": "large"}],
@@ -34,22 +36,6 @@ def data(change=None):
     if change:
         change(copied)
     return copied
-
-
-def write(tmp_path, content, name="nodepool.yaml"):
-    path = tmp_path / name
-    path.write_text(content if isinstance(content, str) else yaml.safe_dump(content))
-    return str(path)
-
-
-def load(tmp_path, content, **kwargs):
-    return load_config(write(tmp_path, content), **kwargs)
-
-
-def problems_of(tmp_path, content, **kwargs):
-    with pytest.raises(ConfigError) as info:
-        load(tmp_path, content, **kwargs)
-    return [str(p) for p in info.value.problems]
 
 
 def pool(config, provider="cloud-a", name="main"):
