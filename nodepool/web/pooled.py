@@ -24,10 +24,11 @@ import os
 import queue
 import selectors
 import socket
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
+
+from nodepool.web.server import log_request_error
 
 log = logging.getLogger("nodepool.web.pooled")
 
@@ -307,11 +308,7 @@ class PooledHTTPServer(HTTPServer):
                 return True
 
     def handle_error(self, request, client_address) -> None:
-        error = sys.exc_info()[1]
-        if isinstance(error, (ConnectionError, TimeoutError)):
-            log.debug("Client %s went away: %s", client_address, error)
-            return
-        log.exception("Error answering %s", client_address)
+        log_request_error(log, client_address)
 
     # -- closing -------------------------------------------------------------
 

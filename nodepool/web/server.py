@@ -13,6 +13,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 log = logging.getLogger("nodepool.web.server")
 
 
+def log_request_error(logger: logging.Logger, client_address) -> None:
+    """Log the exception being handled while answering a client: a client
+    that hung up or stalled is routine (DEBUG), anything else a traceback."""
+    error = sys.exc_info()[1]
+    if isinstance(error, (ConnectionError, TimeoutError)):
+        logger.debug("Client %s went away: %s", client_address, error)
+        return
+    logger.exception("Error answering %s", client_address)
+
+
 class QuietHTTPServer(ThreadingHTTPServer):
     """A threading HTTP server that treats a client hanging up mid-request
     (a killed CLI, a restarted daemon) as routine, not a stderr traceback."""
@@ -20,11 +30,7 @@ class QuietHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def handle_error(self, request, client_address) -> None:
-        error = sys.exc_info()[1]
-        if isinstance(error, (ConnectionError, TimeoutError)):
-            log.debug("Client %s went away: %s", client_address, error)
-            return
-        log.exception("Error answering %s", client_address)
+        log_request_error(log, client_address)
 
 
 def serve(host: str, port: int, handler: type[BaseHTTPRequestHandler],
