@@ -440,7 +440,7 @@ def test_post_upload_hook(env, store, tmp_path):
 
 def test_failing_post_upload_hook_fails_the_upload(env, store, tmp_path):
     text = config_text(tmp_path, provider_extra="    post-upload-hook: /bin/false\n")
-    env.start_builder(env.config(text))
+    builder = env.start_builder(env.config(text))
     wait_until(lambda: [u for b in store.get_builds("ubuntu")
                         for u in store.get_uploads("ubuntu", b.id, "fake-cloud")
                         if int(u.id) >= 1], timeout=30, message="upload attempted")
@@ -448,7 +448,9 @@ def test_failing_post_upload_hook_fails_the_upload(env, store, tmp_path):
     # second attempt time to fail too.
     time.sleep(1.0)
     assert not ready_uploads(store)
-    # Nothing of ours stays in the cloud.
+    # Nothing of ours stays in the cloud once no attempt is in progress (a
+    # snapshot taken mid-attempt sees the image before its hook failed).
+    builder.stop()
     assert not [i for i in cloud().images.values()
                 if i.metadata.get("nodepool_build_id")]
 
