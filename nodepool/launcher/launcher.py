@@ -262,6 +262,7 @@ class Launcher:
         self.requests = RequestCache(self.client)
         self.images = ImageCache(self.client)
         self.components = ComponentCache(self.client)
+        self.store.mirror_writes(self.nodes, self.requests)
         # Before the caches load, so the index sees every node.
         self.nodes.add_listener(self._index_node)
         for cache in (self.nodes, self.requests, self.images, self.components):

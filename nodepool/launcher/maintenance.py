@@ -88,9 +88,18 @@ class DeleteWorker:
             return bool(self._queued or self._working)
 
     def consider(self, node: Node) -> None:
-        """Cache listener hook: queue the node if it may need action."""
+        """Cache listener hook: queue the node if it may need action.
+
+        A locked node is left alone (its unlocking is an event of its own),
+        and so is a ready node whose request still exists: most node events
+        are one of these, and neither is worth a thread hop."""
         if node.state in DELETABLE or node.state == NodeState.INIT or (
                 node.state == NodeState.READY and node.allocated_to):
+            launcher = self.launcher
+            if launcher.nodes.is_locked(node.id) or (
+                    node.state == NodeState.READY
+                    and launcher.requests.get(node.allocated_to) is not None):
+                return
             with self._mutex:
                 if node.id in self._queued or node.id in self._deleting:
                     return

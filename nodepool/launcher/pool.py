@@ -69,6 +69,9 @@ class PoolWorker:
         # Handlers with empty slots to launch again (after a quota abort).
         self.needing: set[str] = set()
         self.claimed: set[str] = set()
+        # Handlers holding nodes the usage index may not show yet (created
+        # by us, not yet back from the node cache).
+        self.unindexed: set[str] = set()
         # Requests too large to be served, each logged once.
         self.too_large: set[str] = set()
         self.mutex = threading.Lock()
@@ -180,6 +183,7 @@ class PoolWorker:
             self.handlers.clear()
             self.in_flight.clear()
             self.claimed.clear()
+            self.unindexed.clear()
             self.events.clear()
             self.needing.clear()
 
@@ -272,11 +276,20 @@ class PoolWorker:
         usage = self.launcher.usage
         pool_used = usage.pool_usage(self.provider.name, self.pool.name)
         provider_used = usage.provider_usage(self.provider.name)
-        for handler in list(self.handlers.values()):
-            for node in list(handler.nodes):
+        with self.mutex:
+            unindexed = list(self.unindexed)
+        for request_id in unindexed:
+            handler = self.handlers.get(request_id)
+            pending = False
+            for node in list(handler.nodes) if handler is not None else ():
                 if node is not None and node.resources and not usage.contains(node.id):
                     pool_used.add(node.resources)
                     provider_used.add(node.resources)
+                    pending = True
+            if not pending:
+                # Every node indexed (counted there from now on), or gone.
+                with self.mutex:
+                    self.unindexed.discard(request_id)
         with self.mutex:
             reserved = self.in_flight.total.copy()
         pool_used.add(reserved)
@@ -618,6 +631,8 @@ class PoolWorker:
                 handler.node_locks[index] = lock
                 handler.results[index] = None
                 handler.launching.add(index)
+            with self.mutex:
+                self.unindexed.add(handler.id)
             log.debug("Request %s: launching node %s (%s)", request.id, node.id,
                       label_name)
             self.manager.launch(NodeLaunch(

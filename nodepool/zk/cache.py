@@ -58,6 +58,10 @@ class NodeCache(TreeCache):
         self._nodes[node_id] = node
         self.notify("changed", node_id, node)
 
+    def known_version(self, path: str) -> int | None:
+        node = self._nodes.get(paths.split(path)[1])
+        return None if node is None else node.version
+
     def _forget(self, node_id: str) -> None:
         old = self._nodes.pop(node_id, None)
         if old is not None:
@@ -130,6 +134,10 @@ class RequestCache(TreeCache):
 
     def wants_children(self, path: str) -> bool:
         return False
+
+    def known_version(self, path: str) -> int | None:
+        request = self._requests.get(paths.split(path)[1])
+        return None if request is None else request.version
 
     def on_data(self, path, data, stat):
         request_id = paths.split(path)[1]

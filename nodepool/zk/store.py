@@ -18,6 +18,7 @@ from kazoo.exceptions import (BadVersionError, NodeExistsError, NoNodeError,
 from nodepool.zk import paths
 from nodepool.zk.client import ZooKeeperClient
 from nodepool.zk.locks import Lock
+from nodepool.zk.treecache import TreeCache
 from nodepool.zk.image_records import ImageBuild, ImageUpload
 from nodepool.zk.records import (
     BuildState, Component, CorruptRecord, Node, NodeRequest, NodeState,
@@ -66,6 +67,27 @@ class Store:
 
     def __init__(self, client: ZooKeeperClient):
         self.client = client
+        # Caches fed with our own node and request writes, which they then
+        # need not read back (see TreeCache.expect_write).
+        self.node_mirror: TreeCache | None = None
+        self.request_mirror: TreeCache | None = None
+
+    def mirror_writes(self, nodes: TreeCache, requests: TreeCache) -> None:
+        self.node_mirror = nodes
+        self.request_mirror = requests
+
+    def _set(self, mirror: TreeCache | None, path: str, data: bytes, version: int):
+        """``kazoo.set``, telling ``mirror`` what was written."""
+        if mirror is None:
+            return self.kazoo.set(path, data, version=version)
+        mirror.expect_write(path)
+        try:
+            stat = self.kazoo.set(path, data, version=version)
+        except BaseException:
+            mirror.write_failed(path)
+            raise
+        mirror.wrote(path, data, stat)
+        return stat
 
     @property
     def kazoo(self):
@@ -101,7 +123,8 @@ class Store:
         version = request.version if check_version else -1
         data = _check_size(f"node request {request.id}", request.to_json())
         try:
-            stat = self.kazoo.set(paths.request(request.id), data, version=version)
+            stat = self._set(self.request_mirror, paths.request(request.id), data,
+                             version)
         except NoNodeError:
             raise RecordNotFound(f"node request {request.id} does not exist") from None
         except BadVersionError:
@@ -128,9 +151,21 @@ class Store:
         lock = Lock(self.client, paths.request_lock(request_id), new_directory=True)
         return lock if lock.acquire(blocking=blocking, timeout=timeout) else None
 
-    def _lock_and_write(self, lock_path: str, path: str, record) -> Lock | None:
+    def _lock_and_write(self, mirror: TreeCache | None, lock_path: str, path: str,
+                        record) -> Lock | None:
         lock = Lock(self.client, lock_path)
-        stat = lock.acquire_with_write(path, record.to_json(), record.version)
+        data = record.to_json()
+        if mirror is not None:
+            mirror.expect_write(path)
+        stat = None
+        try:
+            stat = lock.acquire_with_write(path, data, record.version)
+        finally:
+            if mirror is not None:
+                if stat is None:
+                    mirror.write_failed(path)
+                else:
+                    mirror.wrote(path, data, stat)
         if stat is None:
             return None
         record.version = stat.version
@@ -140,12 +175,13 @@ class Store:
         """Lock a request whose lock directory does not exist yet and store it,
         conditioned on ``request.version``, in one round trip. None: not
         applied (the caller locks and writes step by step)."""
-        return self._lock_and_write(paths.request_lock(request.id),
+        return self._lock_and_write(self.request_mirror, paths.request_lock(request.id),
                                     paths.request(request.id), request)
 
     def lock_and_update_new_node(self, node: Node) -> Lock | None:
         """Lock a node we just created and store it, in one round trip."""
-        return self._lock_and_write(paths.node_lock(node.id), paths.node(node.id), node)
+        return self._lock_and_write(self.node_mirror, paths.node_lock(node.id),
+                                    paths.node(node.id), node)
 
     def fulfil_request(self, request: NodeRequest, node_locks: list[Lock],
                        request_lock: Lock) -> bool:
@@ -159,15 +195,29 @@ class Store:
         or may not have applied) is raised to the caller, who re-reads.
         """
         data = _check_size(f"node request {request.id}", request.to_json())
+        path = paths.request(request.id)
         tx = self.kazoo.transaction()
         for lock in node_locks:
             if lock.node:
                 tx.delete(lock.node)
-        tx.set_data(paths.request(request.id), data)
+        written = len(tx.operations)
+        tx.set_data(path, data)
         if request_lock.node:
             tx.delete(request_lock.node)
-        results = tx.commit()
-        if any(isinstance(r, Exception) for r in results):
+        mirror = self.request_mirror
+        if mirror is not None:
+            mirror.expect_write(path)
+        results = None
+        try:
+            results = tx.commit()
+        finally:
+            failed = results is None or any(isinstance(r, Exception) for r in results)
+            if mirror is not None:
+                if failed:
+                    mirror.write_failed(path)
+                else:
+                    mirror.wrote(path, data, results[written])
+        if failed:
             return False
         for lock in node_locks:
             lock.forget()
@@ -245,7 +295,7 @@ class Store:
         version = node.version if check_version else -1
         data = _check_size(f"node {node.id}", node.to_json())
         try:
-            stat = self.kazoo.set(paths.node(node.id), data, version=version)
+            stat = self._set(self.node_mirror, paths.node(node.id), data, version)
         except NoNodeError:
             raise RecordNotFound(f"node {node.id} does not exist") from None
         except BadVersionError:

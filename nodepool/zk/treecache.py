@@ -8,6 +8,14 @@ server's state without ever listing the tree again - except after a
 reconnection, when events may have been missed and the subtree is re-read once
 (pipelined). :meth:`TreeCache.barrier` waits until every change committed
 before it is visible.
+
+Our own writes need no read: the writer announces the path before writing
+(:meth:`TreeCache.expect_write`), the watch event of the change is then
+skipped, and the data the writer sent is applied when its reply comes back
+(:meth:`TreeCache.wrote`). The server sends a change's watch event before
+its reply, so the applied data is queued after the event it replaces; a
+record is never replaced by an older version, and a failed write re-reads
+the path, so an event skipped on the write's behalf is never lost.
 """
 
 from __future__ import annotations
@@ -50,6 +58,18 @@ class _BarrierWaiter:
 Listener = Callable[[str, object, object], None]
 
 
+def _take(counts: dict[str, int], key: str) -> bool:
+    """Take one from ``counts[key]``; False if there was none."""
+    count = counts.get(key)
+    if not count:
+        return False
+    if count == 1:
+        del counts[key]
+    else:
+        counts[key] = count - 1
+    return True
+
+
 class TreeCache:
     """Mirror of the znodes below ``root``; subclasses keep typed views."""
 
@@ -73,6 +93,11 @@ class TreeCache:
         self._resync_incomplete = False
         self.synced = threading.Event()
         self.events_applied = 0
+        # Path -> writes of ours announced and not yet matched to an event;
+        # and path -> events skipped whose write has not come back yet.
+        self._expected: dict[str, int] = {}
+        self._skipped: dict[str, int] = {}
+        self.reads_saved = 0
 
     # -- what to read; subclasses refine -----------------------------------
 
@@ -90,6 +115,27 @@ class TreeCache:
 
     def on_deleted(self, path: str) -> None:
         """A znode was deleted."""
+
+    def known_version(self, path: str) -> int | None:
+        """The version of the record held for ``path`` (None: none held).
+        Caches that take their own writes (:meth:`expect_write`) refine it."""
+        return None
+
+    # -- our own writes ------------------------------------------------------
+
+    def expect_write(self, path: str) -> None:
+        """A write of ours to ``path`` is about to be sent (any thread). Must be
+        followed by :meth:`wrote` or :meth:`write_failed`."""
+        with self._lock:
+            self._expected[path] = self._expected.get(path, 0) + 1
+
+    def wrote(self, path: str, data: bytes, stat) -> None:
+        """The announced write was applied: ``data`` is stored at ``stat``."""
+        self._queue.put(("own", path, data, stat))
+
+    def write_failed(self, path: str) -> None:
+        """The announced write did not apply, or its outcome is unknown."""
+        self._queue.put(("own", path, None, None))
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -195,7 +241,11 @@ class TreeCache:
 
     def _apply(self, item) -> None:
         if item[0] == "barrier":
-            # Every event queued before the marker has had its read sent.
+            # Every event queued before the marker has had its read sent;
+            # events skipped for writes still on their way are read now, so
+            # the barrier does not depend on the writers.
+            for path in list(self._skipped):
+                self._send(("get", path), "get", path)
             self._send(("barrier", item[1]), "get", self.root)
             return
         if item[0] == "event":
@@ -208,13 +258,19 @@ class TreeCache:
                 self._delete(path)
             elif event.type == EventType.CREATED:
                 if self.wants_data(path):
-                    self._send(("get", path), "get", path)
+                    if self._skip_own(path):
+                        self._add_present(path)
+                    else:
+                        self._send(("get", path), "get", path)
                 elif path not in self._present:
                     self._add_present(path)
                     self.on_created(path)
             elif event.type == EventType.CHANGED:
-                if self.wants_data(path):
+                if self.wants_data(path) and not self._skip_own(path):
                     self._send(("get", path), "get", path)
+            return
+        if item[0] == "own":
+            self._own_write_done(*item[1:])
             return
         _, tag, value, exc = item
         kind = tag[0]
@@ -240,6 +296,29 @@ class TreeCache:
                 else:
                     self._got_children(path, value, exc, generation)
                 self._resync_done()
+
+    def _skip_own(self, path: str) -> bool:
+        """Whether this change event stands for a write of ours (its data
+        will come from the writer rather than from a read)."""
+        if not _take(self._expected, path):
+            return False
+        self._skipped[path] = self._skipped.get(path, 0) + 1
+        return True
+
+    def _own_write_done(self, path: str, data: bytes | None, stat) -> None:
+        # Each announced write settles one skipped event if one is
+        # outstanding, else its own unmatched announcement.
+        if not _take(self._skipped, path):
+            _take(self._expected, path)
+            return
+        if data is None:
+            # The event skipped may have been somebody else's change.
+            self._send(("get", path), "get", path)
+        elif path in self._present:
+            known = self.known_version(path)
+            if known is None or known < stat.version:
+                self.reads_saved += 1
+                self.on_data(path, data, stat)
 
     def _got_data(self, path: str, value, exc) -> None:
         if exc is not None:
@@ -273,6 +352,11 @@ class TreeCache:
     # -- resynchronisation -------------------------------------------------
 
     def _start_resync(self) -> None:
+        # Events were missed: nothing is known about which were ours. Every
+        # path is read again below, and a late reply from a writer is still
+        # applied if it is newer than what the read returns.
+        self._expected.clear()
+        self._skipped.clear()
         self._resync_incomplete = False
         self.synced.clear()
         self._resync_generation += 1

@@ -296,3 +296,114 @@ def test_request_cache_sees_min_ready_requests_written_by_us(request_cache, writ
     request_id = writer.submit_request(request, priority="900", ephemeral=True)
     assert request_cache.wait_for(lambda: request_cache.get(request_id) is not None, 5)
     assert request_cache.get(request_id).is_min_ready
+
+
+# -- our own writes feed the cache without a read back ----------------------
+
+@pytest.fixture
+def mirrored(zk_client, node_cache, request_cache):
+    """A store whose node and request writes feed the caches directly."""
+    store = Store(zk_client)
+    store.mirror_writes(node_cache, request_cache)
+    return store
+
+
+def test_own_writes_reach_the_cache_without_being_read_back(mirrored, node_cache,
+                                                            request_cache, zuul):
+    node = Node(provider="p", pool="main", type=["a"])
+    mirrored.create_node(node)
+    assert node_cache.wait_for(lambda: node_cache.get(node.id) is not None, 5)
+    saved = node_cache.reads_saved
+    for state in (NodeState.BUILDING, NodeState.READY, NodeState.DELETING):
+        node.set_state(state)
+        mirrored.update_node(node)
+        # The write has returned: the cache holds it as soon as its queue
+        # drains, with the version the server gave it.
+        assert node_cache.wait_for(
+            lambda: node_cache.get(node.id).version == node.version, 5)
+        assert node_cache.get(node.id).state == state
+    assert node_cache.reads_saved == saved + 3
+
+    mirrored.kazoo.ensure_path(paths.REQUEST_LOCKS)
+    request_id = zuul.submit(["a"])
+    assert request_cache.wait_for(lambda: request_cache.get(request_id) is not None, 5)
+    cached = request_cache.get(request_id)
+    request = cached.copy()
+    request.version = cached.version
+    request.set_state("pending")
+    lock = mirrored.lock_and_update_request(request)
+    assert lock is not None
+    request.set_state("fulfilled")
+    request.nodes = [node.id]
+    assert mirrored.fulfil_request(request, [], lock)
+    assert request_cache.wait_for(
+        lambda: request_cache.get(request_id).state == "fulfilled", 5)
+    assert request_cache.get(request_id).nodes == [node.id]
+    assert request_cache.get(request_id).version == request.version + 1
+    assert request_cache.reads_saved == 2
+
+
+def test_a_change_made_just_after_ours_wins_in_the_cache(mirrored, node_cache, writer):
+    node = Node(provider="p", pool="main", type=["a"])
+    mirrored.create_node(node)
+    for attempt in range(20):
+        node.set_state(NodeState.READY)
+        mirrored.update_node(node)
+        theirs = node.copy()
+        theirs.set_state(NodeState.IN_USE)
+        theirs.comment = f"theirs {attempt}"
+        writer.update_node(theirs)
+        assert node_cache.barrier(5)
+        cached = node_cache.get(node.id)
+        assert (cached.comment, cached.version) == (theirs.comment, theirs.version)
+        node.version = theirs.version
+
+
+def test_a_change_skipped_for_a_write_that_failed_is_read(node_cache, writer):
+    node = Node(provider="p", pool="main", type=["a"], comment="before")
+    writer.create_node(node)
+    assert node_cache.wait_for(lambda: node_cache.get(node.id) is not None, 5)
+    path = paths.node(node.id)
+    # A write of ours is announced; the next change is somebody else's.
+    node_cache.expect_write(path)
+    node.comment = "theirs"
+    writer.update_node(node)
+    # The event was taken for ours: without news from the writer nothing
+    # is read...
+    assert not node_cache.wait_for(
+        lambda: node_cache.get(node.id).comment == "theirs", 0.5)
+    # ...and once our write is known to have failed, the change is read.
+    node_cache.write_failed(path)
+    assert node_cache.wait_for(lambda: node_cache.get(node.id).comment == "theirs", 5)
+
+
+def test_a_barrier_does_not_wait_for_a_writer_to_report(node_cache, writer):
+    node = Node(provider="p", pool="main", type=["a"], comment="before")
+    writer.create_node(node)
+    assert node_cache.wait_for(lambda: node_cache.get(node.id) is not None, 5)
+    node_cache.expect_write(paths.node(node.id))
+    node.comment = "after"
+    writer.update_node(node)
+    assert node_cache.barrier(5)
+    assert node_cache.get(node.id).comment == "after"
+
+
+def test_an_older_own_write_never_replaces_a_newer_read(node_cache, writer):
+    node = Node(provider="p", pool="main", type=["a"], comment="v0")
+    writer.create_node(node)
+    assert node_cache.wait_for(lambda: node_cache.get(node.id) is not None, 5)
+    path = paths.node(node.id)
+    old_data = node.to_json()
+    node_cache.expect_write(path)
+    node.comment = "v1"
+    writer.update_node(node)          # taken for ours, skipped
+    node.comment = "v2"
+    writer.update_node(node)          # read
+    assert node_cache.wait_for(lambda: node_cache.get(node.id).comment == "v2", 5)
+
+    class Stat:
+        version = 1
+    # Our (pretend) write comes back late with version 1: ignored.
+    node_cache.wrote(path, old_data, Stat())
+    assert node_cache.barrier(5)
+    assert node_cache.get(node.id).comment == "v2"
