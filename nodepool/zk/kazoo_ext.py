@@ -7,7 +7,11 @@ nodepool needs four things kazoo 2.x does not offer publicly:
 * watch events of persistent watches, delivered in the order the server sent
   them together with the replies of reads (kazoo only dispatches one-shot
   watches, and on another thread);
-* sending many requests with one wake-up of the connection thread;
+* sending many requests with one wake-up of the connection thread, and
+  fewer system calls per request: kazoo polls and reads twice for every
+  reply and polls and writes once for every request; this connection reads
+  whatever has arrived into a buffer and handles every whole reply in it, and
+  sends every queued request in one write;
 * the length of the request queue, for the ``zk.client.connection_queue``
   gauge.
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import select as select_module
+import ssl
 import struct
 from collections import namedtuple
 from typing import Callable, Iterable
@@ -29,8 +34,10 @@ from typing import Callable, Iterable
 from kazoo.client import KazooClient
 from kazoo.exceptions import EXCEPTIONS
 from kazoo.handlers.threading import SequentialThreadingHandler
-from kazoo.protocol.connection import ConnectionHandler
-from kazoo.protocol.serialization import (GetChildren, GetData, MultiHeader, Watch,
+from kazoo.protocol.connection import (_CONNECTION_DROP, _SESSION_EXPIRED,
+                                       CLOSE_RESPONSE, ConnectionHandler)
+from kazoo.exceptions import ConnectionDropped
+from kazoo.protocol.serialization import (Auth, GetChildren, GetData, MultiHeader, Watch,
                                           int_struct, multiheader_struct,
                                           read_buffer, read_string, stat_struct,
                                           write_string)
@@ -151,11 +158,89 @@ class MultiRead(namedtuple("MultiRead", "operations")):
 class _PersistentWatchConnection(ConnectionHandler):
     """kazoo's connection, which also hands every watch event to the
     client's persistent-watch sinks, on the connection thread, in the order
-    the server sent it."""
+    the server sent it; and reads and writes in batches."""
+
+    # Most requests one write sends (each is small; a node record is < 2 KiB).
+    SEND_BATCH = 128
+    READ_SIZE = 65536
 
     def _read_watch_event(self, buffer, offset):
         super()._read_watch_event(buffer, offset)
         self.client._deliver_persistent(buffer, offset)
+
+    def _connect(self, host, hostip, port):
+        # Bytes left from an earlier connection belong to no reply of this one.
+        self._received = bytearray()
+        return super()._connect(host, hostip, port)
+
+    def _read(self, length, timeout):
+        """``length`` bytes, from what was received before or from as much
+        as the socket has now."""
+        received = self._received
+        sock = self._socket
+        while len(received) < length:
+            with self._socket_error_handling():
+                # A TLS socket may hold decrypted bytes that poll can't see.
+                if not (hasattr(sock, "pending") and sock.pending() > 0):
+                    if not self.handler.select([sock], [], [], timeout)[0]:
+                        raise self.handler.timeout_exception(
+                            "socket time-out during read")
+                try:
+                    chunk = sock.recv(max(self.READ_SIZE, length - len(received)))
+                except ssl.SSLError as exc:
+                    if exc.errno in (ssl.SSL_ERROR_WANT_READ, ssl.SSL_ERROR_WANT_WRITE):
+                        continue
+                    raise
+                if not chunk:
+                    raise ConnectionDropped("socket connection broken")
+                received += chunk
+        data = bytes(received[:length])
+        del received[:length]
+        return data
+
+    def _reply_buffered(self) -> bool:
+        received = self._received
+        return len(received) >= 4 and \
+            len(received) >= 4 + int_struct.unpack_from(received, 0)[0]
+
+    def _read_socket(self, read_timeout):
+        # Every whole reply already received, not one per poll.
+        response = super()._read_socket(read_timeout)
+        while response is not CLOSE_RESPONSE and self._reply_buffered():
+            response = super()._read_socket(read_timeout)
+        return response
+
+    def _send_request(self, read_timeout, connect_timeout):
+        client = self.client
+        queue = client._queue
+        batch = bytearray()
+        sent = []
+        while queue and len(sent) < self.SEND_BATCH:
+            request, async_object = queue[0]
+            # Auth and kazoo's test hooks keep kazoo's own path.
+            if request is _SESSION_EXPIRED or request is _CONNECTION_DROP or \
+                    request.type is None or request.type < 0 or \
+                    request.type == Auth.type:
+                break
+            self._xid = (self._xid % 2147483647) + 1
+            body = int_struct.pack(self._xid) + int_struct.pack(request.type) + \
+                request.serialize()
+            batch += int_struct.pack(len(body))
+            batch += body
+            queue.popleft()
+            sent.append((request, async_object, self._xid))
+        if not sent:
+            return super()._send_request(read_timeout, connect_timeout)
+        if self.logger.isEnabledFor(logging.DEBUG):
+            for request, _, xid in sent:
+                self.logger.debug("Sending request(xid=%s): %s", xid, request)
+        # Pending before the write: if it fails, the connection is dropped and
+        # kazoo fails every pending request (unknown outcome), as it should.
+        client._pending.extend(sent)
+        self._write(bytes(batch), connect_timeout)
+        # One wake-up byte per request; a byte not written yet is read later
+        # by a pass that finds the queue empty (kazoo handles that).
+        self._read_sock.recv(len(sent))
 
 
 class NodepoolKazooClient(KazooClient):

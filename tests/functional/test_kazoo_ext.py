@@ -5,7 +5,10 @@ gauge it feeds counts real queued requests."""
 import inspect
 from collections import deque
 
+import pytest
 from kazoo.client import KazooClient
+from kazoo.exceptions import NoNodeError
+from kazoo.protocol import connection as connection_module
 from kazoo.protocol.connection import ConnectionHandler
 
 from conftest import wait_until
@@ -22,6 +25,15 @@ def test_the_kazoo_internals_we_extend_are_where_we_expect():
         == ["self", "buffer", "offset"]
     assert list(inspect.signature(KazooClient._call).parameters) \
         == ["self", "request", "async_object"]
+    # The batched reading and sending replace these, with these signatures.
+    for name, parameters in (("_read", ["self", "length", "timeout"]),
+                             ("_read_socket", ["self", "read_timeout"]),
+                             ("_send_request", ["self", "read_timeout", "connect_timeout"]),
+                             ("_connect", ["self", "host", "hostip", "port"])):
+        assert list(inspect.signature(getattr(ConnectionHandler, name)).parameters) \
+            == parameters, name
+    assert isinstance(connection_module.CLOSE_RESPONSE, object)
+    assert hasattr(connection_module, "_SESSION_EXPIRED")
     client = kazoo_ext.NodepoolKazooClient(hosts="127.0.0.1:1")
     try:
         assert type(client._connection).__mro__[1] is ConnectionHandler
@@ -47,3 +59,22 @@ def test_queued_requests_count_what_waits_for_the_connection(zk_proxy, zk_chroot
     finally:
         zk_proxy.refusing = False
         client.disconnect()
+
+
+def test_batched_requests_and_buffered_replies_stay_paired(zk_client):
+    """Hundreds of requests queued at once go out in batches and their
+    replies (several per read, some larger than one read) each reach the
+    request they answer."""
+    kazoo = zk_client.kazoo
+    kazoo.ensure_path("/batch")
+    sizes = [0, 10, 70000, 1, 200000, 5] * 40
+    creates = [kazoo.create_async(f"/batch/n{i}", b"x" * size)
+               for i, size in enumerate(sizes)]
+    assert [c.get(timeout=30) for c in creates] == \
+        [f"/batch/n{i}" for i in range(len(sizes))]
+    reads = [kazoo.get_async(f"/batch/n{i}") for i in range(len(sizes))]
+    missing = kazoo.get_async("/batch/none")
+    assert [len(r.get(timeout=30)[0]) for r in reads] == sizes
+    with pytest.raises(NoNodeError):
+        missing.get(timeout=10)
+    assert zk_client.kazoo.queued_requests == 0
