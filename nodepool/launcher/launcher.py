@@ -34,6 +34,9 @@ from nodepool.zk.records import Component, ComponentState, Node
 from nodepool.zk.components import ComponentRegistration
 from nodepool.zk.store import Store
 
+# Node states whose arrival tells a pool nothing new.
+_NO_POOL_NEWS = frozenset({"building", "in-use", "used"})
+
 log = logging.getLogger("nodepool.launcher")
 
 RUNNERS = 4
@@ -365,7 +368,10 @@ class Launcher:
             self.usage.update(node if kind == "changed" else None, node_id)
 
     def _on_node(self, kind: str, node_id, node: Node) -> None:
-        if kind == "deleted" or node.state != "building" or kind == "unlocked":
+        # A pool pass cares about quota freed and nodes it could reuse; a node
+        # being locked, built or used by Zuul changes neither.
+        if kind == "deleted" or kind == "unlocked" or (
+                kind == "changed" and node.state not in _NO_POOL_NEWS):
             self._wake_provider(node.provider)
         if kind != "deleted":
             self.delete_worker.consider(node)
