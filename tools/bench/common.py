@@ -19,9 +19,10 @@ VENV_BIN = os.path.join(ROOT, ".venv", "bin")
 
 from nodepool.testing.zkserver import TLSFiles, ZooKeeperServerProcess  # noqa: E402
 
-# Our launcher on the in-memory fake cloud, quota raised so only max-servers
-# (twice the burst) limits it.
-OUR_CONFIG = """
+# A launcher on a fake cloud, quota raised so only max-servers (twice the
+# burst) limits it. Ours and upstream's take the same keys but for the
+# provider's cloud settings.
+FAKE_CLOUD_CONFIG = """
 zookeeper-servers:
   - host: 127.0.0.1
     port: {port}
@@ -31,11 +32,7 @@ providers:
   - name: fake-bench
     cloud: fake
     rate: 0.0001
-    simulation:
-      max-instances: 1000000
-      max-cores: 100000000
-      max-ram: 1000000000000
-    cloud-images:
+{provider_keys}    cloud-images:
       - name: precise
         image-name: Fake Precise
     pools:
@@ -45,6 +42,12 @@ providers:
           - name: small
             cloud-image: precise
             min-ram: 1024
+"""
+# Our fake cloud takes its quota from the configuration.
+OUR_PROVIDER_KEYS = """    simulation:
+      max-instances: 1000000
+      max-cores: 100000000
+      max-ram: 1000000000000
 """
 
 
@@ -57,10 +60,13 @@ def tls_config(tls: TLSFiles | None) -> str:
             f"  key: {tls.client_key}\n")
 
 
-def our_config(port: int, max_servers: int, chroot: str | None = None,
-               tls: TLSFiles | None = None) -> str:
-    return OUR_CONFIG.format(port=port, max_servers=max_servers, tls=tls_config(tls),
-                             chroot=f"    chroot: {chroot}\n" if chroot else "")
+def fake_cloud_config(port: int, max_servers: int, provider_keys: str = OUR_PROVIDER_KEYS,
+                      chroot: str | None = None, tls: TLSFiles | None = None) -> str:
+    """A launcher configuration (ours by default) with one fake-cloud pool."""
+    return FAKE_CLOUD_CONFIG.format(
+        port=port, max_servers=max_servers, tls=tls_config(tls),
+        provider_keys=provider_keys,
+        chroot=f"    chroot: {chroot}\n" if chroot else "")
 
 
 def start_zookeeper(state_dir: str, tls: bool = False) -> ZooKeeperServerProcess:
@@ -97,23 +103,27 @@ class Daemon:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM, then SIGKILL to the whole session if it does not exit."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pass
+        if self.process is not None:
+            stop_process(self.process, timeout)
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 30.0) -> None:
+    """SIGTERM; then SIGKILL to its whole session (started with
+    ``start_new_session``) so that nothing it started outlives it."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
         try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            self.process.wait(timeout=10)
+            process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def our_launcher(config_path: str, log_path: str, env: dict[str, str] | None = None

@@ -21,7 +21,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from common import Daemon, our_config, our_launcher, percentile, start_zookeeper, \
+from common import Daemon, fake_cloud_config, our_launcher, percentile, start_zookeeper, \
     cpu_seconds, wait_until
 
 from nodepool.testing.zuul_client import FakeZuul
@@ -108,7 +108,7 @@ def main() -> int:
     zookeeper = start_zookeeper(state)
     config = os.path.join(state, "nodepool.yaml")
     max_servers = max(args.requests * 2, 100)
-    text = our_config(zookeeper.port, max_servers, chroot="/bench")
+    text = fake_cloud_config(zookeeper.port, max_servers, chroot="/bench")
     env = dict(os.environ)
     simulator = None
     if args.cloud == "openstack":

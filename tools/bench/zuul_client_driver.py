@@ -7,8 +7,8 @@ stdin/stdout, one JSON object a line: it connects and prints
 waits for a ``go`` line, then
 
 * scheduler role (``zuul.nodepool.Nodepool(scheduler=True)``): submits N
-  single-node requests one after the other (``requestNodes``, as the
-  scheduler's main loop does), learns of fulfilment through Zuul's request
+  single-node requests (``requestNodes``, from several threads at once, as
+  several schedulers would), learns of fulfilment through Zuul's request
   cache (which puts a NodesProvisionedEvent on the pipeline's result queue in
   ZooKeeper), and processes those events as the scheduler does: read the
   request, read the nodes (``getNodesetInfo``), acknowledge the event;
@@ -100,15 +100,27 @@ class Burst:
         scheduler_zk.client.ChildrenWatch(self.queue.event_root,
                                           lambda children: self.wake.set())
 
+    def submit_one(self) -> None:
+        job = make_job()
+        sent = time.monotonic()
+        request = self.scheduler.requestNodes(
+            uuid.uuid4().hex, job, TENANT, PIPELINE, None, "200", 0)
+        with self.lock:
+            self.submitted[request.id] = sent
+            self.jobs[request.id] = job
+
     def submit_all(self) -> None:
-        for _ in range(self.args.requests):
-            job = make_job()
-            sent = time.monotonic()
-            request = self.scheduler.requestNodes(
-                uuid.uuid4().hex, job, TENANT, PIPELINE, None, "200", 0)
-            with self.lock:
-                self.submitted[request.id] = sent
-                self.jobs[request.id] = job
+        """requestNodes is synchronous (one round trip each); several threads
+        call it at once, as several schedulers would, so that the burst
+        reaches the launcher at once."""
+        with ThreadPoolExecutor(max_workers=self.args.submitters) as submitters:
+            for future in [submitters.submit(self.submit_one)
+                           for _ in range(self.args.requests)]:
+                try:
+                    future.result()
+                except Exception as exc:  # reported, the bench goes on
+                    with self.lock:
+                        self.errors.append(f"submit: {exc!r}")
 
     def process_events(self) -> None:
         """The scheduler's handling of NodesProvisionedEvents."""
@@ -198,6 +210,8 @@ def main() -> int:
     parser.add_argument("--tls-key")
     parser.add_argument("--tls-ca")
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--submitters", type=int, default=16,
+                        help="threads calling requestNodes at once")
     parser.add_argument("--timeout", type=float, default=600.0,
                         help="for the whole burst, deletions included")
     args = parser.parse_args()

@@ -41,8 +41,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from common import BENCH_DIR, ROOT, VENV_BIN, Daemon, cpu_seconds, our_config, \
-    our_launcher, percentile, start_zookeeper, tls_config, tree_cpu_seconds, wait_until
+from common import BENCH_DIR, ROOT, VENV_BIN, Daemon, cpu_seconds, fake_cloud_config, \
+    our_launcher, percentile, start_zookeeper, stop_process, tree_cpu_seconds, wait_until
 
 from kazoo.client import KazooClient
 
@@ -52,28 +52,9 @@ LAUNCHERS = ("ours", "upstream", "minimal")
 VENVS = {"zuul": ["zuul==14.3.0"], "nodepool": ["nodepool==11.0.0", "cachetools"]}
 DEFAULT_VENVS = os.path.join(ROOT, ".bench-venvs")
 
-UPSTREAM_CONFIG = """
-zookeeper-servers:
-  - host: 127.0.0.1
-    port: {port}
-{tls}labels:
-  - name: small
-providers:
-  - name: fake-bench
-    driver: fake
-    cloud: fake
+# Upstream's fake driver is an OpenStack provider with a fixed fake cloud.
+UPSTREAM_PROVIDER_KEYS = """    driver: fake
     region-name: fake-region
-    rate: 0.0001
-    cloud-images:
-      - name: precise
-        image-name: Fake Precise
-    pools:
-      - name: main
-        max-servers: {max_servers}
-        labels:
-          - name: small
-            cloud-image: precise
-            min-ram: 1024
 """
 
 # openstacksdk's view of upstream's fake cloud (it never contacts it).
@@ -162,11 +143,11 @@ def make_launcher(kind: str, state: str, zookeeper: ZooKeeperServerProcess,
                        "--tls-cert", tls.client_cert, "--tls-key", tls.client_key], log)
     if kind == "ours":
         with open(config, "w") as handle:
-            handle.write(our_config(zookeeper.tls_port, max_servers, tls=tls))
+            handle.write(fake_cloud_config(zookeeper.tls_port, max_servers, tls=tls))
         return our_launcher(config, log)
     with open(config, "w") as handle:
-        handle.write(UPSTREAM_CONFIG.format(port=zookeeper.tls_port, tls=tls_config(tls),
-                                            max_servers=max_servers))
+        handle.write(fake_cloud_config(zookeeper.tls_port, max_servers,
+                                       UPSTREAM_PROVIDER_KEYS, tls=tls))
     clouds = os.path.join(state, "clouds.yaml")
     with open(clouds, "w") as handle:
         handle.write(UPSTREAM_CLOUDS)
@@ -192,13 +173,7 @@ def wait_registered(zookeeper: ZooKeeperServerProcess, launcher: Daemon,
 def stop_driver(driver: subprocess.Popen | None) -> None:
     if driver is None:
         return
-    if driver.poll() is None:
-        driver.send_signal(signal.SIGTERM)
-        try:
-            driver.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            driver.kill()
-            driver.wait(timeout=10)
+    stop_process(driver, timeout=15)
     for stream in (driver.stdin, driver.stdout):
         if stream:
             stream.close()
@@ -225,7 +200,8 @@ def run_once(kind: str, args, venvs: Venvs) -> dict:
                 [venvs.python("zuul"), os.path.join(BENCH_DIR, "zuul_client_driver.py"),
                  "--hosts", zookeeper.tls_hosts, "--tls-ca", tls.ca,
                  "--tls-cert", tls.client_cert, "--tls-key", tls.client_key,
-                 "--requests", str(args.requests), "--timeout", str(args.timeout)],
+                 "--requests", str(args.requests), "--timeout", str(args.timeout),
+                 "--submitters", str(args.submitters)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                 env=foreign_env(), start_new_session=True)
         lines = JSONLines(driver)
@@ -313,6 +289,12 @@ def median_of(runs: list[dict[str, float]], key: str) -> float:
     return statistics.median(run[key] for run in runs)
 
 
+def ratio(results: dict[str, list[dict[str, float]]], key: str, top: str,
+          bottom: str) -> float:
+    """Median of ``key`` for launcher ``top`` over that of ``bottom``."""
+    return median_of(results[top], key) / median_of(results[bottom], key)
+
+
 def print_report(results: dict[str, list[dict[str, float]]], requests: int) -> None:
     kinds = [kind for kind in LAUNCHERS if results.get(kind)]
     if not kinds:
@@ -324,17 +306,16 @@ def print_report(results: dict[str, list[dict[str, float]]], requests: int) -> N
     for key, label, fmt in ROWS:
         print(f"{label:{width}s}" + "".join(
             f"{summary(results[kind], key, fmt):>24s}" for kind in kinds))
-    ours = results.get("ours")
-    if ours and results.get("upstream"):
-        up = results["upstream"]
-        print(f"ours vs upstream: throughput x{median_of(ours, 'throughput') / median_of(up, 'throughput'):.2f}, "
-              f"p50 {median_of(up, 'p50') / median_of(ours, 'p50'):.1f}x lower, "
-              f"launcher CPU/request {median_of(up, 'ms_per_request') / median_of(ours, 'ms_per_request'):.1f}x lower")
-    if ours and results.get("minimal"):
-        minimal = results["minimal"]
-        print(f"ours vs minimal:  throughput {100 * median_of(ours, 'throughput') / median_of(minimal, 'throughput'):.0f}% "
-              f"of minimal's, launcher CPU/request "
-              f"{median_of(ours, 'ms_per_request') / median_of(minimal, 'ms_per_request'):.1f}x minimal's")
+    if results.get("ours") and results.get("upstream"):
+        print("ours vs upstream: throughput "
+              f"x{ratio(results, 'throughput', 'ours', 'upstream'):.2f}"
+              f", p50 {ratio(results, 'p50', 'upstream', 'ours'):.1f}x lower, launcher "
+              f"CPU/request {ratio(results, 'ms_per_request', 'upstream', 'ours'):.1f}x lower")
+    if results.get("ours") and results.get("minimal"):
+        print(f"ours vs minimal:  throughput "
+              f"{100 * ratio(results, 'throughput', 'ours', 'minimal'):.0f}% of minimal's, "
+              f"launcher CPU/request "
+              f"{ratio(results, 'ms_per_request', 'ours', 'minimal'):.1f}x minimal's")
     print("\nCPU split during the burst (launcher / ZooKeeper / Zuul client, medians):")
     for kind in kinds:
         parts = [median_of(results[kind], key)
@@ -361,6 +342,9 @@ def main() -> int:
                         "with cachetools) under --venvs, then exit")
     parser.add_argument("--timeout", type=float, default=600.0,
                         help="per run, for the burst and the deletions")
+    parser.add_argument("--submitters", type=int, default=16,
+                        help="threads of the Zuul client submitting requests at once "
+                        "(Zuul's requestNodes waits for each create)")
     parser.add_argument("--settle", type=float, default=3.0,
                         help="seconds between the launcher registering and the burst")
     parser.add_argument("--keep", action="store_true",
