@@ -16,19 +16,17 @@ import argparse
 import os
 import signal
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import Daemon, fake_cloud_config, our_launcher, percentile, start_zookeeper, \
+    cpu_seconds, wait_until
 
-from nodepool.testing.zkserver import ZooKeeperServerProcess  # noqa: E402
-from nodepool.testing.zuul_client import FakeZuul  # noqa: E402
-
-from nodepool.zk.cache import NodeCache, RequestCache  # noqa: E402
-from nodepool.zk.client import ZooKeeperClient  # noqa: E402
+from nodepool.testing.zuul_client import FakeZuul
+from nodepool.zk.cache import NodeCache, RequestCache
+from nodepool.zk.client import ZooKeeperClient
 
 OPENSTACK_PROVIDER = """
   - name: sim-bench
@@ -47,46 +45,6 @@ OPENSTACK_PROVIDER = """
             cloud-image: ubuntu
             min-ram: 1024
 """
-
-CONFIG = """
-zookeeper-servers:
-  - host: 127.0.0.1
-    port: {port}
-    chroot: /bench
-labels:
-  - name: small
-providers:
-  - name: fake-bench
-    cloud: fake
-    rate: 0.0001
-    simulation:
-      max-instances: 1000000
-      max-cores: 100000000
-      max-ram: 1000000000000
-    cloud-images:
-      - name: precise
-        image-name: Fake Precise
-    pools:
-      - name: main
-        max-servers: {max_servers}
-        labels:
-          - name: small
-            cloud-image: precise
-            min-ram: 1024
-"""
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, int(round(pct / 100 * len(ordered))) - 1))
-    return ordered[index]
 
 
 class Observer:
@@ -147,12 +105,10 @@ def main() -> int:
     args = parser.parse_args()
 
     state = tempfile.mkdtemp(prefix="nodepool-bench-")
-    zookeeper = ZooKeeperServerProcess(os.path.join(state, "zk"))
-    os.makedirs(zookeeper.workdir)
-    zookeeper.start()
+    zookeeper = start_zookeeper(state)
     config = os.path.join(state, "nodepool.yaml")
     max_servers = max(args.requests * 2, 100)
-    text = CONFIG.format(port=zookeeper.port, max_servers=max_servers)
+    text = fake_cloud_config(zookeeper.port, max_servers, chroot="/bench")
     env = dict(os.environ)
     simulator = None
     if args.cloud == "openstack":
@@ -168,10 +124,8 @@ def main() -> int:
             OPENSTACK_PROVIDER.format(max_servers=max_servers)
     with open(config, "w") as handle:
         handle.write(text)
-    log = open(os.path.join(state, "launcher.log"), "wb")
-    launcher = subprocess.Popen(
-        [os.path.join(ROOT, ".venv", "bin", "nodepool-launcher"), "-f", "-c", config],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    launcher: Daemon = our_launcher(config, os.path.join(state, "launcher.log"),
+                                    env).start()
     hosts = f"{zookeeper.hosts}/bench"
     observer = Observer(hosts)
     # Same protocol as Zuul; kazoo's cheaper select so the harness steals
@@ -190,13 +144,10 @@ def main() -> int:
 
     try:
         # Wait for the launcher's pool to register.
-        deadline = time.monotonic() + 60
-        while not zuul.kazoo.exists("/nodepool/components/pool") or \
-                not zuul.kazoo.get_children("/nodepool/components/pool"):
-            if time.monotonic() > deadline or launcher.poll() is not None:
-                raise SystemExit("the launcher did not start; see "
-                                 f"{state}/launcher.log")
-            time.sleep(0.1)
+        if not wait_until(lambda: zuul.kazoo.exists("/nodepool/components/pool")
+                          and zuul.kazoo.get_children("/nodepool/components/pool"),
+                          60, alive=launcher):
+            raise SystemExit(f"the launcher did not start; see {state}/launcher.log")
 
         # Single requests on an idle launcher.
         singles = []
@@ -214,7 +165,7 @@ def main() -> int:
         own_before = time.process_time()
         zk_before = cpu_seconds(zookeeper.process.pid)
         if args.profile:
-            launcher.send_signal(signal.SIGUSR2)
+            launcher.process.send_signal(signal.SIGUSR2)
             time.sleep(0.5)
         submitted: dict[str, float] = {}
         burst_start = time.monotonic()
@@ -252,7 +203,7 @@ def main() -> int:
         own_cpu = time.process_time() - own_before
         zk_cpu = cpu_seconds(zookeeper.process.pid) - zk_before
         if args.profile:
-            launcher.send_signal(signal.SIGUSR2)
+            launcher.process.send_signal(signal.SIGUSR2)
             time.sleep(2)
             print(f"profile in {state}/launcher.log")
 
@@ -284,17 +235,12 @@ def main() -> int:
         return 0 if not pending else 1
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
-        launcher.send_signal(signal.SIGTERM)
-        try:
-            launcher.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            launcher.kill()
+        launcher.stop(timeout=60)
         zuul.stop()
         observer.stop()
         zookeeper.stop()
         if simulator is not None:
             simulator.stop()
-        log.close()
 
 
 if __name__ == "__main__":
