@@ -83,7 +83,7 @@ class Venvs:
             return None
         try:
             result = subprocess.run(
-                [python, "-c", "import importlib.metadata as m, sys; "
+                [python, "-I", "-c", "import importlib.metadata as m, sys; "
                  f"print(m.version({name!r}))"],
                 capture_output=True, text=True, timeout=60)
         except subprocess.TimeoutExpired:
