@@ -3,8 +3,10 @@
 Plain kazoo, no scheduling, no cloud, no caches: it registers a launcher and
 one pool component (so Zuul and other launchers see it), watches the
 children of /nodepool/requests, and for each new request takes the request
-lock, re-reads it, sets it ``pending``, creates one ``ready`` node per label
-(allocated to the request, with the fields Zuul reads), sets the request
+lock, re-reads it, sets it ``pending``, creates one node per label (state
+``init``, allocated to the request, with the fields Zuul reads) and marks it
+``ready`` - the two node writes issue 14 lists ("create node, ready"); a
+real launcher also locks the node and writes ``building`` -, sets the request
 ``fulfilled`` and unlocks. It watches each node it made; once Zuul has set it
 ``used`` it locks it (waiting for Zuul's unlock) and deletes it with its lock
 directory. Record formats: /work/shared/spec/zk-protocol-and-launcher.md
@@ -43,11 +45,11 @@ log = logging.getLogger("minimal-launcher")
 
 def node_record(labels: list[str], request_id: str, request: dict,
                 launcher_id: str, index: int) -> dict:
-    """A ready node with every key Zuul's executor reads (spec §8.5 item 4)."""
+    """A new node with every key Zuul's executor reads (spec §8.5 item 4)."""
     now = time.time()
     address = f"198.51.100.{index % 250 + 1}"
     return {
-        "state": "ready", "state_time": now, "created_time": now,
+        "state": "init", "state_time": now, "created_time": now,
         "provider": PROVIDER, "pool": POOL, "type": labels, "launcher": launcher_id,
         "allocated_to": request_id, "tenant_name": request.get("tenant_name"),
         "requestor": request.get("requestor"), "cloud": "none", "region": None,
@@ -179,6 +181,8 @@ class MinimalLauncher:
                                      self.launcher_id, index)
                 path = self.kazoo.create(f"{NODES}/", json.dumps(record).encode(),
                                          sequence=True)
+                record.update(state="ready", state_time=time.time())
+                self.kazoo.set(path, json.dumps(record).encode())
                 node_id = path.rsplit("/", 1)[1]
                 nodes.append(node_id)
                 self._watch_node(node_id)
