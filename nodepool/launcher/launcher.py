@@ -24,6 +24,7 @@ from nodepool.launcher.lifecycle import LaunchResult, NodeDelete, NodeLaunch, Ru
 from nodepool.launcher.maintenance import Cleanup, DeleteWorker, MinReady
 from nodepool.launcher.pool import PoolWorker
 from nodepool.launcher.quota import UsageIndex, pool_limits
+from nodepool.launcher.views import SchedulingViews
 from nodepool.resources import Resources
 from nodepool.launcher.cloudview import CloudView, Unknown
 from nodepool.launcher.inventory import InventoryRegistrar
@@ -265,6 +266,7 @@ class Launcher:
         self.requests = RequestCache(self.client)
         self.images = ImageCache(self.client)
         self.components = ComponentCache(self.client)
+        self.views = SchedulingViews(self.requests, self.components)
         self.store.mirror_writes(self.nodes, self.requests)
         # Before the caches load, so the index sees every node.
         self.nodes.add_listener(self._index_node)

@@ -244,7 +244,7 @@ class PoolWorker:
         if self.id not in request.declined_by:
             request.declined_by.append(self.id)
         request.nodes = []
-        components = self._components()
+        components, _ = self._components()
         if scheduler.all_declined(request, components):
             request.set_state(RequestState.FAILED)
             log.info("Request %s failed: declined by every pool (%s: %s)",
@@ -262,12 +262,13 @@ class PoolWorker:
 
     # -- assignment ----------------------------------------------------------
 
-    def _components(self):
-        components = self.launcher.components.pools()
+    def _components(self) -> tuple[list, scheduler.PoolDirectory]:
+        components, directory = self.launcher.views.pools()
         if not any(c.id == self.id for c in components):
             # Our own registration may not have reached the cache yet.
             components = components + [self.component]
-        return components
+            directory = scheduler.PoolDirectory(components)
+        return components, directory
 
     def usage_now(self) -> tuple[Resources, Resources]:
         """Resources used in this pool and in the whole provider (any state):
@@ -328,7 +329,7 @@ class PoolWorker:
         pool = self.pool
         launcher = self.launcher
         my_labels = set(pool.labels)
-        components = self._components()
+        components, directory = self._components()
         me = next(c for c in components if c.id == self.id)
         room, cloud_limits = self._room()
         assignment = AssignmentPass(room, self._reusable_nodes(), self._need_of)
@@ -352,12 +353,12 @@ class PoolWorker:
                 self._submit_fill(handler, missing, need)
 
         handlers, in_flight, my_id = self.handlers, self.in_flight, self.id
-        requests = [r for r in launcher.requests.open_requests()
-                    if r.id not in handlers and r.id not in in_flight
-                    and my_id not in r.declined_by]
         disabled = pool.max_servers is not None and pool.max_servers <= 0
-        for request in scheduler.order_requests(requests):
-            candidates = scheduler.candidate_pools(request, components)
+        for request in launcher.views.ordered_requests():
+            if request.id in handlers or request.id in in_flight \
+                    or my_id in request.declined_by:
+                continue
+            candidates = directory.candidates(request)
             if scheduler.skip_reason(request, me, my_labels, candidates):
                 continue
             if not request_fits(request):

@@ -37,13 +37,39 @@ def order_requests(requests: Iterable[NodeRequest]) -> list[NodeRequest]:
     return [request for _, request in keyed]
 
 
+class PoolDirectory:
+    """The registered pools, indexed by label: a request's candidates cost
+    what the pools offering its rarest label cost, not all pools."""
+
+    def __init__(self, components: list[PoolComponent]):
+        self.components = components
+        self._labels = [frozenset(c.supported_labels) for c in components]
+        self._by_label: dict[str, list[int]] = defaultdict(list)
+        for index, labels in enumerate(self._labels):
+            for label in labels:
+                self._by_label[label].append(index)
+
+    def candidates(self, request: NodeRequest) -> list[PoolComponent]:
+        """Registered pools that offer every label and have not declined."""
+        wanted = set(request.node_types)
+        if wanted:
+            rarest = min(wanted, key=lambda label: len(self._by_label.get(label, ())))
+            indexes = self._by_label.get(rarest, ())
+        else:
+            indexes = range(len(self.components))
+        declined = request.declined_by
+        found = []
+        for index in indexes:
+            component = self.components[index]
+            if component.id not in declined and wanted <= self._labels[index]:
+                found.append(component)
+        return found
+
+
 def candidate_pools(request: NodeRequest, components: list[PoolComponent]
                     ) -> list[PoolComponent]:
     """Registered pools that offer every label and have not declined."""
-    wanted = set(request.node_types)
-    declined = set(request.declined_by)
-    return [c for c in components
-            if c.id not in declined and wanted <= set(c.supported_labels)]
+    return PoolDirectory(components).candidates(request)
 
 
 def skip_reason(request: NodeRequest, me: PoolComponent, my_labels: set[str],

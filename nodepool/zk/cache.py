@@ -125,8 +125,11 @@ class RequestCache(TreeCache):
     def __init__(self, client: ZooKeeperClient):
         super().__init__(client, paths.REQUESTS, "request")
         self._requests: dict[str, NodeRequest] = {}
-        # The ones in state "requested": what schedulers scan on every pass.
+        # The ones in state "requested": what schedulers scan on every pass;
+        # the generation changes with every change to it, so a reader can
+        # keep what it derived from the last one (an order, say).
         self._open: dict[str, NodeRequest] = {}
+        self.open_generation = 0
         self.corrupt_ids: set[str] = set()
 
     def wants_data(self, path: str) -> bool:
@@ -151,23 +154,28 @@ class RequestCache(TreeCache):
             self.corrupt_ids.discard(request_id)
         if request is None:
             old = self._requests.pop(request_id, None)
-            self._open.pop(request_id, None)
+            self._close(request_id)
             if old is not None:
                 self.notify("deleted", request_id, old)
             return
         self._requests[request_id] = request
         if request.state == "requested":
             self._open[request_id] = request
+            self.open_generation += 1
         else:
-            self._open.pop(request_id, None)
+            self._close(request_id)
         self.notify("changed", request_id, request)
+
+    def _close(self, request_id: str) -> None:
+        if self._open.pop(request_id, None) is not None:
+            self.open_generation += 1
 
     def on_deleted(self, path):
         parts = paths.split(path)
         if len(parts) == 2:
             self.corrupt_ids.discard(parts[1])
             old = self._requests.pop(parts[1], None)
-            self._open.pop(parts[1], None)
+            self._close(parts[1])
             if old is not None:
                 self.notify("deleted", parts[1], old)
 
@@ -175,6 +183,11 @@ class RequestCache(TreeCache):
         """Requests in state ``requested`` (kept as an index, not filtered)."""
         with self._lock:
             return list(self._open.values())
+
+    def open_snapshot(self) -> tuple[int, list[NodeRequest]]:
+        """The open requests and the generation they belong to."""
+        with self._lock:
+            return self.open_generation, list(self._open.values())
 
     def get(self, request_id: str) -> NodeRequest | None:
         with self._lock:
@@ -339,6 +352,8 @@ class ComponentCache(TreeCache):
     def __init__(self, client: ZooKeeperClient):
         super().__init__(client, paths.COMPONENTS, "component")
         self._components: dict[tuple[str, str], Component] = {}
+        # Changes with every change, so readers can keep what they derive.
+        self.generation = 0
 
     def wants_data(self, path: str) -> bool:
         return len(paths.split(path)) == 3
@@ -358,6 +373,7 @@ class ComponentCache(TreeCache):
             self._components.pop(key, None)
         else:
             self._components[key] = component
+        self.generation += 1
         self.notify("changed", key, component)
 
     def on_deleted(self, path):
@@ -365,12 +381,18 @@ class ComponentCache(TreeCache):
         if len(parts) == 3:
             old = self._components.pop((parts[1], parts[2]), None)
             if old is not None:
+                self.generation += 1
                 self.notify("deleted", (parts[1], parts[2]), old)
 
     def pools(self) -> list[PoolComponent]:
+        return self.pools_snapshot()[1]
+
+    def pools_snapshot(self) -> tuple[int, list[PoolComponent]]:
+        """The registered pools and the generation they belong to."""
         with self._lock:
-            return [c for (kind, _), c in self._components.items()
-                    if kind == "pool" and isinstance(c, PoolComponent)]
+            return self.generation, [
+                c for (kind, _), c in self._components.items()
+                if kind == "pool" and isinstance(c, PoolComponent)]
 
     def of_kind(self, kind: str) -> list[Component]:
         with self._lock:

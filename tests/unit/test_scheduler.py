@@ -103,3 +103,20 @@ def test_usage_index_follows_node_changes():
     assert index.tenant_usage()["acme"]["cores"] == 4
     index.update(None, "1")
     assert index.provider_usage("p") == {"cores": 0, "instances": 0}
+
+
+def test_the_label_index_finds_exactly_the_pools_offering_every_label():
+    import random
+    rng = random.Random(7)
+    labels = [f"l{i}" for i in range(30)]
+    components = [PoolComponent(id=f"pool-{i}", provider_name=f"p{i % 4}",
+                                supported_labels=rng.sample(labels, rng.randint(0, 8)))
+                  for i in range(40)]
+    directory = scheduler.PoolDirectory(components)
+    for _ in range(300):
+        wanted = rng.sample(labels, rng.randint(0, 3))
+        declined = [c.id for c in rng.sample(components, rng.randint(0, 5))]
+        request = NodeRequest(state="requested", node_types=wanted, declined_by=declined)
+        expected = [c for c in components
+                    if c.id not in declined and set(wanted) <= set(c.supported_labels)]
+        assert directory.candidates(request) == expected, (wanted, declined)
