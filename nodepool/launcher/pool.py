@@ -45,9 +45,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("nodepool.launcher.pool")
 
-# Shortest time between two passes of one worker: events arriving meanwhile
-# are handled together instead of one pass each.
+# Time between two assignment passes of one worker: events arriving
+# meanwhile are handled together instead of one pass each. The gap is the
+# last pass's cost times the factor, within these bounds, so that passes over
+# a long backlog take at most about 4% of a core.
 MIN_PASS_GAP = 0.01
+MAX_PASS_GAP = 0.1
+PASS_GAP_FACTOR = 25.0
 
 
 class PoolWorker:
@@ -81,6 +85,8 @@ class PoolWorker:
         self.deferred = 0
         self.making_room = False
         self.in_pass = False
+        # Events came in while the last assignment was too recent.
+        self.assign_due = False
         self.thread = threading.Thread(
             target=self._run, daemon=True,
             name=f"pool-{manager.provider.name}-{pool.name}")
@@ -118,13 +124,13 @@ class PoolWorker:
 
     def _run(self) -> None:
         interval = self.launcher.idle_interval
-        last_pass = 0.0
+        last_assign = 0.0
+        gap = MIN_PASS_GAP
         while not self._stopped.is_set():
-            self.wake.wait(interval)
-            # Let a burst of events coalesce into one pass.
-            gap = last_pass + MIN_PASS_GAP - time.monotonic()
-            if gap > 0:
-                self._stopped.wait(gap)
+            timeout = interval
+            if self.assign_due:
+                timeout = max(0.0, last_assign + gap - time.monotonic())
+            self.wake.wait(timeout)
             self.wake.clear()
             if self._stopped.is_set():
                 break
@@ -133,8 +139,22 @@ class PoolWorker:
                 continue
             try:
                 self.in_pass = True
-                self.run_pass()
-                last_pass = time.monotonic()
+                self._check_session()
+                # Handler news (launches done, cancels) at once: finishing a
+                # request never waits for the next assignment.
+                self._poll_handlers()
+                started = time.monotonic()
+                if started < last_assign + gap:
+                    self.assign_due = True
+                    continue
+                self.assign_due = False
+                self._assign()
+                self._update_component()
+                last_assign = time.monotonic()
+                # Events arriving during the gap are handled by one
+                # assignment; a costly one (a long backlog) waits longer.
+                gap = min(MAX_PASS_GAP,
+                          max(MIN_PASS_GAP, PASS_GAP_FACTOR * (last_assign - started)))
             except KazooException as exc:
                 log.warning("%r: ZooKeeper error during a pass: %s", self, exc)
                 self.wake.set()
@@ -148,7 +168,7 @@ class PoolWorker:
     def pending_work(self) -> list[str]:
         """What this worker still has to do (empty: it waits for news)."""
         pending = []
-        if self.wake.is_set() or self.in_pass:
+        if self.wake.is_set() or self.in_pass or self.assign_due:
             pending.append("a pass")
         with self.mutex:
             if self.events:
