@@ -175,28 +175,51 @@ class _PersistentWatchConnection(ConnectionHandler):
 
     def _read(self, length, timeout):
         """``length`` bytes, from what was received before or from as much
-        as the socket has now."""
+        as the socket has now. The socket is non-blocking: read first, and
+        wait for it only when it has nothing (kazoo waits before every read)."""
         received = self._received
         sock = self._socket
         while len(received) < length:
             with self._socket_error_handling():
-                # A TLS socket may hold decrypted bytes that poll can't see.
-                if not (hasattr(sock, "pending") and sock.pending() > 0):
-                    if not self.handler.select([sock], [], [], timeout)[0]:
-                        raise self.handler.timeout_exception(
-                            "socket time-out during read")
                 try:
                     chunk = sock.recv(max(self.READ_SIZE, length - len(received)))
-                except ssl.SSLError as exc:
-                    if exc.errno in (ssl.SSL_ERROR_WANT_READ, ssl.SSL_ERROR_WANT_WRITE):
-                        continue
-                    raise
+                except (BlockingIOError, ssl.SSLWantReadError):
+                    self._wait_for(sock, timeout, writing=False)
+                    continue
+                except ssl.SSLWantWriteError:
+                    self._wait_for(sock, timeout, writing=True)
+                    continue
                 if not chunk:
                     raise ConnectionDropped("socket connection broken")
                 received += chunk
         data = bytes(received[:length])
         del received[:length]
         return data
+
+    def _write(self, msg, timeout):
+        """Send ``msg`` whole; wait for the socket only when it is full."""
+        sock = self._socket
+        view = memoryview(msg)
+        with self._socket_error_handling():
+            while view:
+                try:
+                    sent = sock.send(view)
+                except (BlockingIOError, ssl.SSLWantWriteError):
+                    self._wait_for(sock, timeout, writing=True)
+                    continue
+                except ssl.SSLWantReadError:
+                    self._wait_for(sock, timeout, writing=False)
+                    continue
+                if not sent:
+                    raise ConnectionDropped("socket connection broken")
+                view = view[sent:]
+
+    def _wait_for(self, sock, timeout, writing: bool) -> None:
+        ready = self.handler.select([], [sock], [], timeout)[1] if writing \
+            else self.handler.select([sock], [], [], timeout)[0]
+        if not ready:
+            raise self.handler.timeout_exception(
+                f"socket time-out during {'write' if writing else 'read'}")
 
     def _reply_buffered(self) -> bool:
         received = self._received

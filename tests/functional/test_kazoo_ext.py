@@ -3,6 +3,7 @@
 gauge it feeds counts real queued requests."""
 
 import inspect
+import uuid
 from collections import deque
 
 import pytest
@@ -13,7 +14,7 @@ from kazoo.protocol.connection import ConnectionHandler
 
 from conftest import wait_until
 from nodepool.zk import kazoo_ext
-from nodepool.zk.client import ZooKeeperClient
+from nodepool.zk.client import ZooKeeperClient, ZooKeeperTLS
 
 
 def test_installed_kazoo_is_a_tested_release():
@@ -27,6 +28,7 @@ def test_the_kazoo_internals_we_extend_are_where_we_expect():
         == ["self", "request", "async_object"]
     # The batched reading and sending replace these, with these signatures.
     for name, parameters in (("_read", ["self", "length", "timeout"]),
+                             ("_write", ["self", "msg", "timeout"]),
                              ("_read_socket", ["self", "read_timeout"]),
                              ("_send_request", ["self", "read_timeout", "connect_timeout"]),
                              ("_connect", ["self", "host", "hostip", "port"])):
@@ -61,10 +63,27 @@ def test_queued_requests_count_what_waits_for_the_connection(zk_proxy, zk_chroot
         client.disconnect()
 
 
-def test_batched_requests_and_buffered_replies_stay_paired(zk_client):
+@pytest.fixture(params=["plain", "tls"])
+def any_client(request, make_zk_client):
+    if request.param == "plain":
+        yield make_zk_client()
+        return
+    server = request.getfixturevalue("zk_tls_server")
+    files = server.tls_files
+    client = ZooKeeperClient(f"{server.tls_hosts}/batch-{uuid.uuid4().hex}", timeout=10,
+                             tls=ZooKeeperTLS(cert=files.client_cert,
+                                              key=files.client_key, ca=files.ca))
+    client.connect(timeout=20)
+    yield client
+    client.kazoo.delete("/", recursive=True)
+    client.disconnect()
+
+
+def test_batched_requests_and_buffered_replies_stay_paired(any_client):
     """Hundreds of requests queued at once go out in batches and their
     replies (several per read, some larger than one read) each reach the
-    request they answer."""
+    request they answer, over plain TCP and TLS."""
+    zk_client = any_client
     kazoo = zk_client.kazoo
     kazoo.ensure_path("/batch")
     sizes = [0, 10, 70000, 1, 200000, 5] * 40
