@@ -6,8 +6,11 @@ held and locked nodes, builds and uploads in every state, paused images,
 build requests and pool registrations.
 
 Used by the web load tests and ``tools/bench/web_status.py``. Every node
-belongs to a provider named ``status-fill-*``, which no launcher of the
-test serves, so a running launcher leaves the records as written.
+of :func:`fill` belongs to a provider named ``status-fill-*``, which no
+launcher of the test serves, so a running launcher leaves the records as
+written. :func:`fill_population` writes a deployment's nodes for providers a
+launcher does serve (``tools/bench/scale.py``), locked where a launcher
+would otherwise reclaim them.
 """
 
 from __future__ import annotations
