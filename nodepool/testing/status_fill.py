@@ -6,15 +6,20 @@ held and locked nodes, builds and uploads in every state, paused images,
 build requests and pool registrations.
 
 Used by the web load tests and ``tools/bench/web_status.py``. Every node
-belongs to a provider named ``status-fill-*``, which no launcher of the
-test serves, so a running launcher leaves the records as written.
+of :func:`fill` belongs to a provider named ``status-fill-*``, which no
+launcher of the test serves, so a running launcher leaves the records as
+written. :func:`fill_population` writes a deployment's nodes for providers a
+launcher does serve (``tools/bench/scale.py``), locked where a launcher
+would otherwise reclaim them.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import dataclass, field
+from typing import Iterable, Sequence
 
 from nodepool.zk import paths
 from nodepool.zk.image_records import ImageBuild, ImageUpload
@@ -50,7 +55,8 @@ class Filled:
         self.locks.clear()
 
 
-def _zuul_request(index: int) -> dict:
+def _zuul_request(index: int, labels: Sequence[str] = LABELS,
+                  providers: Sequence[str | None] = PROVIDERS) -> dict:
     """A request as Zuul writes it: always its own keys, often nulls, never
     the launcher-side ones (declined_by, nodes, reuse)."""
     data = {
@@ -58,10 +64,10 @@ def _zuul_request(index: int) -> dict:
             "build_set_uuid": f"bs{index:030d}", "tenant_name": "acme",
             "pipeline_name": "check", "job_uuid": f"j{index:031d}",
             "job_name": f"job-{index}", "span_info": None},
-        "node_types": [LABELS[index % len(LABELS)]] * (1 + index % 3),
+        "node_types": [labels[index % len(labels)]] * (1 + index % 3),
         "requestor": None if index % 7 == 0 else f"zuul-{index % 4}",
         "created_time": None if index % 2 else time.time() - index,
-        "provider": None if index % 5 else PROVIDERS[index % len(PROVIDERS)],
+        "provider": None if index % 5 else providers[index % len(providers)],
         "state": RequestState.REQUESTED,
         "state_time": time.time() - index,
         "event_id": None if index % 4 == 0 else f"ev{index:030d}",
@@ -101,15 +107,19 @@ def fill_requests(store: Store, count: int) -> list[str]:
     return ids
 
 
-def _node(index: int) -> Node:
-    state = NodeState.ALL[index % len(NodeState.ALL)]
-    sparse = index % 4 == 0  # a record with most optional fields empty
+def _node(index: int, state: str | None = None, provider: str | None = None,
+          pool: str = "main", label: str | None = None,
+          sparse: bool | None = None) -> Node:
+    state = state or NodeState.ALL[index % len(NodeState.ALL)]
+    provider = provider or PROVIDERS[index % len(PROVIDERS)]
+    if sparse is None:
+        sparse = index % 4 == 0  # a record with most optional fields empty
     node = Node(
         state=state, state_time=time.time() - index * 7,
-        provider=PROVIDERS[index % len(PROVIDERS)],
-        pool=None if sparse else "main",
-        type=[LABELS[index % len(LABELS)]],
-        launcher=None if sparse else f"host-PoolWorker.{PROVIDERS[index % 3]}-main-x",
+        provider=provider,
+        pool=None if sparse else pool,
+        type=[label or LABELS[index % len(LABELS)]],
+        launcher=None if sparse else f"host-PoolWorker.{provider}-{pool}-x",
         allocated_to=None if index % 5 else f"200-{index:010d}",
         external_id=None if sparse else f"server-{index}",
         public_ipv4=None if sparse else f"203.0.113.{index % 250}",
@@ -152,6 +162,74 @@ def fill_nodes(store: Store, count: int, locked: int = 0) -> tuple[list[str], li
             raise RuntimeError(f"cannot lock node {node_id}")
         locks.append(lock)
     return ids, locks
+
+
+@dataclass
+class Member:
+    """One node of a deployment: where it is, its state, and whether it is
+    written locked (as Zuul holds its in-use nodes and a launcher the nodes
+    it builds or deletes)."""
+
+    state: str
+    provider: str
+    pool: str
+    label: str
+    locked: bool = False
+
+
+def _pipelined(results: Iterable, batch: int = 2000) -> list:
+    """Wait for kazoo async results, at most ``batch`` in flight (the
+    iterable issues each call as it is drawn)."""
+    done, pending = [], []
+    for result in results:
+        pending.append(result)
+        if len(pending) >= batch:
+            done += [r.get(timeout=60) for r in pending]
+            pending = []
+    return done + [r.get(timeout=60) for r in pending]
+
+
+def fill_population(store: Store, members: Sequence[Member],
+                    resources: dict[str, float] | None = None) -> list[str]:
+    """Write ``members`` as fully populated node records, pipelined, and give
+    each locked one a lock contender in ``store``'s session (it stays locked
+    while that session lives). Returns the node ids, in order.
+
+    Records are recent and held nodes never expire, so no age limit of a
+    launcher applies; ``resources`` is what each node counts against quota.
+    """
+    now = time.time()
+    nodes = []
+    for index, member in enumerate(members):
+        node = _node(index, member.state, member.provider, member.pool, member.label,
+                     sparse=False)
+        node.state_time = node.created_time = now - index % 3600
+        node.hold_expiration = None
+        node.allocated_to = f"200-{index:010d}" \
+            if member.state in (NodeState.IN_USE, NodeState.USED) else None
+        node.resources = dict(resources or {})
+        nodes.append(node)
+    kazoo = store.kazoo
+    kazoo.ensure_path(paths.NODES)
+    created = _pipelined(kazoo.create_async(paths.NODES + "/", node.to_json(),
+                                            sequence=True) for node in nodes)
+    ids = [path.rsplit("/", 1)[1] for path in created]
+    locked = [node_id for node_id, member in zip(ids, members) if member.locked]
+    _pipelined(kazoo.create_async(paths.node_lock(node_id)) for node_id in locked)
+    prefix = uuid.uuid4().hex + "__lock__"
+    _pipelined(kazoo.create_async(f"{paths.node_lock(node_id)}/{prefix}", b"",
+                                  ephemeral=True, sequence=True) for node_id in locked)
+    return ids
+
+
+def fill_open_requests(store: Store, labels: Sequence[str], count: int) -> list[str]:
+    """Zuul-shaped requests (one to three nodes of one of ``labels``, no
+    provider preference, precedences 100-300) written pipelined."""
+    created = _pipelined(store.kazoo.create_async(
+        paths.request_prefix(("100", "200", "300")[index % 3]),
+        json.dumps(_zuul_request(index, labels, (None,))).encode(),
+        sequence=True, makepath=True) for index in range(count))
+    return [path.rsplit("/", 1)[1] for path in created]
 
 
 def fill_images(store: Store, builds: int, images: int = 10

@@ -189,6 +189,23 @@ def decoder(from_json):
     return decode
 
 
+# Per kind, the classes _coerce returns unchanged (None: any value is).
+_EXACT: dict[str, tuple[type, ...] | None] = {
+    "any": None, "str?": (str, type(None)), "str": (str,), "float": (float,),
+    "float?": (float, type(None)), "int": (int,), "bool": (bool,),
+    "dict?": (dict, type(None)), "strlist": (),
+}
+
+
+@functools.cache
+def _decode_plan(cls: type) -> tuple[tuple, frozenset[str]]:
+    """A record class's FIELDS with each kind's exact classes, and every
+    key it reads: worked out once, not for each record decoded."""
+    plan = tuple((key, attr, kind, default, _EXACT[kind])
+                 for key, attr, kind, default in cls.FIELDS)
+    return plan, frozenset(f[0] for f in cls.FIELDS) | cls.DROP_KEYS
+
+
 class Record:
     """Shared JSON plumbing for the record dataclasses.
 
@@ -205,15 +222,18 @@ class Record:
 
     @classmethod
     def _decode_fields(cls, data: dict) -> dict[str, Any]:
+        plan, known = _decode_plan(cls)
         kwargs: dict[str, Any] = {}
-        for key, attr, kind, default in cls.FIELDS:
+        for key, attr, kind, default, exact in plan:
             if key in data:
-                kwargs[attr] = _coerce(kind, key, data[key])
+                value = data[key]
+                # Values of exactly the expected type need no coercion.
+                kwargs[attr] = value if exact is None or value.__class__ in exact \
+                    else _coerce(kind, key, value)
             elif default is Record.REQUIRED:
                 raise CorruptRecord(f"missing required field {key!r}")
             else:
                 kwargs[attr] = (default() if callable(default) else default)
-        known = {f[0] for f in cls.FIELDS} | cls.DROP_KEYS
         kwargs["extra"] = {k: v for k, v in data.items() if k not in known}
         return kwargs
 

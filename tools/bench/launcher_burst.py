@@ -89,6 +89,71 @@ class Observer:
         self.client.disconnect()
 
 
+class Burst:
+    """Plays Zuul for a burst of requests: submits them all at once, and as
+    each is fulfilled takes its nodes, uses them and returns them used."""
+
+    def __init__(self, zuul: FakeZuul, observer: Observer, workers: int = 8):
+        self.zuul = zuul
+        self.observer = observer
+        self.pool = ThreadPoolExecutor(max_workers=workers)
+        self.used_at: dict[str, float] = {}
+        self.submitted: dict[str, float] = {}
+        self.unfinished = 0
+        self.started = self.submit_done = self.fulfilled_by = 0.0
+
+    def consume(self, request_id: str) -> None:
+        nodes = self.zuul.accept(request_id)
+        self.zuul.use(nodes)
+        for node in nodes:
+            self.used_at[node["id"]] = time.monotonic()
+        self.zuul.release(nodes)
+
+    def run(self, node_types: list[list[str]], timeout: float) -> None:
+        """One request per entry of ``node_types``; returns once all were
+        fulfilled and their nodes deleted (or ``timeout`` ran out for either)."""
+        observer = self.observer
+        self.started = time.monotonic()
+        # All creates pipelined, as many schedulers submitting at once.
+        pending_creates = [(self.zuul.submit_async(labels), time.monotonic())
+                           for labels in node_types]
+        for result, sent in pending_creates:
+            self.submitted[result.get(timeout=60).rsplit("/", 1)[1]] = sent
+        self.submit_done = time.monotonic()
+        pending = set(self.submitted)
+        futures = []
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            with observer.done:
+                observer.done.wait(0.05)
+            finished = [r for r in pending if r in observer.fulfilled]
+            for request_id in finished:
+                pending.discard(request_id)
+                futures.append(self.pool.submit(self.consume, request_id))
+        self.unfinished = len(pending)
+        self.fulfilled_by = max(observer.fulfilled.get(r, 0) for r in self.submitted)
+        for future in futures:
+            future.result()
+        # Wait for the used nodes to be deleted.
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and \
+                not all(n in observer.deleted for n in self.used_at):
+            time.sleep(0.05)
+
+    def latencies(self) -> list[float]:
+        """Submit -> fulfilled, of the fulfilled requests."""
+        return [self.observer.fulfilled[r] - t for r, t in self.submitted.items()
+                if r in self.observer.fulfilled]
+
+    def deletions(self) -> list[float]:
+        """Returned used -> znode gone, of the deleted nodes."""
+        return [self.observer.deleted[n] - t for n, t in self.used_at.items()
+                if n in self.observer.deleted]
+
+    def stop(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000)
@@ -132,15 +197,7 @@ def main() -> int:
     # less CPU from the launcher on this shared machine.
     from nodepool.zk.client import PollingHandler
     zuul = FakeZuul(hosts, handler=PollingHandler())
-    pool = ThreadPoolExecutor(max_workers=8)
-    used_at: dict[str, float] = {}
-
-    def consume(request_id: str) -> None:
-        nodes = zuul.accept(request_id)
-        zuul.use(nodes)
-        for node in nodes:
-            used_at[node["id"]] = time.monotonic()
-        zuul.release(nodes)
+    burst = Burst(zuul, observer)
 
     try:
         # Wait for the launcher's pool to register.
@@ -156,7 +213,7 @@ def main() -> int:
             request_id = zuul.submit(["small"])
             observer.wait([request_id], 30)
             singles.append(observer.fulfilled[request_id] - start)
-            consume(request_id)
+            burst.consume(request_id)
             time.sleep(0.2)
         time.sleep(1.0)
 
@@ -167,32 +224,7 @@ def main() -> int:
         if args.profile:
             launcher.process.send_signal(signal.SIGUSR2)
             time.sleep(0.5)
-        submitted: dict[str, float] = {}
-        burst_start = time.monotonic()
-        # A burst: all creates pipelined, as many schedulers submitting at once.
-        pending_creates = [(zuul.submit_async(["small"]), time.monotonic())
-                           for _ in range(args.requests)]
-        for result, sent in pending_creates:
-            submitted[result.get(timeout=60).rsplit("/", 1)[1]] = sent
-        submit_done = time.monotonic()
-        pending = set(submitted)
-        futures = []
-        deadline = time.monotonic() + args.timeout
-        while pending and time.monotonic() < deadline:
-            with observer.done:
-                observer.done.wait(0.05)
-            finished = [r for r in pending if r in observer.fulfilled]
-            for request_id in finished:
-                pending.discard(request_id)
-                futures.append(pool.submit(consume, request_id))
-        burst_end = max(observer.fulfilled.get(r, 0) for r in submitted)
-        for future in futures:
-            future.result()
-        # Wait for the used nodes to be deleted.
-        deadline = time.monotonic() + args.timeout
-        while time.monotonic() < deadline and \
-                not all(n in observer.deleted for n in used_at):
-            time.sleep(0.05)
+        burst.run([["small"]] * args.requests, args.timeout)
         cpu_after = cpu_seconds(launcher.pid)
         if simulator is not None:
             # Give the delete worker a moment to finish, then count leaks.
@@ -207,14 +239,12 @@ def main() -> int:
             time.sleep(2)
             print(f"profile in {state}/launcher.log")
 
-        latencies = [observer.fulfilled[r] - t for r, t in submitted.items()
-                     if r in observer.fulfilled]
-        deletions = [observer.deleted[n] - t for n, t in used_at.items()
-                     if n in observer.deleted]
-        elapsed = burst_end - burst_start
+        latencies = burst.latencies()
+        deletions = burst.deletions()
+        elapsed = burst.fulfilled_by - burst.started
         print(f"requests:             {args.requests} single-node, burst submitted in "
-              f"{submit_done - burst_start:.2f} s")
-        print(f"fulfilled:            {len(latencies)} (unfinished: {len(pending)})")
+              f"{burst.submit_done - burst.started:.2f} s")
+        print(f"fulfilled:            {len(latencies)} (unfinished: {burst.unfinished})")
         print(f"throughput:           {len(latencies) / elapsed:.1f} requests/s "
               f"(all fulfilled {elapsed:.2f} s after the first submit)")
         print(f"latency p50/p90/p99:  {percentile(latencies, 50):.3f} / "
@@ -232,9 +262,9 @@ def main() -> int:
                   f"and returned: anything left is a leak)")
         print(f"other CPU:            ZooKeeper {zk_cpu:.2f} s, this Zuul-role client "
               f"{own_cpu:.2f} s (the machine's cores are shared by all three)")
-        return 0 if not pending else 1
+        return 0 if not burst.unfinished else 1
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        burst.stop()
         launcher.stop(timeout=60)
         zuul.stop()
         observer.stop()
