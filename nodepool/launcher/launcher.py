@@ -388,7 +388,23 @@ class Launcher:
             self.min_ready.wake.set()
         elif request.is_min_ready and request.state in ("fulfilled", "failed"):
             self.min_ready.wake.set()
-        self._wake_all()
+        if kind != "deleted" and request.state == "requested":
+            self._wake_candidates(request)
+
+    def _wake_candidates(self, request) -> None:
+        """An open request is news for the pools that could serve it (all
+        pools when none can: each has to decline it); other changes to
+        requests change no pool's decisions."""
+        components, directory = self.views.pools()
+        candidates = {c.id for c in directory.candidates(request)}
+        if not candidates:
+            self._wake_all()
+            return
+        registered = {c.id for c in components}
+        for manager in list(self.managers.values()):
+            for worker in list(manager.workers.values()):
+                if worker.id in candidates or worker.id not in registered:
+                    worker.wake.set()
 
     def _on_other(self, kind, key, record) -> None:
         self._wake_all()

@@ -16,11 +16,12 @@ is not starved by a stream of small ones behind it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 from kazoo.exceptions import KazooException
 
@@ -374,11 +375,13 @@ class PoolWorker:
 
         handlers, in_flight, my_id = self.handlers, self.in_flight, self.id
         disabled = pool.max_servers is not None and pool.max_servers <= 0
-        for request in launcher.views.ordered_requests():
-            if request.id in handlers or request.id in in_flight \
+        for seen, candidates in self._open_requests(directory):
+            request = launcher.requests.current_open(seen.id)
+            if request is None or request.id in handlers or request.id in in_flight \
                     or my_id in request.declined_by:
                 continue
-            candidates = directory.candidates(request)
+            if request is not seen:
+                candidates = directory.candidates(request)
             if scheduler.skip_reason(request, me, my_labels, candidates):
                 continue
             if not request_fits(request):
@@ -399,6 +402,19 @@ class PoolWorker:
         self.deferred = assignment.deferred
         if assignment.short_of_quota:
             self._make_room(assignment.reusable)
+
+    def _open_requests(self, directory: scheduler.PoolDirectory
+                       ) -> Iterable[tuple[NodeRequest, list]]:
+        """The open requests this pool has to look at, with their candidate
+        pools: those it could serve and those nobody can (to decline)."""
+        views = self.launcher.views
+        if directory is not views.pools()[1]:
+            # Not registered yet: the shared split does not know us.
+            return ((r, directory.candidates(r)) for r in views.ordered_requests())
+        mine, orphans, current = views.requests_for(self.id)
+        if not current:
+            self.assign_due = True
+        return itertools.chain(mine, orphans)
 
     def _room(self) -> tuple[Room, Resources | None]:
         """What this pool may still start, from usage and limits now; and
@@ -465,9 +481,10 @@ class PoolWorker:
 
     def _reusable_nodes(self) -> dict[str, list[Node]]:
         by_label: dict[str, list[Node]] = {}
-        cache = self.launcher.nodes
-        for node in self.launcher.usage.idle_nodes(self.provider.name, self.pool.name):
-            if node.id not in self.claimed and not cache.is_locked(node.id):
+        idle = self.launcher.usage.idle_nodes(self.provider.name, self.pool.name)
+        locked = self.launcher.nodes.locked_among(n.id for n in idle)
+        for node in idle:
+            if node.id not in self.claimed and node.id not in locked:
                 for label in node.type:
                     by_label.setdefault(label, []).append(node)
         for members in by_label.values():

@@ -115,6 +115,12 @@ class NodeCache(TreeCache):
         with self._lock:
             return bool(self._contenders.get(node_id))
 
+    def locked_among(self, node_ids: Iterable[str]) -> set[str]:
+        """Which of these nodes look locked (one lock round for all)."""
+        with self._lock:
+            contenders = self._contenders
+            return {i for i in node_ids if contenders.get(i)}
+
     def __len__(self) -> int:
         return len(self._nodes)
 
@@ -183,6 +189,10 @@ class RequestCache(TreeCache):
         """Requests in state ``requested`` (kept as an index, not filtered)."""
         with self._lock:
             return list(self._open.values())
+
+    def current_open(self, request_id: str) -> NodeRequest | None:
+        """The request as last seen, if it is still open."""
+        return self._open.get(request_id)
 
     def open_snapshot(self) -> tuple[int, list[NodeRequest]]:
         """The open requests and the generation they belong to."""
