@@ -458,11 +458,12 @@ class PoolWorker:
         """
         if self.making_room:
             return
-        if any(n.state == NodeState.DELETING and n.provider == self.provider.name
-               and n.pool == self.pool.name for n in self.launcher.nodes.nodes()):
-            return
+        # Cheap test first: the scan below reads every node of the launcher.
         idle = {n.id: n for members in reusable.values() for n in members}
         if not idle:
+            return
+        if any(n.state == NodeState.DELETING and n.provider == self.provider.name
+               and n.pool == self.pool.name for n in self.launcher.nodes.nodes()):
             return
         oldest = min(idle.values(), key=lambda n: n.state_time)
         self.making_room = True
