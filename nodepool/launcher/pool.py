@@ -150,6 +150,7 @@ class PoolWorker:
                     continue
                 self.assign_due = False
                 self._assign()
+                # After the pass: it decides whether we are deferring (paused).
                 self._update_component()
                 last_assign = time.monotonic()
                 # Events arriving during the gap are handled by one
@@ -183,13 +184,6 @@ class PoolWorker:
         if self.making_room:
             pending.append("making room")
         return pending
-
-    def run_pass(self) -> None:
-        self._check_session()
-        self._poll_handlers()
-        self._assign()
-        # After the pass: it decides whether we are deferring (paused).
-        self._update_component()
 
     def _check_session(self) -> None:
         generation = self.launcher.client.session_generation
