@@ -185,11 +185,6 @@ class RequestCache(TreeCache):
             if old is not None:
                 self.notify("deleted", parts[1], old)
 
-    def open_requests(self) -> list[NodeRequest]:
-        """Requests in state ``requested`` (kept as an index, not filtered)."""
-        with self._lock:
-            return list(self._open.values())
-
     def current_open(self, request_id: str) -> NodeRequest | None:
         """The request as last seen, if it is still open."""
         return self._open.get(request_id)
