@@ -14,6 +14,7 @@ from registering a slot twice.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from nodepool.config.model import Pool
@@ -33,6 +34,12 @@ LAUNCHER_NAME = "static driver"
 # Records in these states hold no slot (they are on their way out or in).
 NOT_HOLDING = {NodeState.DELETING, NodeState.DELETED}
 RESYNC_INTERVAL = 30.0
+# A host that failed its probe is not probed again before this many seconds,
+# doubling on each failure up to the maximum: the probe blocks the
+# registrar (and the provider's cluster-wide lock) for up to the host's
+# timeout, and every deleted node or cleanup pass wakes the registrar.
+RETRY_FIRST = 10.0
+RETRY_MAX = 300.0
 
 
 def identity(node: Node) -> tuple:
@@ -44,6 +51,8 @@ class InventoryRegistrar(PeriodicWorker):
         super().__init__(f"inventory-{manager.provider.name}", RESYNC_INTERVAL,
                          manager.launcher.client)
         self.manager = manager
+        # host identity -> (host config, monotonic time of the next probe, delay)
+        self._backoff: dict[tuple, tuple[Host, float, float]] = {}
 
     def start(self) -> None:
         self.wake.set()
@@ -95,13 +104,31 @@ class InventoryRegistrar(PeriodicWorker):
             if slot not in taken and not self.stopped:
                 self.register(pool, host, slot)
 
+    def waiting_to_retry(self, host: Host) -> bool:
+        """Whether the host failed its last probe and its next one is not due
+        (a changed host configuration is probed at once)."""
+        entry = self._backoff.get(host.identity)
+        if entry is None:
+            return False
+        configured, due, _ = entry
+        if configured != host:
+            del self._backoff[host.identity]
+            return False
+        return time.monotonic() < due
+
     def register(self, pool: Pool, host: Host, slot: int) -> None:
+        if self.waiting_to_retry(host):
+            return
         try:
             found = self.manager.adapter.describe_host(host)
         except Exception as exc:
-            log.warning("Host %s:%s is not usable, not registering it: %s",
-                        host.name, host.connection_port, exc)
+            previous = self._backoff.get(host.identity)
+            delay = min(previous[2] * 2, RETRY_MAX) if previous else RETRY_FIRST
+            self._backoff[host.identity] = (host, time.monotonic() + delay, delay)
+            log.warning("Host %s:%s is not usable, not registering it (next try in "
+                        "%.0fs): %s", host.name, host.connection_port, delay, exc)
             return
+        self._backoff.pop(host.identity, None)
         node = Node(state=NodeState.READY, provider=self.manager.provider.name,
                     pool=pool.name, type=list(host.labels), launcher=LAUNCHER_NAME,
                     external_id=found.external_id, hostname=host.name,

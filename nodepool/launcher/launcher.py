@@ -347,7 +347,7 @@ class Launcher:
             busy = sum(len(runner) for runner in manager.runners)
             if busy:
                 pending.append(f"{name}: {busy} launches or deletes")
-            if manager.registrar is not None and manager.registrar.wake.is_set():
+            if manager.registrar is not None and manager.registrar.pending:
                 pending.append(f"{name}: registering hosts")
             for pool_name, worker in list(manager.workers.items()):
                 pending += [f"{name}/{pool_name}: {what}"

@@ -33,12 +33,12 @@ providers:
 """
 
 
-def host(server, labels="[a]", jobs=1, extra=""):
+def host(server, labels="[a]", jobs=1, extra="", timeout=3):
     return (f"          - name: 127.0.0.1\n"
             f"            connection-port: {server.port}\n"
             f"            labels: {labels}\n"
             f"            max-parallel-jobs: {jobs}\n"
-            f"            timeout: 3\n{extra}")
+            f"            timeout: {timeout}\n{extra}")
 
 
 def nodes_of(launcher, state=NodeState.READY):
@@ -95,6 +95,33 @@ def test_unreachable_host_is_not_registered_and_dead_host_is_retired(env, hosts,
     [waiting] = [r for r in requests if r != served_id]
     env.settle()
     assert zuul.get_request(waiting)["state"] == "requested"  # waits, not failed
+
+
+def test_dead_host_is_probed_with_backoff_and_registered_once_back(env, hosts, caplog,
+                                                                   monkeypatch):
+    from nodepool.launcher import inventory
+    monkeypatch.setattr(inventory, "RETRY_FIRST", 2.0)
+    alive, dead = hosts
+    dead.stop()
+    launcher = env.start(env.config(static_config(
+        host(alive) + host(dead, jobs=3, timeout=1))))
+    wait_until(lambda: len(nodes_of(launcher)) == 1, timeout=20, message="registered")
+
+    def probes():
+        return [r for r in caplog.records if "is not usable" in r.getMessage()
+                and str(dead.port) in r.getMessage()]
+    wait_until(probes, timeout=20, message="dead host probed")
+    # Cleanup wakes the registrar every 0.3 s here; the dead host's three
+    # slots share one probe, and it waits for its backoff.
+    env.settle()
+    assert len(probes()) == 1
+    assert "next try in 2s" in probes()[0].getMessage()
+    dead.start()
+    wait_until(lambda: len(nodes_of(launcher)) == 4, timeout=20,
+               message="host registered once back")
+    assert sorted(n.slot for n in nodes_of(launcher)
+                  if n.connection_port == dead.port) == [0, 1, 2]
+    assert len(probes()) <= 2
 
 
 def test_reconfiguration_adds_slots_and_retires_removed_hosts(env, hosts):
