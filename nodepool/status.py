@@ -151,18 +151,17 @@ def render_table(columns: list[tuple[str, str]], rows: Iterable[dict[str, Any]],
     if fields:
         wanted = set(fields)
         columns = [c for c in columns if c[0] in wanted]
-    cells = [[_cell(key, row.get(key)) for key, _ in columns] for row in rows]
-    widths = [len(header) for _, header in columns]
-    for line in cells:
-        for index, text in enumerate(line):
-            if len(text) > widths[index]:
-                widths[index] = len(text)
+    rows = list(rows)
+    # Column by column: most cells are already strings.
+    cells = [[value if value.__class__ is str else _cell(key, value)
+              for value in (row.get(key) for row in rows)]
+             for key, _ in columns]
+    widths = [max(len(header), max(map(len, column), default=0))
+              for (_, header), column in zip(columns, cells)]
     border = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-    out = [border,
-           "| " + " | ".join(h.ljust(w) for (_, h), w in zip(columns, widths)) + " |",
-           border]
-    out += ["| " + " | ".join(t.ljust(w) for t, w in zip(line, widths)) + " |"
-            for line in cells]
+    line = "| " + " | ".join(f"{{:<{w}}}" for w in widths) + " |"
+    out = [border, line.format(*(h for _, h in columns)), border]
+    out += map(line.format, *cells)
     out.append(border)
     return "\n".join(out)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 
 from nodepool.cmd import common, images, nodes
@@ -128,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nodepool: {exc}", file=sys.stderr)
         return EXIT_ERROR
     args.read_only_zk = False
+    # A command reads ZooKeeper once and exits: the cyclic garbage collector
+    # has nothing to free, yet each of its full passes over tens of
+    # thousands of decoded records cost a quarter of ``list``'s time.
+    gc.disable()
     try:
         return args.func(args)
     except CommandError as exc:

@@ -21,7 +21,7 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from kazoo.exceptions import (ConnectionClosedError, ConnectionLoss, NoNodeError,
                               OperationTimeoutError, SessionExpiredError)
@@ -143,20 +143,35 @@ class _BatchResult:
 
 
 class _Batch:
+    """The replies of a pipelined batch, handed to the reader in order as
+    they arrive (it can work on the first while the rest are in flight)."""
+
+    PENDING = object()
+
     def __init__(self, size: int):
-        self.results: list = [None] * size
+        self.results: list = [self.PENDING] * size
         self.remaining = size
-        self.lock = threading.Lock()
-        self.finished = threading.Event()
-        if size == 0:
-            self.finished.set()
+        self.arrived = threading.Condition()
 
     def done(self, index: int, value) -> None:
-        self.results[index] = value
-        with self.lock:
+        with self.arrived:
+            self.results[index] = value
             self.remaining -= 1
-            if self.remaining == 0:
-                self.finished.set()
+            self.arrived.notify()
+
+    def wait_for(self, index: int, deadline: float):
+        """Reply ``index``; raises ZooKeeperError when it is not in by the
+        (monotonic) deadline."""
+        with self.arrived:
+            while self.results[index] is self.PENDING:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ZooKeeperError(f"{self.remaining} of {len(self.results)} "
+                                         "multiRead requests unanswered")
+                self.arrived.wait(left)
+            value = self.results[index]
+            self.results[index] = None  # the reader keeps what it needs
+            return value
 
 
 class ConnectInterrupted(ZooKeeperError):
@@ -554,9 +569,10 @@ class ZooKeeperClient:
     # a reply of large records stays well under jute.maxbuffer (1 MiB).
     MULTI_READ_SIZE = 200
 
-    def _pipeline(self, requests: list) -> list:
-        """Send the reads as multiRead requests, all queued at once. A missing
-        znode gives None; other errors are raised."""
+    def iter_many(self, requests: list) -> Iterator:
+        """Send the reads as multiRead requests, all queued at once, and yield
+        each read's result in order as its reply arrives. A missing znode
+        gives None; other errors are raised."""
         kazoo = self.kazoo
         if kazoo is None or not kazoo.connection_open:
             raise ZooKeeperError("not connected")
@@ -569,35 +585,36 @@ class ZooKeeperClient:
                               for index, chunk in enumerate(chunks))
         except OSError:
             raise ZooKeeperError("connection closed") from None
-        if not batch.finished.wait(self.timeout * 3 + len(requests) / 1000):
-            raise ZooKeeperError(f"{batch.remaining} of {len(chunks)} multiRead "
-                                 "requests unanswered")
-        results = []
-        for reply in batch.results:
+        deadline = time.monotonic() + self.timeout * 3 + len(requests) / 1000
+        for index, chunk in enumerate(chunks):
+            reply = batch.wait_for(index, deadline)
             if isinstance(reply, Exception):
                 raise reply
+            if len(reply) != len(chunk.operations):
+                raise ZooKeeperError(f"multiRead answered {len(reply)} of "
+                                     f"{len(chunk.operations)} reads")
             for value in reply:
                 if isinstance(value, NoNodeError):
-                    results.append(None)
+                    yield None
                 elif isinstance(value, Exception):
                     raise value
                 else:
-                    results.append(value)
-        if len(results) != len(requests):
-            raise ZooKeeperError(f"multiRead answered {len(results)} of "
-                                 f"{len(requests)} reads")
-        return results
+                    yield value
 
-    def _full(self, path: str) -> str:
+    def _pipeline(self, requests: list) -> list:
+        return list(self.iter_many(requests))
+
+    def full_path(self, path: str) -> str:
+        """``path`` with the chroot, as raw requests need it."""
         chroot = self.kazoo.chroot
         return chroot + path if chroot else path
 
     def get_many(self, paths: Iterable[str]) -> list[tuple[bytes, object] | None]:
         """Read many znodes in one pipeline; a missing znode gives None."""
-        return self._pipeline([GetData(self._full(p), None) for p in paths])
+        return self._pipeline([GetData(self.full_path(p), None) for p in paths])
 
     def get_children_many(self, paths: Iterable[str]) -> list[list[str] | None]:
-        return self._pipeline([GetChildren(self._full(p), None) for p in paths])
+        return self._pipeline([GetChildren(self.full_path(p), None) for p in paths])
 
 
 def client_from_config(config, read_only: bool = False) -> ZooKeeperClient:

@@ -301,3 +301,27 @@ def test_bulk_reads_keep_order_and_report_missing_znodes(zk_client):
     assert sorted(children[1]) == ["child-a", "child-b"]
     assert children[0] is None and children[2] == []
     assert zk_client.get_many([]) == []
+
+
+def test_cli_reads_nodes_with_their_locks_across_chunks(zk_client, capsys):
+    """``nodepool list`` reads each node's data and lock directory in one
+    pipeline of several multiRead requests: every node is paired with its
+    own lock state, a corrupt record is skipped with a warning."""
+    from nodepool.cmd.common import read_nodes
+    from nodepool.zk.records import Node, NodeState
+    kazoo = zk_client.kazoo
+    count = 250  # 500 reads: three multiRead requests of 200
+    for index in range(count):
+        node_id = f"{index:010d}"
+        raw = b"{broken" if index == 77 else Node(
+            id=node_id, state=NodeState.READY, provider="p", type=["small"]).to_json()
+        kazoo.create(paths.node(node_id), raw, makepath=True)
+        if index % 7 == 0:
+            kazoo.create(f"{paths.node_lock(node_id)}/{'a' * 32}__lock__0000000000",
+                         makepath=True)
+        elif index % 11 == 0:
+            kazoo.ensure_path(paths.node_lock(node_id))  # lock released: empty
+    nodes = read_nodes(zk_client)
+    assert [n.id for n, _ in nodes] == [f"{i:010d}" for i in range(count) if i != 77]
+    assert all(locked == (int(n.id) % 7 == 0) for n, locked in nodes)
+    assert "skipping corrupt node 0000000077" in capsys.readouterr().err
