@@ -369,6 +369,7 @@ class PoolWorker:
 
         handlers, in_flight, my_id = self.handlers, self.in_flight, self.id
         disabled = pool.max_servers is not None and pool.max_servers <= 0
+        reasons: dict[tuple, str | None] = {}
         for seen, candidates in self._open_requests(directory):
             request = launcher.requests.current_open(seen.id)
             if request is None or request.id in handlers or request.id in in_flight \
@@ -382,9 +383,17 @@ class PoolWorker:
                 self._too_large(request)
                 continue
             unanswered = not disabled and self._cloud_unanswered(request)
-            reason = None if unanswered else scheduler.decline_reason(
-                request, provider, pool, self._image_available, self._label_need,
-                cloud_limits)
+            if unanswered:
+                reason = None
+            else:
+                # Within a pass the answer depends on the labels alone.
+                labels = tuple(request.node_types)
+                if labels in reasons:
+                    reason = reasons[labels]
+                else:
+                    reason = reasons[labels] = scheduler.decline_reason(
+                        request, provider, pool, self._image_available,
+                        self._label_need, cloud_limits)
             decision = assignment.offer(request, reason, cloud_unanswered=unanswered)
             if decision.verdict == Verdict.DEFER:
                 continue

@@ -7,6 +7,7 @@ computed once per pass instead of once per request.
 from __future__ import annotations
 
 from collections import defaultdict
+from operator import itemgetter
 from typing import Callable, Iterable
 
 from nodepool.config.model import Pool, Provider
@@ -24,17 +25,23 @@ def order_requests(requests: Iterable[NodeRequest]) -> list[NodeRequest]:
     another's requests (for Zuul alone, which is one requestor, the order is
     exactly upstream's).
     """
-    groups: dict[tuple, list[NodeRequest]] = defaultdict(list)
+    # Open requests are ordered again whenever the open set changes: the
+    # keys come from each request's cached sort_key, not from its id again.
+    groups: dict[tuple, list[tuple[str, NodeRequest]]] = defaultdict(list)
     for request in requests:
-        groups[(request.priority, request.relative_priority,
-                request.requestor or "")].append(request)
+        priority, relative, sequence = request.sort_key()
+        groups[(priority, relative, request.requestor or "")].append((sequence, request))
     keyed = []
     for (priority, relative, _), members in groups.items():
-        members.sort(key=lambda r: r.sequence)
-        for rank, request in enumerate(members):
-            keyed.append(((priority, relative, rank, request.sequence), request))
-    keyed.sort(key=lambda item: item[0])
+        members.sort(key=itemgetter(0))
+        for rank, (sequence, request) in enumerate(members):
+            keyed.append(((priority, relative, rank, sequence), request))
+    keyed.sort(key=itemgetter(0))
     return [request for _, request in keyed]
+
+
+# Distinct (labels, declined-by) keys remembered by a PoolDirectory.
+MEMO_LIMIT = 4096
 
 
 class PoolDirectory:
@@ -48,16 +55,28 @@ class PoolDirectory:
         for index, labels in enumerate(self._labels):
             for label in labels:
                 self._by_label[label].append(index)
+        # Requests alike in labels and declines have the same candidates; the
+        # directory lives as long as the set of pools does.
+        self._memo: dict[tuple, list[PoolComponent]] = {}
 
     def candidates(self, request: NodeRequest) -> list[PoolComponent]:
-        """Registered pools that offer every label and have not declined."""
-        wanted = set(request.node_types)
+        """Registered pools that offer every label and have not declined
+        (shared between requests alike in both: read-only)."""
+        declined = request.declined_by
+        key = (tuple(request.node_types), frozenset(declined) if declined else None)
+        found = self._memo.get(key)
+        if found is None:
+            if len(self._memo) >= MEMO_LIMIT:
+                self._memo.clear()  # requests come and go; their keys with them
+            found = self._memo[key] = self._candidates(set(key[0]), declined)
+        return found
+
+    def _candidates(self, wanted: set[str], declined: list[str]) -> list[PoolComponent]:
         if wanted:
             rarest = min(wanted, key=lambda label: len(self._by_label.get(label, ())))
             indexes = self._by_label.get(rarest, ())
         else:
             indexes = range(len(self.components))
-        declined = request.declined_by
         found = []
         for index in indexes:
             component = self.components[index]
