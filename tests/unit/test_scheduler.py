@@ -120,3 +120,23 @@ def test_the_label_index_finds_exactly_the_pools_offering_every_label():
         expected = [c for c in components
                     if c.id not in declined and set(wanted) <= set(c.supported_labels)]
         assert directory.candidates(request) == expected, (wanted, declined)
+
+
+def test_remembered_candidates_follow_each_requests_declines(monkeypatch):
+    monkeypatch.setattr(scheduler, "MEMO_LIMIT", 3)
+    components = [PoolComponent(id=f"pool-{i}", provider_name="p",
+                                supported_labels=["a", "b"]) for i in range(3)]
+    directory = scheduler.PoolDirectory(components)
+    fresh = NodeRequest(state="requested", node_types=["a"])
+    declined = NodeRequest(state="requested", node_types=["a"], declined_by=["pool-1"])
+    for _ in range(2):
+        assert [c.id for c in directory.candidates(fresh)] == ["pool-0", "pool-1", "pool-2"]
+        assert [c.id for c in directory.candidates(declined)] == ["pool-0", "pool-2"]
+    # A decline added to the same request object counts at once.
+    fresh.declined_by.append("pool-0")
+    assert [c.id for c in directory.candidates(fresh)] == ["pool-1", "pool-2"]
+    # Past the limit the memory starts over, still right.
+    for label_set in (["b"], ["a", "b"], ["b", "a"]):
+        request = NodeRequest(state="requested", node_types=label_set)
+        assert len(directory.candidates(request)) == 3
+    assert [c.id for c in directory.candidates(declined)] == ["pool-0", "pool-2"]
