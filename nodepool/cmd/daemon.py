@@ -23,6 +23,8 @@ import threading
 import traceback
 from typing import Callable
 
+from nodepool.memory import LongLivedObjects
+
 log = logging.getLogger("nodepool.daemon")
 
 
@@ -213,8 +215,9 @@ def run_service(args, make: Callable[[], object], errors: tuple, *,
         # Timed: the kernel may hand SIGINT/SIGTERM to any thread, and Python
         # runs the handler only when the main thread wakes; an untimed wait
         # would sleep through it for good.
+        long_lived = LongLivedObjects()
         while not stop.wait(1.0):
-            pass
+            long_lived.tick()
         service.stop()
         return 0
 
