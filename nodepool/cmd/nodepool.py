@@ -138,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as exc:
         print(f"nodepool: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        gc.enable()  # for a caller that runs main() in its own process
 
 
 if __name__ == "__main__":

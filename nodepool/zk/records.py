@@ -191,6 +191,18 @@ def _decode_plan(cls: type) -> tuple[tuple, frozenset[str]]:
     return plan, frozenset(f[0] for f in cls.FIELDS) | cls.DROP_KEYS
 
 
+@functools.cache
+def _defaults(cls: type) -> tuple[tuple[str, Any, Any], ...]:
+    """A record dataclass's fields with their default or default factory."""
+    out = []
+    for item in dataclasses.fields(cls):
+        factory = None if item.default_factory is dataclasses.MISSING \
+            else item.default_factory
+        default = None if item.default is dataclasses.MISSING else item.default
+        out.append((item.name, default, factory))
+    return tuple(out)
+
+
 class Record:
     """Shared JSON plumbing for the record dataclasses.
 
@@ -225,6 +237,18 @@ class Record:
         kwargs["extra"] = {} if found == len(data) else \
             {k: v for k, v in data.items() if k not in known}
         return kwargs
+
+    @classmethod
+    def _instantiate(cls, values: dict[str, Any]):
+        """A record from decoded values, without the dataclass ``__init__``
+        (a fifth of decoding a node); fields not in ``values`` get their
+        defaults."""
+        record = cls.__new__(cls)
+        for name, default, factory in _defaults(cls):
+            if name not in values:
+                values[name] = factory() if factory is not None else default
+        record.__dict__.update(values)
+        return record
 
     def _encode_fields(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(getattr(self, "extra", {}) or {})
@@ -455,7 +479,8 @@ class Node(Record):
             # Older writers only had ssh_port.
             kwargs["connection_port"] = data.get("ssh_port", 22)
         kwargs["hold_expiration"] = _hold_expiration(kwargs["hold_expiration"])
-        return cls(id=node_id, **kwargs)
+        kwargs["id"] = node_id
+        return cls._instantiate(kwargs)
 
     @classmethod
     @decoder

@@ -268,3 +268,19 @@ def test_hold_expiration_of_an_absurd_number_is_corrupt_not_a_crash():
     assert node.hold_expiration == int(1e300)
     with pytest.raises(CorruptRecord):
         Node.from_json("0000000001", raw.replace(b"1e+300", b"1e999"))
+
+
+def test_a_decoded_node_is_what_its_constructor_would_make():
+    import dataclasses
+    data = dict(NODE_F, future_zuul_field=1)
+    data.pop("comment", None)
+    decoded = Node.from_json("0000000001", json.dumps(data), 7)
+    kwargs = {f.name: getattr(decoded, f.name) for f in dataclasses.fields(Node)}
+    built = Node(**kwargs)
+    assert vars(decoded) == vars(built)
+    assert decoded.comment is None and decoded.node_properties == {}
+    assert decoded.extra == {"future_zuul_field": 1} and decoded.version == 7
+    # Defaults made by a factory are not shared between records.
+    other = Node.from_json("0000000002", json.dumps(data))
+    other.node_properties["x"] = 1
+    assert decoded.node_properties == {}
