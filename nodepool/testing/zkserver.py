@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -187,7 +188,7 @@ class ZooKeeperServerProcess:
             f"clientPort={self.port}",
             "clientPortAddress=127.0.0.1",
             "admin.enableServer=false",
-            "4lw.commands.whitelist=ruok,stat,srvr,mntr",
+            "4lw.commands.whitelist=ruok,stat,srvr,mntr,cons",
             "maxClientCnxns=0",
             "forceSync=no",
         ]
@@ -323,12 +324,13 @@ class ZooKeeperServerProcess:
         except OSError:
             return False
 
-    def four_letter(self, word: str, timeout: float = 2.0) -> str | None:
-        """Send a four-letter word to the plain client port; None if no answer."""
+    def four_letter(self, word: str, timeout: float = 2.0,
+                    secure: bool = False) -> str | None:
+        """Send a four-letter word to the plain client port (``secure``: to
+        the TLS port, whose connections only it lists); None if no answer."""
         chunks = []
         try:
-            with socket.create_connection(("127.0.0.1", self.port),
-                                          timeout=timeout) as sock:
+            with self._admin_socket(secure, timeout) as sock:
                 sock.sendall(word.encode())
                 # The server closes the connection after its answer; the
                 # socket timeout bounds every read.
@@ -340,6 +342,16 @@ class ZooKeeperServerProcess:
         except OSError:
             return None
         return b"".join(chunks).decode(errors="replace")
+
+    def _admin_socket(self, secure: bool, timeout: float) -> socket.socket:
+        if not secure:
+            return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        assert self.tls_files is not None and self.tls_port is not None
+        context = ssl.create_default_context(cafile=self.tls_files.ca)
+        context.load_cert_chain(self.tls_files.client_cert, self.tls_files.client_key)
+        context.check_hostname = False
+        return context.wrap_socket(
+            socket.create_connection(("127.0.0.1", self.tls_port), timeout=timeout))
 
     def _ruok(self) -> bool:
         return self.four_letter("ruok", timeout=1) == "imok"

@@ -66,3 +66,25 @@ def test_unreadable_tls_file_is_reported_before_connecting(zk_tls_server, tls_fi
     with pytest.raises(ZooKeeperError, match="key file '/nonexistent/client.key' is "
                        "not readable"):
         client.connect(timeout=3)
+
+
+def test_connection_counters_of_tls_clients_come_from_the_tls_port(zk_tls_server,
+                                                                   tls_files):
+    """The benches count each launcher's ZooKeeper packets with ``cons``; a
+    TLS client's connection is listed only by the TLS port's ``cons``."""
+    client = ZooKeeperClient(f"127.0.0.1:{zk_tls_server.tls_port}",
+                             tls=ZooKeeperTLS(cert=tls_files.client_cert,
+                                              key=tls_files.client_key, ca=tls_files.ca))
+    client.connect(timeout=20)
+    try:
+        local_port = client.kazoo._connection._socket.getsockname()[1]
+        for _ in range(5):
+            client.kazoo.exists("/")
+        secure = zk_tls_server.four_letter("cons", secure=True)
+        plain = zk_tls_server.four_letter("cons")
+    finally:
+        client.disconnect()
+    assert f":{local_port}[" in secure
+    line = next(x for x in secure.splitlines() if f":{local_port}[" in x)
+    assert int(line.split("recved=")[1].split(",")[0]) >= 6
+    assert f":{local_port}[" not in plain

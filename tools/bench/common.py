@@ -8,6 +8,7 @@ Imported by the scripts next to it (``tools/bench/`` is their ``sys.path[0]``).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -168,6 +169,54 @@ def tree_cpu_seconds(pid: int) -> float:
     ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))
     total = ticks / os.sysconf("SC_CLK_TCK")
     return total + sum(tree_cpu_seconds(child) for child in _children(pid))
+
+
+def _socket_ports(pid: int) -> set[int]:
+    """Local TCP ports of the sockets a process (and its children) hold."""
+    inodes = set()
+    for proc in [pid] + _children(pid):
+        try:
+            for fd in os.listdir(f"/proc/{proc}/fd"):
+                try:
+                    target = os.readlink(f"/proc/{proc}/fd/{fd}")
+                except OSError:
+                    continue
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as handle:
+                rows = handle.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+CONS_LINE = re.compile(r"/[\d.:a-f\[\]]*?:(\d+)\[\d+\]\((.*)\)")
+
+
+def zk_packets(server: ZooKeeperServerProcess, pid: int) -> tuple[int, int]:
+    """Packets the server received from and sent to ``pid``'s connections
+    (the server's ``cons`` counters; they restart with each connection)."""
+    answer = server.four_letter("cons", secure=server.tls_port is not None) or ""
+    ports = _socket_ports(pid)
+    received = sent = 0
+    for line in answer.splitlines():
+        match = CONS_LINE.search(line)
+        if not match or int(match.group(1)) not in ports:
+            continue
+        counters = dict(item.split("=", 1) for item in match.group(2).split(",")
+                        if "=" in item)
+        received += int(counters.get("recved", 0))
+        sent += int(counters.get("sent", 0))
+    return received, sent
 
 
 def percentile(values: list[float], pct: float) -> float:

@@ -42,7 +42,8 @@ import time
 from dataclasses import dataclass
 
 from common import BENCH_DIR, ROOT, VENV_BIN, Daemon, cpu_seconds, fake_cloud_config, \
-    our_launcher, percentile, start_zookeeper, stop_process, tree_cpu_seconds, wait_until
+    our_launcher, percentile, start_zookeeper, stop_process, tree_cpu_seconds, wait_until, \
+    zk_packets
 
 from kazoo.client import KazooClient
 
@@ -210,6 +211,7 @@ def run_once(kind: str, args, venvs: Venvs) -> dict:
             result["error"] = f"Zuul driver not ready: {ready}; see {state}/zuul-driver.log"
             return result
         launcher_before = tree_cpu_seconds(launcher.pid)
+        packets_before = zk_packets(zookeeper, launcher.pid)
         zk_before = cpu_seconds(zookeeper.process.pid)
         driver.stdin.write(b"go\n")
         driver.stdin.flush()
@@ -220,6 +222,9 @@ def run_once(kind: str, args, venvs: Venvs) -> dict:
         result.update(burst)
         result["launcher_cpu"] = tree_cpu_seconds(launcher.pid) - launcher_before
         result["zk_cpu"] = cpu_seconds(zookeeper.process.pid) - zk_before
+        packets_after = zk_packets(zookeeper, launcher.pid)
+        result["zk_received"] = packets_after[0] - packets_before[0]
+        result["zk_sent"] = packets_after[1] - packets_before[1]
         if not launcher.running():
             result["error"] = f"the launcher died; see {launcher.log_path}"
         return result
@@ -246,6 +251,10 @@ def figures(result: dict) -> dict[str, float]:
         "zk_cpu": result["zk_cpu"],
         "client_cpu": result["client_cpu"],
         "undeleted": result["undeleted"],
+        # Requests and replies (received) and replies plus watch events
+        # (sent) between the server and the launcher, per node request.
+        "zk_received": result.get("zk_received", 0) / result["requests"],
+        "zk_sent": result.get("zk_sent", 0) / result["requests"],
     }
 
 
@@ -257,6 +266,8 @@ ROWS = [  # key, label, format
     ("ms_per_request", "launcher CPU/request (ms)", "{:.1f}"),
     ("zk_cpu", "ZooKeeper CPU (s)", "{:.2f}"),
     ("client_cpu", "Zuul client CPU (s)", "{:.2f}"),
+    ("zk_received", "ZooKeeper requests/request", "{:.1f}"),
+    ("zk_sent", "ZooKeeper replies+events/request", "{:.1f}"),
     ("undeleted", "nodes left undeleted", "{:.0f}"),
 ]
 
