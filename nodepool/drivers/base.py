@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nodepool.config.model import Pool, PoolLabel, Provider
 from nodepool.resources import Resources
@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import voluptuous
 
     from nodepool.config.schema import BuildContext
+    from nodepool.zk.records import Node, NodeRequest
 
 # Metadata keys that mark an instance (or image) as nodepool's.
 META_PROVIDER = "nodepool_provider_name"
@@ -107,6 +108,10 @@ class Instance:
     connection_port: int | None = None
     connection_type: str | None = None
     host_keys: list[str] | None = None
+    # The login fields above are the node's as they are, None included (a
+    # slot of another node copies that node's); otherwise None means "as
+    # the image says".
+    copies_login: bool = False
     ready: bool = True
     deleted: bool = False
 
@@ -140,6 +145,49 @@ class StateMachine:
 
     def advance(self) -> Instance | None:  # pragma: no cover - interface
         raise NotImplementedError
+
+
+class BackingNodes(Protocol):
+    """What the launcher offers a driver whose nodes live on other nodepool
+    nodes (metastatic): backing nodes requested, held and given back through
+    ZooKeeper as Zuul would, without the driver touching ZooKeeper. The
+    reads come from the launcher's caches and never block; the writes are
+    round trips, to be made off the runner threads."""
+
+    def submit(self, label: str, requestor: str) -> str:
+        """Request one node of ``label``; returns the request id."""
+
+    def request(self, request_id: str) -> "NodeRequest | None":
+        """The request as last seen (None: gone, or not seen yet)."""
+
+    def claim(self, request_id: str, node_id: str, holder: str,
+              user_data: str) -> "Node | None":
+        """Take the fulfilled request's node for good: a lock that outlives
+        the launcher (identified by ``holder``), ``user_data`` written and
+        the node in use; the request is then deleted. None if the node is
+        gone or cannot be locked."""
+
+    def update_user_data(self, node_id: str, user_data: str) -> None:
+        """Rewrite a held node's ``user_data``."""
+
+    def release(self, node_id: str, holder: str) -> None:
+        """Give a held node back: marked used (so it is deleted) and the
+        ``holder``'s lock removed. A node already gone is fine."""
+
+    def cancel(self, request_id: str) -> None:
+        """Withdraw a request (fulfilled or not)."""
+
+    def node(self, node_id: str) -> "Node | None":
+        """A node as last seen."""
+
+    def nodes(self) -> "list[Node]":
+        """Every node as last seen."""
+
+    def requests_of(self, requestor: str) -> "list[NodeRequest]":
+        """Open requests made by ``requestor`` (as last seen)."""
+
+    def holders(self, node_id: str) -> list[str]:
+        """Fresh read: identifiers of the node's lock contenders, holder first."""
 
 
 class Adapter:
@@ -225,6 +273,10 @@ class Adapter:
         (for ``alien-image-list``); empty for drivers without images."""
         return []
 
+    def attach_backing_nodes(self, service: BackingNodes) -> None:
+        """Drivers with ``uses_backing_nodes``: the launcher's service, given
+        once before the first state machine is asked for."""
+
     def reconfigure(self, provider: Provider) -> None:
         """Accept a changed provider config that needs no new connection."""
         self.provider = provider
@@ -261,6 +313,9 @@ class Capabilities:
     manages_images: bool = False
     # Adapter.quota_limits asks the cloud (otherwise only pool limits count).
     reports_quota: bool = False
+    # Nodes live on other nodepool nodes, which the launcher requests and
+    # holds for the driver (Adapter.attach_backing_nodes).
+    uses_backing_nodes: bool = False
 
 
 class Driver:

@@ -52,6 +52,9 @@ class ProviderManager:
         self.driver = driver_of(provider)
         self.capabilities = self.driver.capabilities
         self.adapter = self.driver.make_adapter(provider)
+        if self.capabilities.uses_backing_nodes:
+            from nodepool.launcher.backing import LauncherBackingNodes
+            self.adapter.attach_backing_nodes(LauncherBackingNodes(launcher))
         # Several runners, so one thread's ZooKeeper round trips do not queue
         # every other launch and delete of the provider behind them.
         self.runners = [Runner(f"{provider.name}-{i}") for i in range(RUNNERS)]

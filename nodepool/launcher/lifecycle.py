@@ -275,7 +275,7 @@ class NodeLaunch(Task):
         for attr in ("username", "python_path", "shell_type", "connection_port",
                      "connection_type"):
             value = getattr(instance, attr)
-            if value is not None:
+            if value is not None or instance.copies_login:
                 setattr(node, attr, value)
         # A driver that knows the host keys says so; then nothing is scanned.
         self.keys_from_driver = instance.host_keys is not None

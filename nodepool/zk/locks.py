@@ -42,10 +42,13 @@ class Lock:
     """
 
     def __init__(self, client: ZooKeeperClient, path: str, identifier: str = "",
-                 new_directory: bool = False):
+                 new_directory: bool = False, ephemeral: bool = True):
         self.client = client
         self.path = path
         self.identifier = identifier
+        # A persistent contender outlives our session (the metastatic
+        # driver's hold on its backing nodes); it goes only when deleted.
+        self.ephemeral = ephemeral
         self.prefix = uuid.uuid4().hex + "__lock__"
         self.node: str | None = None
         self.generation = client.session_generation
@@ -77,19 +80,19 @@ class Lock:
                 # directory exists after all, fall through to the plain create.
                 tx = kazoo.transaction()
                 tx.create(self.path, b"")
-                tx.create(full, data, ephemeral=True, sequence=True)
+                tx.create(full, data, ephemeral=self.ephemeral, sequence=True)
                 results = tx.commit()
                 if not any(isinstance(r, Exception) for r in results) and results[1]:
                     return results[1]
             for _ in range(2):
                 try:
-                    return kazoo.create(full, data, ephemeral=True, sequence=True)
+                    return kazoo.create(full, data, ephemeral=self.ephemeral, sequence=True)
                 except NoNodeError:
                     try:
                         kazoo.create(self.path, b"", makepath=True)
                     except NodeExistsError:
                         pass
-            return kazoo.create(full, data, ephemeral=True, sequence=True)
+            return kazoo.create(full, data, ephemeral=self.ephemeral, sequence=True)
         except (ConnectionLoss, OperationTimeoutError):
             self._abandon_attempt()
             raise
@@ -221,6 +224,20 @@ def lock_contenders(client: ZooKeeperClient, lock_path: str) -> list[str]:
         return []
     found = [c for c in children if paths.is_lock_contender(c)]
     return sorted(found, key=paths.contender_sequence)
+
+
+def contender_identifiers(client: ZooKeeperClient, lock_path: str) -> list[tuple[str, str]]:
+    """(contender name, identifier it was written with), lowest sequence
+    first: who holds the lock and who waits (a contender gone meanwhile is
+    left out)."""
+    found = []
+    for name in lock_contenders(client, lock_path):
+        try:
+            data, _ = client.kazoo.get(f"{lock_path}/{name}")
+        except NoNodeError:
+            continue
+        found.append((name, data.decode("utf-8", errors="replace")))
+    return found
 
 
 def is_locked(client: ZooKeeperClient, lock_path: str) -> bool:

@@ -17,7 +17,7 @@ from kazoo.exceptions import BadVersionError, NoNodeError, NotEmptyError
 
 from nodepool.zk import paths
 from nodepool.zk.client import ZooKeeperClient
-from nodepool.zk.locks import Lock
+from nodepool.zk.locks import Lock, contender_identifiers
 from nodepool.zk.treecache import TreeCache
 from nodepool.zk.image_store import ImageRecords
 from nodepool.zk.records import (
@@ -395,10 +395,35 @@ class Store(ImageRecords):
             return []
 
     def lock_node(self, node_id: str, blocking: bool = False,
-                  timeout: float | None = None, new: bool = False) -> Lock | None:
-        """Lock a node; ``new`` says we just created it (saves round trips)."""
-        lock = Lock(self.client, paths.node_lock(node_id), new_directory=new)
+                  timeout: float | None = None, new: bool = False,
+                  identifier: str = "", ephemeral: bool = True) -> Lock | None:
+        """Lock a node; ``new`` says we just created it (saves round trips).
+        ``ephemeral=False`` takes a lock that outlives our session, held
+        until :meth:`force_unlock_node` (upstream's metastatic hold)."""
+        lock = Lock(self.client, paths.node_lock(node_id), new_directory=new,
+                    identifier=identifier, ephemeral=ephemeral)
         return lock if lock.acquire(blocking=blocking, timeout=timeout) else None
+
+    def node_lock_holders(self, node_id: str) -> list[str]:
+        """The identifiers of a node's lock contenders, the holder first."""
+        return [identifier for _, identifier in
+                contender_identifiers(self.client, paths.node_lock(node_id))]
+
+    def force_unlock_node(self, node_id: str, identifier: str) -> int:
+        """Delete the node's lock contenders written with ``identifier``
+        (persistent locks of ours, from this session or an earlier one);
+        returns how many went."""
+        lock_path = paths.node_lock(node_id)
+        removed = 0
+        for name, holder in contender_identifiers(self.client, lock_path):
+            if holder != identifier:
+                continue
+            try:
+                self.kazoo.delete(f"{lock_path}/{name}")
+                removed += 1
+            except NoNodeError:
+                pass
+        return removed
 
     # -- components --------------------------------------------------------
 
