@@ -18,6 +18,9 @@ REGISTRY: dict[str, str] = {
     "openstack": "nodepool.drivers.openstack",
     "fake": "nodepool.drivers.fake",
     "static": "nodepool.drivers.static",
+    "kubernetes": "nodepool.drivers.kubernetes",
+    "openshift": "nodepool.drivers.openshift",
+    "openshiftpods": "nodepool.drivers.openshiftpods",
 }
 _loaded: dict[str, Driver] = {}
 
