@@ -47,7 +47,7 @@ class KubernetesSimulator:
     def __init__(self, host: str = "127.0.0.1", port: int = 0,
                  pod_start_delay: float = 0.05, token_delay: float = 0.05,
                  namespace_delete_delay: float = 0.05, pod_delete_delay: float = 0.0,
-                 openshift: bool = False):
+                 openshift: bool = False, tls: bool = False):
         self.host = host
         self.port = port
         self.pod_start_delay = pod_start_delay
@@ -56,6 +56,14 @@ class KubernetesSimulator:
         self.pod_delete_delay = pod_delete_delay
         # Serve OpenShift's project API too.
         self.openshift = openshift
+        # HTTPS with a CA of its own (then ``ca_pem`` verifies the server).
+        self.tls = tls
+        self.ca_pem = FAKE_CA_PEM
+        self._tls_context = None
+        if tls:
+            from nodepool.testing.kubernetes_sim.tls import make_certificates, server_context
+            self.ca_pem, cert, key = make_certificates(host)
+            self._tls_context = server_context(cert, key)
         self.faults = Faults()
         self.lock = threading.RLock()
         # plural -> (namespace or "", name) -> object as served
@@ -76,7 +84,8 @@ class KubernetesSimulator:
         class BoundHandler(Handler):
             sim = simulator
 
-        self._server = serve(self.host, self.port, BoundHandler, "kubernetes-sim")
+        self._server = serve(self.host, self.port, BoundHandler, "kubernetes-sim",
+                             wrap=self._tls_context)
         self.port = self._server.server_address[1]
         return self
 
@@ -87,7 +96,8 @@ class KubernetesSimulator:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     def kubeconfig(self, context: str = "sim-admin", token: str = ADMIN_TOKEN,
                    namespace: str | None = None) -> dict:
@@ -97,7 +107,7 @@ class KubernetesSimulator:
             ctx["namespace"] = namespace
         return {"apiVersion": "v1", "kind": "Config", "preferences": {},
                 "clusters": [{"name": "sim", "cluster": {
-                    "server": self.url, "certificate-authority-data": b64(FAKE_CA_PEM)}}],
+                    "server": self.url, "certificate-authority-data": b64(self.ca_pem)}}],
                 "users": [{"name": "sim-user", "user": {"token": token}}],
                 "contexts": [{"name": context, "context": ctx}],
                 "current-context": context}
@@ -156,7 +166,7 @@ class KubernetesSimulator:
             self._remove("secrets", namespace, secret["metadata"]["name"])
             return
         token = self.issue_token(namespace, account)
-        secret["data"] = {"token": b64(token), "ca.crt": b64(FAKE_CA_PEM),
+        secret["data"] = {"token": b64(token), "ca.crt": b64(self.ca_pem),
                           "namespace": b64(namespace)}
 
     def issue_token(self, namespace: str, account: str) -> str:
