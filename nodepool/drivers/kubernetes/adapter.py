@@ -177,16 +177,16 @@ class KubernetesAdapter(Adapter):
                       if labels.get(META_PROVIDER) == mine]
         found: list[Resource] = [LeakedNode(self.namespace_type, name, labels)
                                  for name, labels in namespaces]
-        # A pod of ours outside a namespace of ours (its namespace goes with it).
-        ours = {name for name, _ in namespaces}
+        return found + self.stray_pods({name for name, _ in namespaces})
+
+    def stray_pods(self, ours: set[str]) -> list[Resource]:
+        """Pods labelled as this provider's outside its namespaces (a pod in
+        one of them goes with its namespace)."""
         pods = call("pods", self.cluster.core.list_pod_for_all_namespaces,
-                    label_selector=f"{META_PROVIDER}={mine}")
-        for pod in pods.items:
-            if pod.metadata.namespace not in ours:
-                found.append(LeakedNode("pod", f"{pod.metadata.namespace}/"
-                                        f"{pod.metadata.name}",
-                                        dict(pod.metadata.labels or {})))
-        return found
+                    label_selector=f"{META_PROVIDER}={self.provider.name}")
+        return [LeakedNode("pod", f"{p.metadata.namespace}/{p.metadata.name}",
+                           dict(p.metadata.labels or {}))
+                for p in pods.items if p.metadata.namespace not in ours]
 
     def delete_resource(self, resource: Resource) -> None:
         try:

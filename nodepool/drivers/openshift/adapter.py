@@ -61,6 +61,11 @@ class OpenShiftAdapter(KubernetesAdapter):
             projects.append((name, labels))
         return projects
 
+    def stray_pods(self, ours: set[str]) -> list:
+        # A project's pods go with it; listing pods cluster-wide needs more
+        # than a self-provisioner has.
+        return []
+
     def _named_as_node(self, name: str) -> dict[str, str]:
         for pool in self.provider.pools:
             prefix = f"{pool}-"
