@@ -248,4 +248,3 @@ def executor_view(nodes: list[dict]) -> dict:
                            "ansible_kubectl_context": context,
                            "ansible_python_interpreter": node.get("python_path")}
     return {"kubeconfig": kubeconfig, "hosts": hosts, "resources": resources}
-

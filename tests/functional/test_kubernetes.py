@@ -465,8 +465,8 @@ def test_openshiftpods_pods_in_an_existing_project(env, kube, zuul, tmp_path):
     assert job.read_namespaced_pod(pod, "ci-project").status.phase == "Running"
 
 
-def test_openshiftpods_resource_quota_defers_instead_of_failing(env, kube, zuul,
-                                                                 statsd):
+def test_openshiftpods_resource_quota_defers_instead_of_failing(
+        env, kube, zuul, statsd):
     kube.add_namespace("ci-project")
     kube.add_resource_quota("ci-project", {"pods": "1", "requests.cpu": "4"})
     kube.add_pod("ci-project", "web", {"app": "web"})  # not ours, counts in quota

@@ -187,12 +187,9 @@ class KubernetesConfig:
             "max-resources": dict(raw.get("max-resources", {})),
         }
         for index, pool_raw in enumerate(raw["pools"]):
-            pool = self._build_pool(pool_raw, defaults, ctx, ("pools", index))
-            if pool.name in provider.pools:
-                ctx.warn(("pools", index, "name"), f"duplicate pool name "
-                         f"{pool.name!r}: this later entry replaces the earlier one")
-                del provider.pools[pool.name]
-            provider.pools[pool.name] = pool
+            ctx.add_pool(provider.pools,
+                         self._build_pool(pool_raw, defaults, ctx, ("pools", index)),
+                         index)
         return provider
 
     @staticmethod
@@ -229,15 +226,8 @@ class KubernetesConfig:
             ctx.warn(where + ("name",), f"{unusable}: the pool's labels are not "
                      "offered")
             return pool
-        for index, item in enumerate(raw.get("labels", [])):
-            here = where + ("labels", index)
-            label = self._build_label(item, raw, ctx, here)
-            if label is None:
-                continue
-            if label.name in pool.labels:
-                ctx.warn(here + ("name",), f"label {label.name!r} is listed twice in "
-                         "this pool: this later entry replaces the earlier one")
-            pool.labels[label.name] = label
+        ctx.add_labels(pool, raw.get("labels", []),
+                       lambda item, here: self._build_label(item, raw, ctx, here), where)
         return pool
 
     def pod_name_problem(self, label_name: str) -> str | None:

@@ -30,7 +30,7 @@ from nodepool.testing.kubernetes_sim.http import Handler
 from nodepool.testing.kubernetes_sim.model import (  # noqa: F401  (public names)
     ADMIN_TOKEN, FAKE_CA_PEM, ApiError, Faults, check_labels, check_name, pod_usage, quota_excess,
 )
-from nodepool.web.server import QuietHTTPServer, serve
+from nodepool.testing.loopback import LoopbackService
 
 NODE_NAME = "sim-worker-1"
 
@@ -43,7 +43,7 @@ def now_rfc3339(offset: float = 0.0) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + offset))
 
 
-class KubernetesSimulator:
+class KubernetesSimulator(LoopbackService):
     def __init__(self, host: str = "127.0.0.1", port: int = 0,
                  pod_start_delay: float = 0.05, token_delay: float = 0.05,
                  namespace_delete_delay: float = 0.05, pod_delete_delay: float = 0.0,
@@ -74,7 +74,6 @@ class KubernetesSimulator:
         self.tokens: dict[str, tuple[str, str]] = {}
         self.requests: list[tuple[str, str]] = []
         self._version = itertools.count(1)
-        self._server: QuietHTTPServer | None = None
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -84,15 +83,8 @@ class KubernetesSimulator:
         class BoundHandler(Handler):
             sim = simulator
 
-        self._server = serve(self.host, self.port, BoundHandler, "kubernetes-sim",
-                             wrap=self._tls_context)
-        self.port = self._server.server_address[1]
+        self._serve(BoundHandler, "kubernetes-sim", wrap=self._tls_context)
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
 
     @property
     def url(self) -> str:
@@ -242,12 +234,12 @@ class KubernetesSimulator:
             over = quota_excess(quota, used, need)
             if over:
                 hard = quota["spec"]["hard"]
+                requested = ",".join(f"{k}={need.get(k, 0):g}" for k in over)
+                in_use = ",".join(f"{k}={used.get(k, 0):g}" for k in over)
+                limited = ",".join(f"{k}={hard[k]}" for k in over)
                 raise ApiError(403, f'pods "{pod["metadata"]["name"]}" is forbidden: '
-                               f"exceeded quota: {name}, requested: "
-                               + ",".join(f"{k}={need.get(k, 0):g}" for k in over)
-                               + ", used: " + ",".join(f"{k}={used.get(k, 0):g}"
-                                                      for k in over)
-                               + ", limited: " + ",".join(f"{k}={hard[k]}" for k in over))
+                               f"exceeded quota: {name}, requested: {requested}, "
+                               f"used: {in_use}, limited: {limited}")
 
     # -- what tests look at -------------------------------------------------------------
 

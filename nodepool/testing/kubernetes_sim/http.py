@@ -6,10 +6,10 @@ from __future__ import annotations
 import copy
 import json
 import time
-from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
+from nodepool.testing.loopback import QuietJSONHandler
 from nodepool.testing.kubernetes_sim.model import (
     ADMIN_TOKEN, CLUSTER_ROLES, ApiError, check_labels, check_name, role_rules, rule_allows,
     selector_matches,
@@ -65,28 +65,23 @@ class Request:
         return f"{self.plural}/{self.sub}" if self.sub else self.plural
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(QuietJSONHandler):
     sim: "KubernetesSimulator"
-    protocol_version = "HTTP/1.1"
     # One buffered write per response (flushed when the request is done):
     # headers and body in separate small packets meet the client's delayed
     # ACK and cost 40 ms a request.
     wbufsize = 1 << 16
     disable_nagle_algorithm = True
 
-    def log_message(self, fmt, *args):  # keep test output quiet
-        pass
-
     # -- plumbing --------------------------------------------------------------------
 
     def _body(self) -> dict:
-        length = int(self.headers.get("Content-Length") or 0)
-        if not length:
-            return {}
         try:
-            body = json.loads(self.rfile.read(length))
+            body = self.read_json()
         except ValueError:
             raise ApiError(400, "the request body is not JSON") from None
+        if body is None:
+            return {}
         if not isinstance(body, dict):
             raise ApiError(400, "the request body is not an object")
         return body
