@@ -139,6 +139,20 @@ def sim(tmp_path, monkeypatch, request):
 
 
 @pytest.fixture
+def kube(tmp_path, monkeypatch, request):
+    """The Kubernetes API simulator on loopback, with $KUBECONFIG naming a
+    kubeconfig whose context ``sim-admin`` reaches it as its administrator.
+    A test shapes the cluster with ``@pytest.mark.kube(openshift=True, ...)``."""
+    from nodepool.testing.kubernetes_sim import KubernetesSimulator
+    marker = request.node.get_closest_marker("kube")
+    simulator = KubernetesSimulator(**(marker.kwargs if marker else {})).start()
+    monkeypatch.setenv("KUBECONFIG",
+                       simulator.write_kubeconfig(tmp_path / "kubeconfig"))
+    yield simulator
+    simulator.stop()
+
+
+@pytest.fixture
 def zk_proxy(zk_server):
     """A TCP proxy in front of the server, to drop connections on purpose."""
     proxy = TCPProxy(zk_server.port)

@@ -357,3 +357,25 @@ class BuildContext:
 
     def warn(self, subpath: tuple, message: str) -> None:
         self.warnings.append(Problem(self.path + tuple(subpath), message))
+
+    def add_pool(self, pools: dict, pool, index: int) -> None:
+        """Add the pool built from ``pools[index]`` of the provider entry.
+        Upstream keeps the later of two pools of one name; so do we, loudly."""
+        if pool.name in pools:
+            self.warn(("pools", index, "name"), f"duplicate pool name {pool.name!r}: "
+                      "this later entry replaces the earlier one")
+            del pools[pool.name]
+        pools[pool.name] = pool
+
+    def add_labels(self, pool, raw_labels: list, build, where: tuple) -> None:
+        """Add ``build(raw_label, path)`` of each entry to the pool (None: not
+        offered here); a label listed twice keeps the later entry, loudly."""
+        for index, item in enumerate(raw_labels):
+            here = where + ("labels", index)
+            label = build(item, here)
+            if label is None:
+                continue
+            if label.name in pool.labels:
+                self.warn(here + ("name",), f"label {label.name!r} is listed twice "
+                          "in this pool: this later entry replaces the earlier one")
+            pool.labels[label.name] = label

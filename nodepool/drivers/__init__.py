@@ -19,6 +19,9 @@ REGISTRY: dict[str, str] = {
     "fake": "nodepool.drivers.fake",
     "static": "nodepool.drivers.static",
     "metastatic": "nodepool.drivers.metastatic",
+    "kubernetes": "nodepool.drivers.kubernetes",
+    "openshift": "nodepool.drivers.openshift",
+    "openshiftpods": "nodepool.drivers.openshiftpods",
 }
 _loaded: dict[str, Driver] = {}
 

@@ -105,7 +105,9 @@ class Instance:
     username: str | None = None
     python_path: str | None = None
     shell_type: str | None = None
-    connection_port: int | None = None
+    # A port, or (Kubernetes-family drivers) the mapping of per-node
+    # connection data Zuul's executor reads: API server, token, namespace.
+    connection_port: int | dict | None = None
     connection_type: str | None = None
     host_keys: list[str] | None = None
     # The login fields above are the node's as they are, None included (a

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from urllib.parse import urlsplit
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
@@ -199,3 +200,51 @@ class FakeZuul:
                 node["state_time"] = time.time()
                 self._write_node(node)
             self.unlock_node(node["id"])
+
+
+def executor_view(nodes: list[dict]) -> dict:
+    """What Zuul's executor makes of a job's nodes before the job runs, read
+    from the same node fields it reads: the job's kubeconfig (from the
+    ``connection_port`` mapping of ``kubectl``, ``namespace`` and ``project``
+    nodes), the inventory hosts (pods and SSH-like nodes; a namespace or
+    project is no host) and ``zuul.resources``. Nodes are named by their
+    label here (Zuul names them as the job's nodeset does).
+
+    A missing key raises KeyError, as it would fail the executor."""
+    kubeconfig: dict = {"apiVersion": "v1", "kind": "Config", "preferences": {},
+                        "clusters": [], "users": [], "contexts": [],
+                        "current-context": None}
+    hosts: dict[str, dict] = {}
+    resources: dict[str, dict] = {}
+    for node in nodes:
+        name = node["type"][0]
+        kind = node.get("connection_type")
+        if kind not in ("kubectl", "namespace", "project"):
+            hosts[name] = {"ansible_host": node["interface_ip"],
+                           "ansible_port": node["connection_port"],
+                           "ansible_user": node.get("username"),
+                           "ansible_connection": kind or "ssh"}
+            continue
+        data = node["connection_port"]
+        cluster = urlsplit(data["host"]).netloc.replace(".", "-")
+        if cluster not in [c["name"] for c in kubeconfig["clusters"]]:
+            entry: dict = {"server": data["host"]}
+            if data.get("ca_crt"):
+                entry["certificate-authority-data"] = data["ca_crt"]
+            if data["skiptls"]:
+                entry["insecure-skip-tls-verify"] = True
+            kubeconfig["clusters"].append({"name": cluster, "cluster": entry})
+        user = f"{data['namespace']}:{data['user']}"
+        kubeconfig["users"].append({"name": user, "user": {"token": data["token"]}})
+        context = f"{user}/{cluster}"
+        kubeconfig["contexts"].append({"name": context, "context": {
+            "user": user, "cluster": cluster, "namespace": data["namespace"]}})
+        kubeconfig["current-context"] = kubeconfig["current-context"] or context
+        resources[name] = {"namespace": data["namespace"], "context": context}
+        if kind == "kubectl":
+            resources[name]["pod"] = data["pod"]
+            hosts[name] = {"ansible_host": node["interface_ip"],
+                           "ansible_connection": "kubectl",
+                           "ansible_kubectl_context": context,
+                           "ansible_python_interpreter": node.get("python_path")}
+    return {"kubeconfig": kubeconfig, "hosts": hosts, "resources": resources}

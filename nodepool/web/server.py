@@ -6,6 +6,7 @@ negotiation."""
 from __future__ import annotations
 
 import logging
+import ssl  # noqa: F401  (the type of serve's wrap)
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,10 +35,12 @@ class QuietHTTPServer(ThreadingHTTPServer):
 
 
 def serve(host: str, port: int, handler: type[BaseHTTPRequestHandler],
-          name: str) -> QuietHTTPServer:
-    """Serve on a daemon thread called ``name``; with port 0 the server's
-    ``server_address`` tells the port chosen."""
+          name: str, wrap: "ssl.SSLContext | None" = None) -> QuietHTTPServer:
+    """Serve on a daemon thread called ``name`` (over TLS with ``wrap``);
+    with port 0 the server's ``server_address`` tells the port chosen."""
     server = QuietHTTPServer((host, port), handler)
+    if wrap is not None:
+        server.socket = wrap.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True, name=name).start()
     return server
 

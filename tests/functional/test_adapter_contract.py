@@ -83,18 +83,58 @@ providers:
         pass
 
 
-@pytest.fixture(params=["fake", "openstack", "memcloud"])
+class Kubernetes:
+    """The kubernetes-family drivers through the official client over HTTP
+    against the Kubernetes simulator; label "a" is a pod."""
+
+    image = None
+    pool = "main"
+    label = """
+        labels:
+          - name: a
+            type: pod
+            image: registry.example.org/fedora:40
+            cpu: 1
+            memory: 512
+"""
+
+    def __init__(self, driver, tmp_path, monkeypatch):
+        from nodepool.testing.kubernetes_sim import KubernetesSimulator
+        self.sim = KubernetesSimulator(openshift=driver == "openshift").start()
+        monkeypatch.setenv("KUBECONFIG", self.sim.write_kubeconfig(tmp_path / "kubeconfig"))
+        label = self.label
+        if driver == "openshiftpods":
+            self.pool = "ci-project"
+            self.sim.add_namespace(self.pool)
+            label = label.replace("            type: pod\n", "")
+        self.body = f"""
+providers:
+  - name: {driver}-adapter
+    driver: {driver}
+    context: sim-admin
+    pools:
+      - name: {self.pool}
+{label}"""
+
+    def stop(self):
+        self.sim.stop()
+
+
+@pytest.fixture(params=["fake", "openstack", "memcloud", "kubernetes", "openshift",
+                        "openshiftpods"])
 def cloud(request, tmp_path, monkeypatch):
     if request.param == "fake":
         instance = Fake()
     elif request.param == "openstack":
         instance = OpenStack(tmp_path, monkeypatch)
-    else:
+    elif request.param == "memcloud":
         instance = MemCloud()
+    else:
+        instance = Kubernetes(request.param, tmp_path, monkeypatch)
     provider = provider_of(instance.body)
     adapter = drivers.make_adapter(provider)
     instance.provider, instance.adapter = provider, adapter
-    instance.label = provider.pools["main"].labels["a"]
+    instance.label = provider.pools[getattr(instance, "pool", "main")].labels["a"]
     yield instance
     adapter.stop()
     instance.stop()
@@ -102,7 +142,7 @@ def cloud(request, tmp_path, monkeypatch):
 
 def create(cloud, node_id="0000000042"):
     metadata = {META_PROVIDER: cloud.provider.name, META_NODE_ID: node_id,
-                "nodepool_pool_name": "main"}
+                "nodepool_pool_name": getattr(cloud, "pool", "main")}
     machine = cloud.adapter.create_state_machine(
         f"np{node_id}", cloud.label, cloud.image, metadata, None, None)
     return run(machine)

@@ -22,6 +22,7 @@ from nodepool.testing.sshdserver import SSHServer  # noqa: E402
 
 class FakeDriver:
     name = "fake"
+    connection_type = "ssh"
     capacity = 3
     scans_keys = True
     # Its cloud image names no username: null, as upstream writes it.
@@ -38,6 +39,7 @@ class FakeDriver:
 
 class StaticDriver:
     name = "static"
+    connection_type = "ssh"
     capacity = 3
     scans_keys = True
     username = "zuul"  # the static driver's default
@@ -78,6 +80,7 @@ class OpenStackDriver:
     is 127.0.0.1, where a real sshd answers the host-key scan."""
 
     name = "openstack"
+    connection_type = "ssh"
     capacity = 3
     scans_keys = True
     username = None  # a cloud image without username
@@ -98,6 +101,9 @@ class OpenStackDriver:
             image_extra=f"        connection-port: {self.sshd.port}\n",
             pool_extra="        max-servers: 3\n        auto-floating-ip: false\n")
 
+    def live(self):
+        return self.sim.servers
+
     def stop(self):
         self.sshd.stop()
         self.sim.stop()
@@ -109,6 +115,7 @@ class MemCloudDriver:
     through the driver registry alone."""
 
     name = "memcloud"
+    connection_type = "ssh"
     capacity = 3
     scans_keys = True
     username = "zuul"  # boots no image: the node record's default
@@ -131,24 +138,76 @@ providers:
           - name: a
 """
 
-    def servers(self):
+    def live(self):
         from memcloud import adapter
         return adapter.servers.get("memcloud-contract", {})
 
     def stop(self):
-        self.servers().clear()
+        self.live().clear()
 
 
-@pytest.fixture(params=["fake", "static", "openstack", "memcloud"])
-def driver(request, monkeypatch):
+class KubernetesFamilyDriver:
+    """kubernetes, openshift and openshiftpods through the official client
+    over HTTP against the Kubernetes simulator; label "a" is a pod, which
+    Zuul reaches with kubectl (no SSH, no host keys)."""
+
+    connection_type = "kubectl"
+    capacity = 3
+    scans_keys = False
+    username = "zuul"  # boots no image: the node record's default
+
+    def __init__(self, name, tmp_path, monkeypatch):
+        from nodepool.testing.kubernetes_sim import KubernetesSimulator
+        self.name = name
+        self.sim = KubernetesSimulator(openshift=name == "openshift").start()
+        monkeypatch.setenv("KUBECONFIG",
+                           self.sim.write_kubeconfig(tmp_path / "kubeconfig"))
+        self.pool = "main"
+        if name == "openshiftpods":
+            self.pool = "ci-project"
+            self.sim.add_namespace(self.pool)
+
+    def config(self):
+        kind = "" if self.name == "openshiftpods" else "            type: pod\n"
+        return f"""
+labels:
+  - name: a
+providers:
+  - name: {self.name}-contract
+    driver: {self.name}
+    context: sim-admin
+    pools:
+      - name: {self.pool}
+        max-servers: 3
+        labels:
+          - name: a
+{kind}            image: registry.example.org/fedora:40
+"""
+
+    def live(self):
+        """The cloud side of the nodes: their pods (openshiftpods) or
+        namespaces."""
+        if self.name == "openshiftpods":
+            return self.sim.names("pods", self.pool)
+        return self.sim.names("namespaces")
+
+    def stop(self):
+        self.sim.stop()
+
+
+@pytest.fixture(params=["fake", "static", "openstack", "memcloud", "kubernetes",
+                        "openshift", "openshiftpods"])
+def driver(request, monkeypatch, tmp_path):
     if request.param == "fake":
         instance = FakeDriver()
     elif request.param == "memcloud":
         instance = MemCloudDriver()
     elif request.param == "static":
         instance = StaticDriver()
-    else:
+    elif request.param == "openstack":
         instance = OpenStackDriver(monkeypatch)
+    else:
+        instance = KubernetesFamilyDriver(request.param, tmp_path, monkeypatch)
     yield instance
     instance.stop()
 
@@ -174,8 +233,12 @@ def test_request_is_fulfilled_with_a_complete_node(launcher, driver, zuul):
     assert node["state"] == "ready" and node["type"] == ["a"]
     assert node["interface_ip"] and node["username"] == driver.username
     assert node["node_properties"] == {}
-    assert isinstance(node["connection_port"], int)
-    assert node["connection_type"] == "ssh"
+    assert node["connection_type"] == driver.connection_type
+    if driver.connection_type == "ssh":
+        assert isinstance(node["connection_port"], int)
+    else:  # the pod Zuul's executor runs the job in, and how to reach it
+        assert node["connection_port"]["pod"] == node["interface_ip"]
+        assert node["connection_port"]["token"] and node["connection_port"]["host"]
     assert bool(node["host_keys"]) == driver.scans_keys
     assert node["provider"] == f"{driver.name}-contract"
     assert node["allocated_to"] == zuul.kazoo.get_children("/nodepool/requests")[0]
@@ -202,11 +265,8 @@ def test_used_nodes_go_and_capacity_returns(env, launcher, driver, zuul):
     assert zuul.wait_for_request(waiting, timeout=30)["state"] == "fulfilled"
     wait_until(lambda: not any(zuul.get_node(n) for n in used), timeout=20,
                message="used nodes removed")
-    if driver.name == "openstack":
-        wait_until(lambda: len(driver.sim.servers) == 1, timeout=20,
-                   message="used servers deleted in the cloud")
-    if driver.name == "memcloud":
-        wait_until(lambda: len(driver.servers()) == 1, timeout=20,
+    if hasattr(driver, "live"):
+        wait_until(lambda: len(driver.live()) == 1, timeout=20,
                    message="used servers deleted in the cloud")
     if driver.name == "static":
         # Every slot comes back as a fresh node record.

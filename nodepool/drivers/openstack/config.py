@@ -163,13 +163,9 @@ class OpenStackConfig:
         self._build_diskimages(raw, provider, ctx)
         self._build_cloud_images(raw, provider, ctx)
         for index, pool_raw in enumerate(raw.get("pools", [])):
-            pool = self._build_pool(pool_raw, provider, ctx, ("pools", index))
-            if pool.name in provider.pools:
-                # Upstream keeps the later one; so do we, loudly.
-                ctx.warn(("pools", index, "name"), f"duplicate pool name "
-                         f"{pool.name!r}: this later entry replaces the earlier one")
-                del provider.pools[pool.name]
-            provider.pools[pool.name] = pool
+            ctx.add_pool(provider.pools,
+                         self._build_pool(pool_raw, provider, ctx, ("pools", index)),
+                         index)
         return provider
 
     @staticmethod
@@ -241,15 +237,8 @@ class OpenStackConfig:
             auto_floating_ip=raw.get("auto-floating-ip", True),
             host_key_checking=raw.get("host-key-checking", True),
         )
-        for index, item in enumerate(raw.get("labels", [])):
-            here = where + ("labels", index)
-            label = self._build_label(item, pool, provider, ctx, here)
-            if label is None:
-                continue
-            if label.name in pool.labels:
-                ctx.warn(here + ("name",), f"label {label.name!r} is listed twice in "
-                         "this pool: this later entry replaces the earlier one")
-            pool.labels[label.name] = label
+        ctx.add_labels(pool, raw.get("labels", []), lambda item, here: self._build_label(
+            item, pool, provider, ctx, here), where)
         return pool
 
     def _build_label(self, raw, pool, provider, ctx, where) -> PoolLabel | None:

@@ -20,10 +20,10 @@ from nodepool.testing.openstack_sim.http import Handler
 from nodepool.testing.openstack_sim.model import (  # noqa: F401  (the public names)
     COMPUTE_MICROVERSION, FLAVORS, PROJECT_ID, USER_ID, Faults, Server,
 )
-from nodepool.web.server import QuietHTTPServer, serve
+from nodepool.testing.loopback import LoopbackService
 
 
-class OpenStackSimulator:
+class OpenStackSimulator(LoopbackService):
     def __init__(self, host: str = "127.0.0.1", port: int = 0, boot_delay: float = 0.0,
                  max_instances: int = 100, max_cores: int = 400,
                  max_ram: int = 1_000_000, max_volumes: int = 100,
@@ -67,7 +67,6 @@ class OpenStackSimulator:
         self.requests: list[tuple[str, str]] = []
         self.page_size = 1000  # Nova's default osapi_max_limit
         self._address = 10
-        self._server: QuietHTTPServer | None = None
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -77,14 +76,8 @@ class OpenStackSimulator:
         class BoundHandler(Handler):
             sim = simulator
 
-        self._server = serve(self.host, self.port, BoundHandler, "openstack-sim")
-        self.port = self._server.server_address[1]
+        self._serve(BoundHandler, "openstack-sim")
         return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
 
     @property
     def url(self) -> str:

@@ -7,9 +7,9 @@ import json
 import re
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any, Callable
 
+from nodepool.testing.loopback import QuietJSONHandler
 from nodepool.testing.openstack_sim.compute import ComputeRoutes
 from nodepool.testing.openstack_sim.model import COMPUTE_MICROVERSION
 from nodepool.testing.openstack_sim.storage import StorageRoutes
@@ -18,22 +18,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from nodepool.testing.openstack_sim import OpenStackSimulator
 
 
-class Handler(BaseHTTPRequestHandler, ComputeRoutes, StorageRoutes):
+class Handler(QuietJSONHandler, ComputeRoutes, StorageRoutes):
     sim: OpenStackSimulator
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, fmt, *args):  # keep test output quiet
-        pass
 
     # -- plumbing ----------------------------------------------------------------
 
     def _body(self) -> dict:
-        length = int(self.headers.get("Content-Length") or 0)
-        if not length:
-            return {}
-        raw = self.rfile.read(length)
         try:
-            return json.loads(raw)
+            return self.read_json() or {}
         except ValueError:
             return {}
 

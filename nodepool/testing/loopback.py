@@ -1,0 +1,45 @@
+"""What the API simulators share: a server on a loopback port started on
+its own thread, and a quiet handler that reads JSON bodies."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+from nodepool.web.server import QuietHTTPServer, serve
+
+
+class QuietJSONHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):  # keep test output quiet
+        pass
+
+    def read_json(self) -> Any:
+        """The request's JSON body (None when it has none); ValueError when
+        it is not JSON."""
+        length = int(self.headers.get("Content-Length") or 0)
+        if not length:
+            return None
+        return json.loads(self.rfile.read(length))
+
+
+class LoopbackService:
+    """A simulator's HTTP server: ``start`` binds (port 0: a free one) and
+    serves on a daemon thread; ``port`` then tells the port."""
+
+    host: str
+    port: int
+    _server: QuietHTTPServer | None = None
+
+    def _serve(self, handler: type[BaseHTTPRequestHandler], name: str,
+               wrap: ssl.SSLContext | None = None) -> None:
+        self._server = serve(self.host, self.port, handler, name, wrap=wrap)
+        self.port = self._server.server_address[1]
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
