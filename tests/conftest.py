@@ -138,6 +138,27 @@ def sim(tmp_path, monkeypatch, request):
     simulator.stop()
 
 
+@pytest.fixture(scope="session")
+def aws_server():
+    """moto's AWS server (with the calls it lacks filled in) in a process of
+    its own on a free loopback port, once per session."""
+    from nodepool.testing.aws_sim import AWSSimulator
+    simulator = AWSSimulator().start()
+    yield simulator
+    simulator.stop()
+
+
+@pytest.fixture
+def aws(aws_server, monkeypatch):
+    """The AWS server emptied for this test, with boto3 pointed at it the way
+    an operator points it anywhere: AWS_ENDPOINT_URL and credentials in the
+    environment."""
+    aws_server.reset()
+    for key, value in aws_server.env().items():
+        monkeypatch.setenv(key, value)
+    return aws_server
+
+
 @pytest.fixture
 def zk_proxy(zk_server):
     """A TCP proxy in front of the server, to drop connections on purpose."""

@@ -18,6 +18,7 @@ REGISTRY: dict[str, str] = {
     "openstack": "nodepool.drivers.openstack",
     "fake": "nodepool.drivers.fake",
     "static": "nodepool.drivers.static",
+    "aws": "nodepool.drivers.aws",
 }
 _loaded: dict[str, Driver] = {}
 

@@ -4,9 +4,10 @@ simulator's own process (never inside boto3 or the driver).
 moto 5.2 gaps filled here:
 - ``service-quotas`` GetServiceQuota knows only VPC quotas: EC2's vCPU
   quotas (``L-1216C47A`` and friends) answer from :data:`STATE.quotas`.
-- EC2 never refuses a launch for quota: RunInstances and CreateFleet fail
-  with ``VcpuLimitExceeded`` past those same quotas, as AWS does, and with
-  ``InsufficientInstanceCapacity`` when a test asks for it.
+- EC2 never refuses a launch for quota: RunInstances (and CreateFleet,
+  which moto runs through it) fail with ``VcpuLimitExceeded`` past those
+  same quotas, as AWS does, and with ``InsufficientInstanceCapacity`` when
+  a test asks for it.
 - ImportSnapshot, ImportImage and their Describe*Tasks calls do not exist:
   they are simulated from the S3 object (the task reports progress over a
   few describes, then completes with a snapshot, or a snapshot and an AMI,
@@ -221,22 +222,6 @@ def _booting(original):
     return describe
 
 
-def _create_fleet(original):
-    def create_fleet(self, **kwargs):
-        spec = kwargs.get("target_capacity_specification") or {}
-        spot = spec.get("DefaultTargetCapacityType") == "spot"
-        count = int(spec.get("TotalTargetCapacity", 1))
-        types = [o.get("InstanceType") for c in kwargs.get("launch_template_configs") or []
-                 for o in c.get("Overrides") or [] if o.get("InstanceType")]
-        if types:
-            _check_launch(self, types[0], count, spot)
-        fleet = original(self, **kwargs)
-        _mark_pending([i for r in self.reservations.values() for i in r.instances
-                       if getattr(i, "_fleet_id", None) == fleet.id])
-        return fleet
-    return create_fleet
-
-
 # -- imports ----------------------------------------------------------------------------
 
 
@@ -408,7 +393,6 @@ def install() -> None:
     ServiceQuotasBackend.get_service_quota = _service_quota(
         ServiceQuotasBackend.get_service_quota)
     EC2Backend.run_instances = _run_instances(EC2Backend.run_instances)
-    EC2Backend.create_fleet = _create_fleet(EC2Backend.create_fleet)
     EC2Backend.describe_instances = _booting(EC2Backend.describe_instances)
     EC2Backend.get_reservations_by_instance_ids = _booting(
         EC2Backend.get_reservations_by_instance_ids)
