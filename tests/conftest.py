@@ -27,6 +27,9 @@ CHROOT_BASE = "/nodepool_test"
 
 # kazoo logs every packet at DEBUG; nodepool's own DEBUG logs are what help.
 logging.getLogger("kazoo").setLevel(logging.INFO)
+# boto3 logs every request, header and body at DEBUG.
+for _name in ("botocore", "boto3", "urllib3", "s3transfer"):
+    logging.getLogger(_name).setLevel(logging.INFO)
 
 
 @pytest.fixture(scope="session")
