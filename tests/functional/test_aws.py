@@ -33,9 +33,9 @@ def start(env, pool_extra="", label_extra="", provider_extra="", labels=("a",),
 
 
 def live_instances(aws):
-    reply = aws.client("ec2").describe_instances(Filters=[{
+    pages = aws.client("ec2").get_paginator("describe_instances").paginate(Filters=[{
         "Name": "instance-state-name", "Values": ["pending", "running"]}])
-    return [i for r in reply["Reservations"] for i in r["Instances"]]
+    return [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
 
 
 def tags(item) -> dict:

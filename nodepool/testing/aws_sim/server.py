@@ -1,6 +1,9 @@
 """The simulator's process: moto's server application with the gaps filled
 (:mod:`moto_extras`), behind a thin WSGI layer that counts every API call by
-service and action and answers the test's control requests under ``/_sim/``.
+service and action, answers the test's control requests under ``/_sim/``,
+and lets one request at a time into moto (its backends are plain dicts that
+concurrent launches would change under each other's iteration; AWS itself
+has no such limit).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ class CountingApp:
         self.app = app
         self.calls: Counter = Counter()
         self.lock = threading.Lock()
+        self.serial = threading.Lock()
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
@@ -30,7 +34,8 @@ class CountingApp:
         if name:
             with self.lock:
                 self.calls[name] += 1
-        return self.app(environ, start_response)
+        with self.serial:
+            return list(self.app(environ, start_response))
 
     @staticmethod
     def _call_name(environ) -> str | None:
