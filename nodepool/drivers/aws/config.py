@@ -129,7 +129,7 @@ class AwsConfig:
             "volume-size": s.Int,
             "volume-type": s.Str,
             "import-method": OneOf(IMPORT_METHODS),
-            "imds-support": v.Any(None, OneOf(("v2.0",))),
+            "imds-support": OneOf(("v2.0",), null=True),
             "iops": s.Int,
             "throughput": s.Int,
             "tags": s.Map,
@@ -152,7 +152,7 @@ class AwsConfig:
             "tags": s.Map,
             "dynamic-tags": s.Map,
             "use-spot": s.Bool,
-            "imdsv2": v.Any(None, OneOf(("required", "optional"))),
+            "imdsv2": OneOf(("required", "optional"), null=True),
             "dedicated-host": s.Bool,
         }
         limits = {
@@ -373,9 +373,12 @@ class AwsConfig:
             if pool.availability_zones else None)
 
 
-def OneOf(choices: tuple[str, ...]):
-    """A string among ``choices``, with an error that lists them."""
+def OneOf(choices: tuple[str, ...], null: bool = False):
+    """A string among ``choices`` (or null, if allowed: upstream's "unset"),
+    with an error that lists them."""
     def validate(value):
+        if value is None and null:
+            return value
         if value not in choices:
             raise v.Invalid(f"expected one of {', '.join(choices)}; got {value!r}")
         return value
