@@ -48,6 +48,7 @@ def sim_provider(name: str, image_extra: str = "", pool_extra: str = "") -> str:
             min-ram: 1024
 """
 
+
 def aws_provider(name: str, pool_extra: str = "", label_extra: str = "",
                  provider_extra: str = "") -> str:
     """A provider entry for the AWS simulator offering label "a" (t3.medium,

@@ -357,3 +357,17 @@ class BuildContext:
 
     def warn(self, subpath: tuple, message: str) -> None:
         self.warnings.append(Problem(self.path + tuple(subpath), message))
+
+    def add_labels(self, pool, raws: list, where: tuple, build) -> None:
+        """Each of a pool's raw labels, built by ``build(raw, key_path)``
+        (None: not offered here), into ``pool.labels``; a label listed twice:
+        the later entry wins, as upstream, with a warning."""
+        for index, item in enumerate(raws):
+            here = where + ("labels", index)
+            label = build(item, here)
+            if label is None:
+                continue
+            if label.name in pool.labels:
+                self.warn(here + ("name",), f"label {label.name!r} is listed twice in "
+                          "this pool: this later entry replaces the earlier one")
+            pool.labels[label.name] = label

@@ -51,6 +51,20 @@ def our_snapshots(aws):
         "Snapshots"] if s["OwnerId"] == "123456789012"]
 
 
+def minimal_provider(**keys):
+    """A one-label provider, built as the launcher builds it, with ``keys``
+    (as in YAML, dashes written as underscores) added."""
+    raw = {"name": "ec2", "driver": "aws", "region-name": "us-east-1",
+           "cloud-images": [{"name": "u", "image-id": UBUNTU_AMI, "username": "u"}],
+           "pools": [{"name": "main", "labels": [{
+               "name": "a", "cloud-image": "u", "instance-type": "t3.small",
+               "key-name": "zuul"}]}]}
+    raw.update({k.replace("_", "-"): v for k, v in keys.items()})
+    labels = [{"name": label["name"]} for pool in raw["pools"]
+              for label in pool["labels"]]
+    return build_config({"labels": labels, "providers": [raw]}).providers["ec2"]
+
+
 def test_instance_carries_tags_and_the_node_the_cloud_facts(env, aws, zuul):
     start(env, label_extra="""            volume-size: 20
             volume-type: gp3
@@ -103,21 +117,16 @@ def test_use_internal_ip_and_spot(env, aws, zuul):
 
 
 def test_cloud_images_by_filters_and_by_name(aws):
-    provider = build_config({
-        "labels": [{"name": "f"}, {"name": "n"}],
-        "providers": [{
-            "name": "ec2", "driver": "aws", "region-name": "us-east-1",
-            "cloud-images": [
-                {"name": "by-filters", "username": "admin",
-                 "image-filters": [{"name": "name", "values": ["debian-12-*"]}]},
-                {"name": "ubuntu-jammy-22.04-amd64-server-20240101",
-                 "username": "ubuntu"}],
-            "pools": [{"name": "main", "labels": [
-                {"name": "f", "cloud-image": "by-filters", "instance-type": "t3.small",
-                 "key-name": "zuul"},
-                {"name": "n", "cloud-image": "ubuntu-jammy-22.04-amd64-server-20240101",
-                 "instance-type": "t3.small", "key-name": "zuul"}]}]}]
-    }).providers["ec2"]
+    provider = minimal_provider(
+        cloud_images=[
+            {"name": "by-filters", "username": "admin",
+             "image-filters": [{"name": "name", "values": ["debian-12-*"]}]},
+            {"name": "ubuntu-jammy-22.04-amd64-server-20240101", "username": "ubuntu"}],
+        pools=[{"name": "main", "labels": [
+            {"name": "f", "cloud-image": "by-filters", "instance-type": "t3.small",
+             "key-name": "zuul"},
+            {"name": "n", "cloud-image": "ubuntu-jammy-22.04-amd64-server-20240101",
+             "instance-type": "t3.small", "key-name": "zuul"}]}])
     adapter = drivers.make_adapter(provider)
     try:
         labels = provider.pools["main"].labels
@@ -170,12 +179,7 @@ def test_quota_errors_from_ec2_defer_instead_of_failing(env, aws, zuul):
 
 
 def test_insufficient_capacity_is_a_quota_error(aws):
-    provider = build_config({"labels": [{"name": "a"}], "providers": [{
-        "name": "ec2", "driver": "aws", "region-name": "us-east-1",
-        "cloud-images": [{"name": "u", "image-id": UBUNTU_AMI, "username": "u"}],
-        "pools": [{"name": "main", "labels": [{
-            "name": "a", "cloud-image": "u", "instance-type": "t3.small",
-            "key-name": "zuul"}]}]}]}).providers["ec2"]
+    provider = minimal_provider()
     adapter = drivers.make_adapter(provider)
     aws.set(capacity_failures=1)
     try:
@@ -209,8 +213,8 @@ def test_burst_of_200_requests_leaves_nothing_behind(env, aws, zuul):
 def test_leaked_resources_tagged_as_ours_are_removed_and_others_left(env, aws, zuul):
     ec2, s3 = aws.client("ec2"), aws.client("s3")
     ours = {"nodepool_provider_name": "ec2"}
-    node = [{"Key": k, "Value": v} for k, v in {**ours,
-                                                 "nodepool_node_id": "0000009999"}.items()]
+    node = [{"Key": k, "Value": v}
+            for k, v in {**ours, "nodepool_node_id": "0000009999"}.items()]
     image = [{"Key": k, "Value": v} for k, v in {
         **ours, "nodepool_build_id": "b1", "nodepool_upload_id": "0000000001"}.items()]
     leaked_instance = ec2.run_instances(
@@ -316,8 +320,8 @@ def ready_uploads(store):
             if u.state == UploadState.READY]
 
 
-def test_built_image_is_imported_booted_and_deleted_by_retention(env, aws, store, zuul,
-                                                                tmp_path):
+def test_built_image_is_imported_booted_and_deleted_by_retention(
+        env, aws, store, zuul, tmp_path):
     # The first import is refused (AWS's import task limit) and retried
     # within image-import-timeout.
     aws.set(import_limit_failures=1)
@@ -447,3 +451,10 @@ def test_api_calls_are_timed_in_statsd(env, aws, zuul, statsd):
     zuul.wait_for_request(zuul.submit(["a"]), timeout=30)
     assert statsd.wait_for(lambda keys: {"nodepool.task.ec2.RunInstances",
                                          "nodepool.task.ec2.DescribeInstances"} <= keys)
+
+
+def test_a_missing_profile_disables_the_provider_with_the_reason(aws):
+    provider = minimal_provider(profile_name="nowhere")
+    with pytest.raises(drivers.DriverUnavailable,
+                       match="provider ec2: The config profile \\(nowhere\\)"):
+        drivers.make_adapter(provider)

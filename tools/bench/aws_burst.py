@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
 
 from common import cpu_seconds, our_launcher, percentile, start_zookeeper, wait_until
 from launcher_burst import Burst, Observer

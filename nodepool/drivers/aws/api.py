@@ -13,6 +13,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from nodepool.drivers.base import DriverError, NotFound, QuotaError
+from nodepool.drivers.ratelimit import RateLimiter
 
 if TYPE_CHECKING:  # pragma: no cover
     from nodepool.drivers.aws.config import AwsProvider
@@ -66,44 +67,32 @@ def tag_dict(tags: list[dict] | None) -> dict[str, str]:
     return {t["Key"]: t.get("Value", "") for t in tags or []}
 
 
-class RateLimiter:
-    """Calls start at least ``1/rate`` seconds apart (``rate``: per second)."""
-
-    def __init__(self, rate: float):
-        self.interval = 1.0 / rate if rate > 0 else 0.0
-        self._next = 0.0
-        self._lock = threading.Lock()
-
-    def wait(self) -> None:
-        if not self.interval:
-            return
-        with self._lock:
-            now = time.monotonic()
-            start = max(now, self._next)
-            self._next = start + self.interval
-        if start > now:
-            time.sleep(start - now)
-
-
 class AwsApi:
     """boto3 clients for one provider; every call goes through :meth:`call`
     (rate limit, statsd timer, error classification)."""
 
     def __init__(self, provider: "AwsProvider", stats_client=None):
         import boto3
+        import botocore.exceptions
         from botocore.config import Config
+        from nodepool.drivers import DriverUnavailable
         self.provider = provider
         # Region and profile from the config; credentials, endpoint and the
         # rest from the usual chain (environment, ~/.aws, instance role).
-        session = boto3.Session(region_name=provider.region_name,
-                                profile_name=provider.profile_name)
+        try:
+            session = boto3.Session(region_name=provider.region_name,
+                                    profile_name=provider.profile_name)
+        except botocore.exceptions.ProfileNotFound as exc:
+            raise DriverUnavailable(f"provider {provider.name}: {exc} (check "
+                                    "~/.aws/config and ~/.aws/credentials)") from None
         config = Config(retries={"mode": "standard", "max_attempts": 5},
                         max_pool_connections=32)
         self.ec2 = session.client("ec2", config=config)
         self.s3 = session.client("s3", config=config)
         self.quotas = session.client("service-quotas", config=config)
-        self.writes = RateLimiter(provider.rate)
-        self.reads = RateLimiter(provider.rate * READ_RATE_FACTOR)
+        # ``rate`` is operations per second (OpenStack's is seconds apart).
+        self.writes = RateLimiter(1.0 / provider.rate)
+        self.reads = RateLimiter(1.0 / (provider.rate * READ_RATE_FACTOR))
         self.stats = stats_client
         from nodepool.stats import api_task_prefix
         self.stats_prefix = api_task_prefix(provider.name)
@@ -258,4 +247,3 @@ class TerminateBatcher:
 
     def stop(self) -> None:
         self._queue.put(None)
-

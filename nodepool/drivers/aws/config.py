@@ -3,7 +3,7 @@ with voluptuous and built into dataclasses."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import voluptuous as v
@@ -311,15 +311,8 @@ class AwsConfig:
             use_internal_ip=inherited("use-internal-ip", False),
             host_key_checking=inherited("host-key-checking", True),
         )
-        for index, item in enumerate(raw.get("labels", [])):
-            here = where + ("labels", index)
-            label = self._build_label(item, pool, provider, ctx, here)
-            if label is None:
-                continue
-            if label.name in pool.labels:
-                ctx.warn(here + ("name",), f"label {label.name!r} is listed twice in "
-                         "this pool: this later entry replaces the earlier one")
-            pool.labels[label.name] = label
+        ctx.add_labels(pool, raw.get("labels", []), where, lambda item, here:
+                       self._build_label(item, pool, provider, ctx, here))
         return pool
 
     def _build_label(self, raw, pool: AwsPool, provider, ctx, where) -> AwsLabel | None:

@@ -171,9 +171,20 @@ class Launcher:
         else:
             reply = self.api.call(self.api.ec2, "run_instances", **args)
         instance = reply["Instances"][0]
+        self._know_size(instance)
         log.info("Node %s: launched instance %s (%s)", metadata.get(META_NODE_ID),
                  instance["InstanceId"], label.name)
         return instance
+
+    def _know_size(self, instance: dict) -> None:
+        """Look the type's size up here, on the executor, so that the state
+        machine's advance() finds it known (a fleet picks types we never
+        asked about)."""
+        try:
+            self.adapter.types.size(instance.get("InstanceType") or "")
+        except Exception as exc:
+            log.warning("No size of instance type %s: %s",
+                        instance.get("InstanceType"), exc)
 
     def _allocate_host(self, label: "AwsLabel", zone: str, tags: list[dict]) -> str:
         reply = self.api.call(
@@ -209,8 +220,10 @@ class Launcher:
                                {"ResourceType": "volume", "Tags": tags}])
         for group in reply.get("Instances") or []:
             for instance_id in group.get("InstanceIds") or []:
-                return {"InstanceId": instance_id,
-                        "InstanceType": group.get("InstanceType")}
+                instance = {"InstanceId": instance_id,
+                            "InstanceType": group.get("InstanceType")}
+                self._know_size(instance)
+                return instance
         errors = reply.get("Errors") or []
         codes = {e.get("ErrorCode", "") for e in errors}
         message = "; ".join(f"{e.get('ErrorCode')}: {e.get('ErrorMessage')}"

@@ -143,4 +143,3 @@ class AwsDelete(StateMachine):
             pass
         self.complete = True
         return None
-

@@ -241,15 +241,8 @@ class OpenStackConfig:
             auto_floating_ip=raw.get("auto-floating-ip", True),
             host_key_checking=raw.get("host-key-checking", True),
         )
-        for index, item in enumerate(raw.get("labels", [])):
-            here = where + ("labels", index)
-            label = self._build_label(item, pool, provider, ctx, here)
-            if label is None:
-                continue
-            if label.name in pool.labels:
-                ctx.warn(here + ("name",), f"label {label.name!r} is listed twice in "
-                         "this pool: this later entry replaces the earlier one")
-            pool.labels[label.name] = label
+        ctx.add_labels(pool, raw.get("labels", []), where, lambda item, here:
+                       self._build_label(item, pool, provider, ctx, here))
         return pool
 
     def _build_label(self, raw, pool, provider, ctx, where) -> PoolLabel | None:

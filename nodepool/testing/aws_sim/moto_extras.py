@@ -376,8 +376,8 @@ def register_image(self):
     for mapping in self._get_param("BlockDeviceMappings", []):
         snapshot_id = (mapping.get("Ebs") or {}).get("SnapshotId")
         if snapshot_id:
-            _use_snapshot(backend, ami, snapshot_id, mapping.get("DeviceName",
-                                                                  "/dev/sda1"))
+            device = mapping.get("DeviceName", "/dev/sda1")
+            _use_snapshot(backend, ami, snapshot_id, device)
             break
     tags = self._parse_tag_specification().get("image", {})
     if tags:
