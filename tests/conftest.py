@@ -27,6 +27,9 @@ CHROOT_BASE = "/nodepool_test"
 
 # kazoo logs every packet at DEBUG; nodepool's own DEBUG logs are what help.
 logging.getLogger("kazoo").setLevel(logging.INFO)
+# boto3 logs every request, header and body at DEBUG.
+for _name in ("botocore", "boto3", "urllib3", "s3transfer"):
+    logging.getLogger(_name).setLevel(logging.INFO)
 
 
 @pytest.fixture(scope="session")
@@ -136,6 +139,27 @@ def sim(tmp_path, monkeypatch, request):
     monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))
     yield simulator
     simulator.stop()
+
+
+@pytest.fixture(scope="session")
+def aws_server():
+    """moto's AWS server (with the calls it lacks filled in) in a process of
+    its own on a free loopback port, once per session."""
+    from nodepool.testing.aws_sim import AWSSimulator
+    simulator = AWSSimulator().start()
+    yield simulator
+    simulator.stop()
+
+
+@pytest.fixture
+def aws(aws_server, monkeypatch):
+    """The AWS server emptied for this test, with boto3 pointed at it the way
+    an operator points it anywhere: AWS_ENDPOINT_URL and credentials in the
+    environment."""
+    aws_server.reset()
+    for key, value in aws_server.env().items():
+        monkeypatch.setenv(key, value)
+    return aws_server
 
 
 @pytest.fixture

@@ -48,6 +48,32 @@ def sim_provider(name: str, image_extra: str = "", pool_extra: str = "") -> str:
             min-ram: 1024
 """
 
+
+def aws_provider(name: str, pool_extra: str = "", label_extra: str = "",
+                 provider_extra: str = "") -> str:
+    """A provider entry for the AWS simulator offering label "a" (t3.medium,
+    2 vCPUs) on its Ubuntu AMI. Nothing may connect to the addresses moto
+    hands out, so host keys are not scanned."""
+    return f"""
+  - name: {name}
+    driver: aws
+    region-name: us-east-1
+    rate: 1000
+{provider_extra}    cloud-images:
+      - name: ubuntu
+        image-id: ami-0a1b2c3d4e5f60001
+        username: ubuntu
+    pools:
+      - name: main
+        host-key-checking: false
+{pool_extra}        labels:
+          - name: a
+            cloud-image: ubuntu
+            instance-type: t3.medium
+            key-name: zuul
+{label_extra}"""
+
+
 # Intervals short enough that timer-driven housekeeping happens within a test.
 FAST = dict(idle_interval=1.0, cleanup_interval=0.3, delete_sweep_interval=0.5,
             min_ready_interval=0.5, config_check_interval=0.1)

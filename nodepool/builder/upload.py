@@ -131,7 +131,8 @@ class UploadWorker(BuilderWorker):
         try:
             external_id = self.builder.adapter(provider).upload_image(
                 external_name, path, provider.image_type,
-                {k: str(v) for k, v in metadata.items()})
+                {k: str(v) for k, v in metadata.items()},
+                provider_image=provider_image)
         except DriverUnavailable:
             raise
         except Exception as exc:

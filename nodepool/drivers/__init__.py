@@ -22,6 +22,7 @@ REGISTRY: dict[str, str] = {
     "kubernetes": "nodepool.drivers.kubernetes",
     "openshift": "nodepool.drivers.openshift",
     "openshiftpods": "nodepool.drivers.openshiftpods",
+    "aws": "nodepool.drivers.aws",
 }
 _loaded: dict[str, Driver] = {}
 

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from nodepool.config.model import Pool, PoolLabel, Provider
+from nodepool.config.model import Pool, PoolLabel, Provider, ProviderDiskImage
 from nodepool.resources import Resources
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -249,7 +249,10 @@ class Adapter:
         return None
 
     def upload_image(self, image_name: str, filename: str, image_format: str,
-                     metadata: dict[str, str]) -> str:
+                     metadata: dict[str, str],
+                     provider_image: ProviderDiskImage | None = None) -> str:
+        """Upload a built image; ``provider_image`` is the provider's entry
+        for it (its driver-specific settings). Returns the cloud's id."""
         raise NotImplementedError
 
     def delete_image(self, external_id: str) -> None:

@@ -1,7 +1,8 @@
 """The adapter contract, each adapter alone against its cloud: no launcher,
 no ZooKeeper. What the launcher relies on from every driver that launches
-instances (fake cloud, OpenStack simulator over HTTP, memcloud), and from
-every inventory driver (static, against real sshd hosts)."""
+instances (fake cloud, OpenStack simulator over HTTP, memcloud, AWS through
+moto's server), and from every inventory driver (static, against real sshd
+hosts)."""
 
 import time
 
@@ -13,7 +14,7 @@ from nodepool.config.loader import build_config
 from nodepool.drivers.base import META_NODE_ID, META_PROVIDER, Instance
 from nodepool.resources import Resources
 
-from launcher_fixtures import FAKE_PROVIDER, sim_provider  # noqa: E402
+from launcher_fixtures import FAKE_PROVIDER, aws_provider, sim_provider  # noqa: E402
 from nodepool.testing.openstack_sim import OpenStackSimulator  # noqa: E402
 from nodepool.testing.sshdserver import SSHServer  # noqa: E402
 
@@ -62,6 +63,19 @@ class OpenStack:
 
     def stop(self):
         self.sim.stop()
+
+
+class Aws:
+    """boto3 over HTTP against moto's server (the ``aws`` fixture)."""
+
+    body = "providers:" + aws_provider("aws-adapter")
+    image = None  # the label's cloud image (an AMI the region offers)
+
+    def __init__(self, request):
+        self.sim = request.getfixturevalue("aws")
+
+    def stop(self):
+        pass
 
 
 class MemCloud:
@@ -120,13 +134,15 @@ providers:
         self.sim.stop()
 
 
-@pytest.fixture(params=["fake", "openstack", "memcloud", "kubernetes", "openshift",
-                        "openshiftpods"])
+@pytest.fixture(params=["fake", "openstack", "memcloud", "aws", "kubernetes",
+                        "openshift", "openshiftpods"])
 def cloud(request, tmp_path, monkeypatch):
     if request.param == "fake":
         instance = Fake()
     elif request.param == "openstack":
         instance = OpenStack(tmp_path, monkeypatch)
+    elif request.param == "aws":
+        instance = Aws(request)
     elif request.param == "memcloud":
         instance = MemCloud()
     else:

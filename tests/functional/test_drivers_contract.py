@@ -1,4 +1,5 @@
-"""One behaviour suite, run against every driver (fake cloud, static hosts).
+"""One behaviour suite, run against every driver (fake cloud, static hosts,
+the OpenStack simulator, memcloud, AWS through moto's server).
 
 What a Zuul operator relies on whatever the driver: requests are fulfilled
 with complete nodes, multi-node requests work, used nodes go away and their
@@ -13,7 +14,7 @@ import tempfile
 import pytest
 
 from conftest import wait_until
-from launcher_fixtures import FAKE_PROVIDER, sim_provider
+from launcher_fixtures import FAKE_PROVIDER, aws_provider, sim_provider
 from nodepool.zk.records import NodeState
 
 from nodepool.testing.openstack_sim import OpenStackSimulator  # noqa: E402
@@ -110,6 +111,33 @@ class OpenStackDriver:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+class AwsDriver:
+    """boto3 over HTTP against moto's server. The addresses moto hands out
+    are not this machine's, so nothing connects to them: no host-key scan."""
+
+    name = "aws"
+    connection_type = "ssh"
+    capacity = 3
+    scans_keys = False
+    username = "ubuntu"  # upstream requires a cloud image's username
+
+    def __init__(self, request):
+        self.sim = request.getfixturevalue("aws")
+        self.sim.set(boot_delay=0.1)
+
+    def config(self):
+        return "labels:\n  - name: a\nproviders:" + aws_provider(
+            "aws-contract", pool_extra="        max-servers: 3\n")
+
+    def live_instances(self):
+        reply = self.sim.client("ec2").describe_instances(Filters=[{
+            "Name": "instance-state-name", "Values": ["pending", "running"]}])
+        return [i for r in reply["Reservations"] for i in r["Instances"]]
+
+    def stop(self):
+        pass
+
+
 class MemCloudDriver:
     """A driver that exists only for the tests (tests/memcloud/), added
     through the driver registry alone."""
@@ -195,11 +223,13 @@ providers:
         self.sim.stop()
 
 
-@pytest.fixture(params=["fake", "static", "openstack", "memcloud", "kubernetes",
+@pytest.fixture(params=["fake", "static", "openstack", "memcloud", "aws", "kubernetes",
                         "openshift", "openshiftpods"])
 def driver(request, monkeypatch, tmp_path):
     if request.param == "fake":
         instance = FakeDriver()
+    elif request.param == "aws":
+        instance = AwsDriver(request)
     elif request.param == "memcloud":
         instance = MemCloudDriver()
     elif request.param == "static":
@@ -268,6 +298,9 @@ def test_used_nodes_go_and_capacity_returns(env, launcher, driver, zuul):
     if hasattr(driver, "live"):
         wait_until(lambda: len(driver.live()) == 1, timeout=20,
                    message="used servers deleted in the cloud")
+    if driver.name == "aws":
+        wait_until(lambda: len(driver.live_instances()) == 1, timeout=20,
+                   message="used instances terminated in EC2")
     if driver.name == "static":
         # Every slot comes back as a fresh node record.
         wait_until(lambda: len(launcher.nodes.nodes()) == driver.capacity, timeout=20,

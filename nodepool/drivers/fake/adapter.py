@@ -392,7 +392,8 @@ class FakeAdapter(Adapter):
         return cloud_image is not None and \
             self.cloud.find_image(cloud_image.external_name) is not None
 
-    def upload_image(self, image_name, filename, image_format, metadata) -> str:
+    def upload_image(self, image_name, filename, image_format, metadata,
+                     provider_image=None) -> str:
         if not os.path.isfile(filename):
             raise LaunchError(f"no image file {filename}")
         image = self.cloud.upload_image(image_name, metadata)

@@ -310,7 +310,7 @@ class OpenStackAdapter(Adapter):
     # -- images for the builder ----------------------------------------------------
 
     def upload_image(self, image_name: str, filename: str, image_format: str,
-                     metadata: dict[str, str]) -> str:
+                     metadata: dict[str, str], provider_image=None) -> str:
         """Upload and wait until the cloud says active; returns the image id.
         Blocking: the builder calls it from an upload worker."""
         image = self.conn.image.create_image(

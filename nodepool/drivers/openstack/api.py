@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from nodepool.drivers.base import LaunchError
+from nodepool.drivers.ratelimit import RateLimiter
 from nodepool.drivers.openstack.config import OpenStackProvider
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,23 +44,12 @@ class RateLimitedExecutor(ThreadPoolExecutor):
     def __init__(self, rate: float, **kwargs):
         super().__init__(**kwargs)
         self.rate = max(0.0, rate or 0.0)
-        self._next = 0.0
-        self._slot_lock = threading.Lock()
-
-    def _wait_turn(self) -> None:
-        if not self.rate:
-            return
-        with self._slot_lock:
-            now = time.monotonic()
-            start = max(now, self._next)
-            self._next = start + self.rate
-        if start > now:
-            time.sleep(start - now)
+        self._limiter = RateLimiter(self.rate)
 
     def submit(self, fn, *args, **kwargs):
         def limited():
             for attempt in range(RATE_LIMIT_RETRIES + 1):
-                self._wait_turn()
+                self._limiter.wait()
                 try:
                     return fn(*args, **kwargs)
                 except Exception as exc:
