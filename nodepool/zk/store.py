@@ -13,10 +13,13 @@ import time
 import uuid
 from typing import Callable, Iterable
 
-from kazoo.exceptions import BadVersionError, NoNodeError, NotEmptyError
+from kazoo.exceptions import (
+    BadVersionError, NodeExistsError, NoNodeError, NotEmptyError, RolledBackError,
+)
 
 from nodepool.zk import paths
 from nodepool.zk.client import ZooKeeperClient
+from nodepool.zk.kazoo_ext import add_sequential_create
 from nodepool.zk.locks import Lock, contender_identifiers
 from nodepool.zk.treecache import TreeCache
 from nodepool.zk.image_store import ImageRecords
@@ -262,6 +265,44 @@ class Store(ImageRecords):
         node.id = path.rsplit("/", 1)[1]
         node.version = 0
         return node.id
+
+    # -- quota fences (ours: the order in which launchers create nodes) -----
+
+    def fence_version(self, provider: str) -> int:
+        """The version of the provider's quota fence, created if missing."""
+        path = paths.quota_fence(provider)
+        for _ in range(2):
+            stat = self.kazoo.exists(path)
+            if stat is not None:
+                return stat.version
+            try:
+                self.kazoo.create(path, b"", makepath=True)
+            except NodeExistsError:
+                pass
+        raise RecordNotFound(f"quota fence {path} vanished as it was made")
+
+    def create_nodes_fenced(self, provider: str, version: int,
+                            nodes: list[Node]) -> bool:
+        """Create the nodes (sequential ids) and move the provider's quota
+        fence on from ``version``, in one transaction: False, and nothing
+        created, if another launcher created nodes since (the fence moved)."""
+        tx = self.kazoo.transaction()
+        tx.set_data(paths.quota_fence(provider), b"", version)
+        for node in nodes:
+            if node.created_time is None:
+                node.created_time = node.state_time
+            add_sequential_create(tx, paths.NODES + "/", node.to_json())
+        results = tx.commit()
+        if any(isinstance(r, Exception) for r in results):
+            if isinstance(results[0], BadVersionError):
+                return False
+            failed = next(r for r in results if isinstance(r, Exception)
+                          and not isinstance(r, RolledBackError))
+            raise failed
+        for node, path in zip(nodes, results[1:]):
+            node.id = path.rsplit("/", 1)[1]
+            node.version = 0
+        return True
 
     def get_node(self, node_id: str) -> Node | None:
         try:

@@ -290,6 +290,13 @@ class FakeCreate(StateMachine):
         self.complete = True
         return self.adapter.instance(server)
 
+    def restore(self, saved: dict) -> None:
+        # With its id known the server exists: poll it (creating it again
+        # would leak the first one).
+        super().restore(saved)
+        if self.external_id is not None:
+            self.state = "building"
+
 
 class FakeDelete(StateMachine):
     def __init__(self, adapter: "FakeAdapter", external_id):
@@ -384,6 +391,9 @@ class FakeAdapter(Adapter):
 
     def azs(self) -> list[str]:
         return list(AZS)
+
+    def capacity_key(self, label: OpenStackLabel) -> str:
+        return _flavor_for(label)
 
     def label_ready(self, label: OpenStackLabel) -> bool:
         if not label.cloud_image:
