@@ -79,6 +79,14 @@ class CapacityTracker:
                               if manager.view.capacity_key(label) in keys)
         return labels
 
+    def not_avoiding(self, candidates, labels: set[str]):
+        """The candidate pools whose provider does not avoid the labels."""
+        if not self.cache.entries():
+            return candidates
+        now = time.time()
+        return [c for c in candidates
+                if not labels & self.avoided_labels(c.provider_name or "", now)]
+
     def alternatives(self, provider: str, labels: set[str],
                      candidates) -> bool:
         """Whether a pool of another provider, not avoiding any of the

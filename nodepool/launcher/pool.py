@@ -404,8 +404,9 @@ class PoolWorker(Accepting):
                 continue
             if request is not seen:
                 candidates = directory.candidates(request)
-            if scheduler.skip_reason(request, me, my_labels, candidates) or \
-                    move_on(set(request.node_types), candidates):
+            if move_on(set(request.node_types), candidates) or scheduler.skip_reason(
+                    request, me, my_labels, capacity.not_avoiding(
+                        candidates, set(request.node_types))):
                 continue
             if not request_fits(request):
                 self._too_large(request)

@@ -17,16 +17,13 @@ import os
 import signal
 import statistics
 import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from common import Daemon, fake_cloud_config, our_launcher, percentile, start_zookeeper, \
     cpu_seconds, wait_until
 
+from nodepool.testing.burst import Burst, Observer
 from nodepool.testing.zuul_client import FakeZuul
-from nodepool.zk.cache import NodeCache, RequestCache
-from nodepool.zk.client import ZooKeeperClient
 
 OPENSTACK_PROVIDER = """
   - name: sim-bench
@@ -45,113 +42,6 @@ OPENSTACK_PROVIDER = """
             cloud-image: ubuntu
             min-ram: 1024
 """
-
-
-class Observer:
-    """Times fulfilments and node deletions through watch-driven caches."""
-
-    def __init__(self, hosts: str):
-        self.client = ZooKeeperClient(hosts)
-        self.client.connect(timeout=30)
-        self.requests = RequestCache(self.client)
-        self.nodes = NodeCache(self.client)
-        self.fulfilled: dict[str, float] = {}
-        self.deleted: dict[str, float] = {}
-        self.done = threading.Condition()
-        self.requests.add_listener(self._on_request)
-        self.nodes.add_listener(self._on_node)
-        self.requests.start().wait_synced()
-        self.nodes.start().wait_synced()
-
-    def _on_request(self, kind, request_id, request):
-        if kind == "changed" and request.state in ("fulfilled", "failed") \
-                and request_id not in self.fulfilled:
-            with self.done:
-                self.fulfilled[request_id] = time.monotonic()
-                self.done.notify_all()
-
-    def _on_node(self, kind, node_id, node):
-        if kind == "deleted":
-            self.deleted[node_id] = time.monotonic()
-
-    def wait(self, request_ids, timeout):
-        deadline = time.monotonic() + timeout
-        with self.done:
-            while not all(r in self.fulfilled for r in request_ids):
-                if not self.done.wait(max(0.0, deadline - time.monotonic())):
-                    if time.monotonic() > deadline:
-                        return False
-        return True
-
-    def stop(self):
-        self.requests.stop()
-        self.nodes.stop()
-        self.client.disconnect()
-
-
-class Burst:
-    """Plays Zuul for a burst of requests: submits them all at once, and as
-    each is fulfilled takes its nodes, uses them and returns them used."""
-
-    def __init__(self, zuul: FakeZuul, observer: Observer, workers: int = 8):
-        self.zuul = zuul
-        self.observer = observer
-        self.pool = ThreadPoolExecutor(max_workers=workers)
-        self.used_at: dict[str, float] = {}
-        self.submitted: dict[str, float] = {}
-        self.unfinished = 0
-        self.started = self.submit_done = self.fulfilled_by = 0.0
-
-    def consume(self, request_id: str) -> None:
-        nodes = self.zuul.accept(request_id)
-        self.zuul.use(nodes)
-        for node in nodes:
-            self.used_at[node["id"]] = time.monotonic()
-        self.zuul.release(nodes)
-
-    def run(self, node_types: list[list[str]], timeout: float) -> None:
-        """One request per entry of ``node_types``; returns once all were
-        fulfilled and their nodes deleted (or ``timeout`` ran out for either)."""
-        observer = self.observer
-        self.started = time.monotonic()
-        # All creates pipelined, as many schedulers submitting at once.
-        pending_creates = [(self.zuul.submit_async(labels), time.monotonic())
-                           for labels in node_types]
-        for result, sent in pending_creates:
-            self.submitted[result.get(timeout=60).rsplit("/", 1)[1]] = sent
-        self.submit_done = time.monotonic()
-        pending = set(self.submitted)
-        futures = []
-        deadline = time.monotonic() + timeout
-        while pending and time.monotonic() < deadline:
-            with observer.done:
-                observer.done.wait(0.05)
-            finished = [r for r in pending if r in observer.fulfilled]
-            for request_id in finished:
-                pending.discard(request_id)
-                futures.append(self.pool.submit(self.consume, request_id))
-        self.unfinished = len(pending)
-        self.fulfilled_by = max(observer.fulfilled.get(r, 0) for r in self.submitted)
-        for future in futures:
-            future.result()
-        # Wait for the used nodes to be deleted.
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and \
-                not all(n in observer.deleted for n in self.used_at):
-            time.sleep(0.05)
-
-    def latencies(self) -> list[float]:
-        """Submit -> fulfilled, of the fulfilled requests."""
-        return [self.observer.fulfilled[r] - t for r, t in self.submitted.items()
-                if r in self.observer.fulfilled]
-
-    def deletions(self) -> list[float]:
-        """Returned used -> znode gone, of the deleted nodes."""
-        return [self.observer.deleted[n] - t for n, t in self.used_at.items()
-                if n in self.observer.deleted]
-
-    def stop(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def main() -> int:

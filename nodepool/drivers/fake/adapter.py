@@ -316,6 +316,11 @@ class FakeDelete(StateMachine):
         self.poll_delay = max(0.0, (server.deleted_at or 0) - time.monotonic()) or 0.05
         return None
 
+    def restore(self, saved: dict) -> None:
+        super().restore(saved)
+        if saved.get("state") == "deleting":
+            self.state = "deleting"  # asked already: wait for it to go
+
 
 FAKE_HOST_KEYS = ["ssh-rsa FAKEKEY"]
 
