@@ -90,8 +90,8 @@ def zk_queue_key(hostname: str, part: str) -> str:
 
 def launcher_work_key(launcher: str, what: str) -> str:
     """One launcher's share of the work: ``launches``, ``launches_resumed``,
-    ``deletes``, ``deletes_resumed``, ``requests``, ``requests_adopted``
-    (counters); ``requests_held``, ``launches_running`` (gauges)."""
+    ``deletes``, ``deletes_resumed``, ``requests_adopted`` (counters);
+    ``requests_held``, ``launches_running`` (gauges)."""
     return f"nodepool.launcher.{normalize(launcher)}.work.{what}"
 
 

@@ -87,11 +87,14 @@ class ProviderManager:
         self.view.stop()
         if self.registrar is not None:
             self.registrar.stop()
+        # Launches stop (and let go of their nodes) before the requests are
+        # handed back: a launch never runs on after its lock is released,
+        # when another launcher may already be carrying it on.
+        for runner in self.runners:
+            runner.stop()
         for worker in list(self.workers.values()):
             worker.stop()
         self.workers.clear()
-        for runner in self.runners:
-            runner.stop()
         self.desk.stop()
         self.adapter.stop()
 
@@ -328,8 +331,8 @@ class Launcher:
         if self.webapp is not None:
             self.webapp.start()
         self.ready.set()
-        log.info("Launcher running with providers %s", ", ".join(self.managers) or
-                 "(none)")
+        log.info("Launcher running with providers %s (launcher id %s)",
+                 ", ".join(self.managers) or "(none)", self.id)
 
     def _start_provider(self, provider: Provider) -> None:
         try:

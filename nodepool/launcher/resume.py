@@ -127,9 +127,12 @@ class Resumer(PeriodicWorker):
         launcher = self.launcher
         launcher.nodes.barrier()
         launcher.requests.barrier()
-        held = {request_id for manager in list(launcher.managers.values())
+        # What we hold in this session (a pool drops what the last one held
+        # at its next pass; it is orphaned already).
+        held = {handler.id for manager in list(launcher.managers.values())
                 for worker in list(manager.workers.values())
-                for request_id in list(worker.handlers)}
+                for handler in list(worker.handlers.values())
+                if not handler.lock.session_lost}
         by_request: dict[str, list[Node]] = {}
         orphans = []
         seen = set()

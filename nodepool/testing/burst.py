@@ -18,15 +18,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 from nodepool.testing.zuul_client import FakeZuul
 from nodepool.zk.cache import NodeCache, RequestCache
-from nodepool.zk.client import ZooKeeperClient
+from nodepool.zk.client import ZooKeeperClient, ZooKeeperTLS
 
 
 class Observer:
     """Times fulfilments and node deletions; counts node records per
     provider at every change."""
 
-    def __init__(self, hosts: str):
-        self.client = ZooKeeperClient(hosts)
+    def __init__(self, hosts: str, tls: ZooKeeperTLS | None = None):
+        self.client = ZooKeeperClient(hosts, tls=tls)
         self.client.connect(timeout=30)
         self.requests = RequestCache(self.client)
         self.nodes = NodeCache(self.client)

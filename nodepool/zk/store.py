@@ -286,18 +286,24 @@ class Store(ImageRecords):
         """Create the nodes (sequential ids) and move the provider's quota
         fence on from ``version``, in one transaction: False, and nothing
         created, if another launcher created nodes since (the fence moved)."""
-        tx = self.kazoo.transaction()
-        tx.set_data(paths.quota_fence(provider), b"", version)
         for node in nodes:
             if node.created_time is None:
                 node.created_time = node.state_time
-            add_sequential_create(tx, paths.NODES + "/", node.to_json())
-        results = tx.commit()
-        if any(isinstance(r, Exception) for r in results):
+        for attempt in (1, 2):
+            tx = self.kazoo.transaction()
+            tx.set_data(paths.quota_fence(provider), b"", version)
+            for node in nodes:
+                add_sequential_create(tx, paths.NODES + "/", node.to_json())
+            results = tx.commit()
+            if not any(isinstance(r, Exception) for r in results):
+                break
             if isinstance(results[0], BadVersionError):
                 return False
             failed = next(r for r in results if isinstance(r, Exception)
                           and not isinstance(r, RolledBackError))
+            if attempt == 1 and isinstance(failed, NoNodeError):
+                self.kazoo.ensure_path(paths.NODES)  # a new installation
+                continue
             raise failed
         for node, path in zip(nodes, results[1:]):
             node.id = path.rsplit("/", 1)[1]

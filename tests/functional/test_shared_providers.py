@@ -17,17 +17,13 @@ from nodepool.testing.burst import Burst, Observer
 from nodepool.zk.capacity import CapacityStore
 from nodepool.zk.records import NodeState
 
-SHARED = """
-labels:
-  - name: small
-providers:
-  - name: fake-cloud
+PROVIDER = """
+  - name: {name}
     cloud: fake
-    region-name: r1
+    region-name: {region}
     rate: 0.001
     launch-retries: 2
-    simulation: {{max-instances: {max_servers}, boot-delay: {boot_delay}}}
-    cloud-images:
+{extra}    cloud-images:
       - name: precise
         image-name: Fake Precise
     pools:
@@ -39,43 +35,24 @@ providers:
             min-ram: 1024
 """
 
-TWO_PROVIDERS = """
-labels:
-  - name: small
-providers:
-  - name: fake-a
-    cloud: fake
-    region-name: ra
-    rate: 0.001
-    priority: 1
-    launch-retries: 2
-    simulation: {{{simulation_a}}}
-    cloud-images:
-      - name: precise
-        image-name: Fake Precise
-    pools:
-      - name: main
-        max-servers: 10
-        labels:
-          - name: small
-            cloud-image: precise
-            min-ram: 1024
-  - name: fake-b
-    cloud: fake
-    region-name: rb
-    rate: 0.001
-    priority: 2
-    cloud-images:
-      - name: precise
-        image-name: Fake Precise
-    pools:
-      - name: main
-        max-servers: 10
-        labels:
-          - name: small
-            cloud-image: precise
-            min-ram: 1024
-"""
+
+def provider(name, region, max_servers=10, extra=""):
+    return PROVIDER.format(name=name, region=region, max_servers=max_servers,
+                           extra="".join(f"    {line}\n" for line in extra.splitlines()))
+
+
+def shared(env, max_servers=20, simulation=""):
+    """One provider, for several launchers; the cloud's quota is the pool's."""
+    return env.config("labels:\n  - name: small\nproviders:" + provider(
+        "fake-cloud", "r1", max_servers,
+        f"simulation: {{max-instances: {max_servers}{simulation}}}"))
+
+
+def two_providers(env, simulation_a):
+    """fake-a, preferred (priority 1), and fake-b."""
+    return env.config("labels:\n  - name: small\nproviders:" + provider(
+        "fake-a", "ra", extra=f"priority: 1\nsimulation: {{{simulation_a}}}")
+        + provider("fake-b", "rb", extra="priority: 2"))
 
 
 @pytest.fixture
@@ -83,10 +60,6 @@ def observer(env, zk_hosts):
     watcher = Observer(zk_hosts)
     yield watcher
     watcher.stop()
-
-
-def shared(env, max_servers=20, boot_delay=0.0):
-    return env.config(SHARED.format(max_servers=max_servers, boot_delay=boot_delay))
 
 
 def fake_cloud():
@@ -127,7 +100,7 @@ def test_three_launchers_share_a_burst_with_quota_exact_throughout(env, zuul, ob
 
 
 def test_launcher_killed_mid_burst_loses_nothing(env, zuul, observer):
-    path = shared(env, max_servers=30, boot_delay=1.0)
+    path = shared(env, max_servers=30, simulation=", boot-delay: 1.0")
     launchers = [env.start(path) for _ in range(3)]
     victim, survivors = launchers[1], [launchers[0], launchers[2]]
     wait_until(lambda: len(launchers[0].views.membership().serving(
@@ -176,7 +149,7 @@ def test_a_provider_failing_every_create_moves_its_nodes_on(env, zuul, observer)
         lambda kind, node_id, node: failed_nodes.setdefault(
             node_id, node.failed_providers) if kind == "changed"
         and node.state == NodeState.FAILED else None)
-    path = env.config(TWO_PROVIDERS.format(simulation_a="fail-creates: 1000000"))
+    path = two_providers(env, "fail-creates: 1000000")
     launchers = [env.start(path) for _ in range(2)]
     requests = [zuul.submit(["small"]) for _ in range(8)]
     results = [zuul.wait_for_request(r, timeout=60) for r in requests]
@@ -196,8 +169,7 @@ def test_a_provider_failing_every_create_moves_its_nodes_on(env, zuul, observer)
 
 
 def test_a_provider_short_of_capacity_is_avoided_for_a_while(env, zuul, statsd):
-    path = env.config(TWO_PROVIDERS.format(
-        simulation_a="quota-error-servers: 1000000"))
+    path = two_providers(env, "quota-error-servers: 1000000")
     launcher = env.start(path)
     requests = [zuul.submit(["small"]) for _ in range(6)]
     results = [zuul.wait_for_request(r, timeout=60) for r in requests]
@@ -229,7 +201,7 @@ def test_a_provider_short_of_capacity_is_avoided_for_a_while(env, zuul, statsd):
 
 
 def test_expired_capacity_entries_are_forgotten(env, zuul, store):
-    launcher = env.start(env.config(TWO_PROVIDERS.format(simulation_a="")))
+    launcher = env.start(two_providers(env, ""))
     entries = CapacityStore(launcher.client)
     entries.change("fake-a", "Fake Flavor", lambda e: capacity.count_error(
         e, "small", "someone", "No valid host", 1000.0))
@@ -237,8 +209,7 @@ def test_expired_capacity_entries_are_forgotten(env, zuul, store):
 
 
 def test_an_interrupted_delete_is_carried_on_where_it_stopped(env, zuul):
-    path = env.config(SHARED.format(max_servers=5, boot_delay=0.0).replace(
-        "boot-delay: 0.0", "boot-delay: 0.0, delete-delay: 30"))
+    path = shared(env, max_servers=5, simulation=", delete-delay: 30")
     first = env.start(path)
     request_id = zuul.submit(["small"])
     zuul.wait_for_request(request_id)
@@ -260,3 +231,25 @@ def test_an_interrupted_delete_is_carried_on_where_it_stopped(env, zuul):
     assert second.counters["deletes_resumed"] == 1
     # The delete was not sent again: the machine went on polling.
     assert fake_cloud().calls == calls
+
+
+def test_the_quota_fence_lets_one_of_two_racing_creations_through(store, make_zk_client):
+    from nodepool.zk.records import Node
+    from nodepool.zk.store import Store
+    other = Store(make_zk_client())
+    version = store.fence_version("cloud")
+    assert other.fence_version("cloud") == version
+
+    def nodes():
+        return [Node(state=NodeState.INIT, provider="cloud", pool="main", type=["a"],
+                     resources={"instances": 1}) for _ in range(2)]
+    first, second = nodes(), nodes()
+    assert store.create_nodes_fenced("cloud", version, first)
+    # The other decided on the same version: the fence moved, nothing created.
+    assert not other.create_nodes_fenced("cloud", version, second)
+    assert [n.id for n in second] == [None, None]
+    assert sorted(store.node_ids()) == sorted(n.id for n in first)
+    assert store.get_node(first[0].id).provider == "cloud"
+    # Deciding again on the new version goes through.
+    assert other.create_nodes_fenced("cloud", other.fence_version("cloud"), second)
+    assert len(store.node_ids()) == 4

@@ -8,40 +8,30 @@ a single request on an idle launcher, node deletion latency (used -> znode
 gone), and the launcher's CPU seconds per request (from /proc).
 
     .venv/bin/python tools/bench/launcher_burst.py --requests 1000
+    .venv/bin/python tools/bench/launcher_burst.py --requests 1000 --launchers 3
+
+With ``--launchers N`` that many launcher processes serve the same provider
+(they share its requests and quota; with the fake cloud each process has a
+cloud of its own, which the burst's raised quota makes no matter); the CPU
+figure is then their sum, and each one's share of the launches is printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import signal
 import statistics
 import tempfile
 import time
 
-from common import Daemon, fake_cloud_config, our_launcher, percentile, start_zookeeper, \
-    cpu_seconds, wait_until
+from common import SIM_PROVIDER, Daemon, cpu_seconds, fake_cloud_config, our_launcher, \
+    percentile, start_zookeeper, wait_until
 
 from nodepool.testing.burst import Burst, Observer
 from nodepool.testing.zuul_client import FakeZuul
 
-OPENSTACK_PROVIDER = """
-  - name: sim-bench
-    cloud: sim
-    region-name: RegionOne
-    rate: 0.0001
-    cloud-images:
-      - name: ubuntu
-        image-id: ubuntu-image-id
-    pools:
-      - name: main
-        max-servers: {max_servers}
-        host-key-checking: false
-        labels:
-          - name: small
-            cloud-image: ubuntu
-            min-ram: 1024
-"""
 
 
 def main() -> int:
@@ -54,6 +44,8 @@ def main() -> int:
                         help="fake: in-memory cloud in the launcher; openstack: "
                         "openstacksdk over HTTP to nodepool/testing/openstack_sim.py (run in "
                         "this process)")
+    parser.add_argument("--launchers", type=int, default=1,
+                        help="launcher processes serving the provider")
     parser.add_argument("--profile", action="store_true",
                         help="yappi-profile the launcher during the burst (SIGUSR2); "
                         "the profile lands in the launcher log")
@@ -76,11 +68,13 @@ def main() -> int:
             yaml.safe_dump(simulator.clouds_yaml(), handle)
         env["OS_CLIENT_CONFIG_FILE"] = clouds
         text = text[:text.index("  - name: fake-bench")] + \
-            OPENSTACK_PROVIDER.format(max_servers=max_servers)
+            SIM_PROVIDER.format(name="sim-bench", max_servers=max_servers)
     with open(config, "w") as handle:
         handle.write(text)
-    launcher: Daemon = our_launcher(config, os.path.join(state, "launcher.log"),
-                                    env).start()
+    launchers: list[Daemon] = [
+        our_launcher(config, os.path.join(state, f"launcher-{index}.log"), env).start()
+        for index in range(args.launchers)]
+    launcher = launchers[0]
     hosts = f"{zookeeper.hosts}/bench"
     observer = Observer(hosts)
     # Same protocol as Zuul; kazoo's cheaper select so the harness steals
@@ -90,11 +84,11 @@ def main() -> int:
     burst = Burst(zuul, observer)
 
     try:
-        # Wait for the launcher's pool to register.
+        # Wait for the launchers' pools to register.
         if not wait_until(lambda: zuul.kazoo.exists("/nodepool/components/pool")
-                          and zuul.kazoo.get_children("/nodepool/components/pool"),
-                          60, alive=launcher):
-            raise SystemExit(f"the launcher did not start; see {state}/launcher.log")
+                          and len(zuul.kazoo.get_children("/nodepool/components/pool"))
+                          == args.launchers, 60, alive=launcher):
+            raise SystemExit(f"the launchers did not start; see {state}/launcher-*.log")
 
         # Single requests on an idle launcher.
         singles = []
@@ -108,14 +102,14 @@ def main() -> int:
         time.sleep(1.0)
 
         # The burst.
-        cpu_before = cpu_seconds(launcher.pid)
+        cpu_before = sum(cpu_seconds(d.pid) for d in launchers)
         own_before = time.process_time()
         zk_before = cpu_seconds(zookeeper.process.pid)
         if args.profile:
             launcher.process.send_signal(signal.SIGUSR2)
             time.sleep(0.5)
         burst.run([["small"]] * args.requests, args.timeout)
-        cpu_after = cpu_seconds(launcher.pid)
+        cpu_after = sum(cpu_seconds(d.pid) for d in launchers)
         if simulator is not None:
             # Give the delete worker a moment to finish, then count leaks.
             deadline = time.monotonic() + 30
@@ -145,7 +139,13 @@ def main() -> int:
               f"p99 {percentile(deletions, 99) * 1000:.1f} ms (used -> znode gone)")
         cpu = cpu_after - cpu_before
         print(f"launcher CPU:         {cpu:.2f} s for the burst, "
-              f"{cpu / args.requests * 1000:.2f} ms per request (incl. deletion)")
+              f"{cpu / args.requests * 1000:.2f} ms per request (incl. deletion)"
+              + (f", {args.launchers} launchers together" if args.launchers > 1 else ""))
+        if args.launchers > 1:
+            shares = collections.Counter(
+                nodes[0]["launcher"].split("-PoolWorker")[1] if nodes else "?"
+                for nodes in burst.given.values())
+            print(f"launches per launcher: {sorted(shares.values(), reverse=True)}")
         if simulator is not None:
             print(f"cloud left over:      {len(simulator.servers)} servers, "
                   f"{len(simulator.floating_ips)} floating IPs (every node was used "
@@ -155,7 +155,8 @@ def main() -> int:
         return 0 if not burst.unfinished else 1
     finally:
         burst.stop()
-        launcher.stop(timeout=60)
+        for daemon in launchers:
+            daemon.stop(timeout=60)
         zuul.stop()
         observer.stop()
         zookeeper.stop()
