@@ -218,8 +218,8 @@ class NodeLaunch(Task):
         keeps the launch and its cloud resources: the write is tried again
         on the next step, while the lock still holds; a node record that
         vanished ends the launch as failed. Writes are conditioned on the
-        version we last wrote: a conflict means another launcher took the
-        node over (our lock went with a lost session), and this launch
+        version we last wrote: once our lock went with a lost session, a
+        conflict means another launcher took the node over, and this launch
         stops without touching it again."""
         node = self.node
         if node.state == NodeState.BUILDING:
@@ -227,10 +227,11 @@ class NodeLaunch(Task):
         else:
             node.set_progress(None)  # ended: nobody drives it any more
         try:
-            self.store.update_node(node, check_version=True)
+            self.store.update_locked_node(node, self.lock)
         except VersionConflict:
-            log.warning("Node %s: changed by someone else; another launcher has "
-                        "taken the launch over", node.id)
+            log.warning("Node %s: our lock went with the session and the node "
+                        "changed since; another launcher has taken the launch over",
+                        node.id)
             self._finish(LaunchResult.LOST)
             return None
         except RecordNotFound:
@@ -650,6 +651,9 @@ class NodeDelete(Task):
         self.failures = 0
         self.progress: Progress | None = None
         self.resumed = False
+        # The machine's snapshot as stored (or as a new machine starts: not
+        # worth a write).
+        self.stored_snapshot: dict = {}
 
     def __repr__(self) -> str:
         return f"<NodeDelete {self.node.id}>"
@@ -687,6 +691,7 @@ class NodeDelete(Task):
                 if self.progress.machine:
                     self.machine.restore(self.progress.machine)
                     log.info("Node %s: delete resumed (%s)", node.id, self.machine.state)
+                self.stored_snapshot = self.machine.snapshot()
             try:
                 self.machine.advance()
             except NotFound:
@@ -694,11 +699,11 @@ class NodeDelete(Task):
             if self.machine.complete:
                 return self._done()
             snapshot = self.machine.snapshot()
-            if snapshot != self.progress.machine:
+            if snapshot != self.stored_snapshot:
                 # The step the cloud has reached, for whoever takes over.
-                self.progress.machine = snapshot
+                self.progress.machine = self.stored_snapshot = snapshot
                 node.set_progress(self.progress)
-                self.store.update_node(node, check_version=True)
+                self.store.update_locked_node(node, self.lock)
             return self.machine.poll_delay
         except (RecordNotFound, VersionConflict):
             # Gone, or taken over by another launcher (ours went with a lost

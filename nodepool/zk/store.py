@@ -349,6 +349,23 @@ class Store(ImageRecords):
             raise VersionConflict(f"node {node.id} changed meanwhile") from None
         node.version = stat.version
 
+    def update_locked_node(self, node: Node, lock: Lock) -> None:
+        """Write a node we hold locked, conditioned on the version we last
+        wrote or read. A conflict while the lock is still ours is a write of
+        ours that applied without our hearing of it (a connection loss): the
+        node is written again over it. Raises VersionConflict when the lock
+        went with a lost session: someone else may drive the node now."""
+        try:
+            self.update_node(node, check_version=True)
+        except VersionConflict:
+            if lock.session_lost:
+                raise
+            fresh = self.get_node(node.id)
+            if fresh is None:
+                raise RecordNotFound(f"node {node.id} does not exist") from None
+            node.version = fresh.version
+            self.update_node(node, check_version=True)
+
     def delete_locked_node(self, node: Node, lock: Lock) -> None:
         """Remove a node we hold locked. Our contender is usually the only one,
         so try that first (one round trip); else list and remove all."""

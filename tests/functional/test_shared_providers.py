@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import threading
+import urllib.request
 
 import pytest
 
@@ -228,7 +229,8 @@ def test_an_interrupted_delete_is_carried_on_where_it_stopped(env, zuul):
     fake_cloud().servers[node["external_id"]].deleted_at = 0  # the cloud is done
     second = env.start(path)
     wait_until(lambda: zuul.get_node(node["id"]) is None, message="node deleted")
-    assert second.counters["deletes_resumed"] == 1
+    # (Counted once the record is gone.)
+    wait_until(lambda: second.counters["deletes_resumed"] == 1, message="counted")
     # The delete was not sent again: the machine went on polling.
     assert fake_cloud().calls == calls
 
@@ -253,3 +255,33 @@ def test_the_quota_fence_lets_one_of_two_racing_creations_through(store, make_zk
     # Deciding again on the new version goes through.
     assert other.create_nodes_fenced("cloud", other.fence_version("cloud"), second)
     assert len(store.node_ids()) == 4
+
+
+def test_list_web_and_statsd_show_who_drives_each_node(env, zuul, statsd):
+    from nodepool import stats
+    path = shared(env, max_servers=5, simulation=", boot-delay: 30")
+    launcher = env.start(path, webapp=True, webapp_port=0)
+    zuul.submit(["small"])
+    wait_until(lambda: any(n.state == NodeState.BUILDING and n.external_id
+                           for n in launcher.nodes.nodes()), message="launch under way")
+    [node_id] = launcher.nodes.ids()
+    expected = f"{launcher.id} (launch)"
+    listing = subprocess.run([sys.executable, "-m", "nodepool.cmd.nodepool", "-c", path,
+                              "list", "--detail", "--json"], capture_output=True,
+                             text=True, timeout=120)
+    assert listing.returncode == 0, listing.stderr
+    [row] = json.loads(listing.stdout)
+    assert row["id"] == node_id and row["driven_by"] == expected
+    table = subprocess.run([sys.executable, "-m", "nodepool.cmd.nodepool", "-c", path,
+                            "list", "--detail"], capture_output=True, text=True,
+                           timeout=120).stdout
+    assert "Driven By" in table and expected in table
+    with urllib.request.urlopen(f"http://127.0.0.1:{launcher.webapp.port}"
+                                "/node-list.json", timeout=10) as response:
+        [web_row] = json.loads(response.read())
+    assert web_row["driven_by"] == expected
+    # Each launcher's share of the work, in statsd.
+    key = stats.launcher_work_key(launcher.id, "launches")
+    assert statsd.wait_for(lambda keys: key in keys, timeout=20)
+    assert statsd.wait_for(lambda keys: stats.launcher_work_key(
+        launcher.id, "launches_running") in keys, timeout=20)
