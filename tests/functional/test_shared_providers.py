@@ -67,9 +67,10 @@ def fake_cloud():
     return FakeCloud.get("fake", "r1")
 
 
-def check_burst(burst, launchers, max_servers):
+def check_burst(burst, launchers, max_servers, exact=True):
     """Every request fulfilled, each node given to one request only, and
-    node records of the provider never above its quota."""
+    node records of the provider never above its quota (``exact``: nor
+    the cloud's instances, which refused none)."""
     assert burst.unfinished == 0
     given = [n["id"] for nodes in burst.given.values() for n in nodes]
     assert len(given) == len(burst.submitted), "each request got its one node"
@@ -77,8 +78,9 @@ def check_burst(burst, launchers, max_servers):
     for request_id, nodes in burst.given.items():
         assert all(n["allocated_to"] == request_id for n in nodes)
     assert 0 < burst.observer.peaks["fake-cloud"] <= max_servers
-    # The cloud never refused a create: our count was exact, not merely safe.
-    assert CapacityStore(launchers[0].client).entries() == []
+    if exact:
+        # The cloud never refused a create: our count was exact, not merely safe.
+        assert CapacityStore(launchers[0].client).entries() == []
 
 
 def test_three_launchers_share_a_burst_with_quota_exact_throughout(env, zuul, observer):
@@ -96,8 +98,8 @@ def test_three_launchers_share_a_burst_with_quota_exact_throughout(env, zuul, ob
     shares = [launcher.counters["launches"] for launcher in launchers]
     assert all(share > 0 for share in shares), shares
     assert sum(shares) == 300
-    env.settle()
-    assert fake_cloud().servers == {}, "an instance outlived its node"
+    wait_until(lambda: fake_cloud().servers == {}, timeout=60,
+               message="every instance deleted with its node")
 
 
 def test_launcher_killed_mid_burst_loses_nothing(env, zuul, observer):
@@ -108,6 +110,7 @@ def test_launcher_killed_mid_burst_loses_nothing(env, zuul, observer):
         "fake-cloud", "main")) == 3, message="three launchers registered")
     in_flight: dict[str, object] = {}
     killed = threading.Event()
+    joined = []
 
     def kill_mid_burst(finished: int) -> None:
         if killed.is_set() or finished < 60:
@@ -120,19 +123,26 @@ def test_launcher_killed_mid_burst_loses_nothing(env, zuul, observer):
         in_flight.update(launches)
         killed.set()
         crash(victim)
+        # A new launcher joins: the work rebalances onto it too.
+        joined.append(env.start(path))
 
     burst = Burst(zuul, observer)
     try:
-        burst.run([["small"]] * 200, timeout=300, during=kill_mid_burst)
+        burst.run([["small"]] * 300, timeout=300, during=kill_mid_burst)
     finally:
         burst.stop()
     assert killed.is_set() and in_flight
-    check_burst(burst, launchers, 30)
-    resumed = sum(launcher.counters["launches_resumed"] for launcher in survivors)
-    adopted = sum(launcher.counters["requests_adopted"] for launcher in survivors)
+    # (A create the dying launcher's threads sent after its kill - a
+    # SIGKILL would not - may briefly hold an instance no record counts.)
+    check_burst(burst, launchers, 30, exact=False)
+    resumed = sum(launcher.counters["launches_resumed"]
+                  for launcher in survivors + joined)
+    adopted = sum(launcher.counters["requests_adopted"]
+                  for launcher in survivors + joined)
     print(f"{len(in_flight)} launches in flight at the kill, {resumed} resumed, "
           f"{adopted} requests adopted")
     assert resumed >= 1 and adopted >= 1
+    assert joined[0].counters["launches"] > 0
     # Each launch in flight ended in a fulfilled request, with the instance
     # it had when its launcher died: carried on, not abandoned and redone.
     given = {n["id"]: n for nodes in burst.given.values() for n in nodes}
@@ -140,8 +150,9 @@ def test_launcher_killed_mid_burst_loses_nothing(env, zuul, observer):
         assert node_id in given, f"node {node_id} was abandoned"
         if external_id is not None:
             assert given[node_id]["external_id"] == external_id
-    env.settle()
-    assert fake_cloud().servers == {}, "leaked instances"
+    # Anything leaked (that create after the kill) goes with the leak cleanup.
+    wait_until(lambda: fake_cloud().servers == {}, timeout=60,
+               message="no instance left")
 
 
 def test_a_provider_failing_every_create_moves_its_nodes_on(env, zuul, observer):
