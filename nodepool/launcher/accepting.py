@@ -21,6 +21,7 @@ from nodepool.config.model import Pool, Provider
 from nodepool.launcher import scheduler
 from nodepool.launcher.handler import FillEnded, LaunchEnded, RequestHandler
 from nodepool.launcher.lifecycle import LaunchResult, NodeLaunch, new_progress
+from nodepool.launcher.reservation import ReservationFailed
 from nodepool.resources import Resources
 from nodepool.zk.locks import Lock
 from nodepool.zk.records import Node, NodeRequest, NodeState, RequestState
@@ -213,7 +214,14 @@ class Accepting:
         store = self.launcher.store
         request = handler.request
         nodes = [self._new_node(handler, index) for index in missing]
-        if not self.manager.desk.reserve(self.pool, nodes):
+        try:
+            reserved = self.manager.desk.reserve(self.pool, nodes)
+        except ReservationFailed as exc:
+            # ZooKeeper out of reach, say: the slots wait for the next pass.
+            log.warning("Request %s: cannot reserve quota for %d node(s) now: %s",
+                        request.id, len(nodes), exc)
+            return
+        if not reserved:
             log.info("Request %s: no quota for %d node(s) in %s/%s now; they wait",
                      request.id, len(nodes), self.provider.name, self.pool.name)
             return
