@@ -135,16 +135,16 @@ class Resumer(PeriodicWorker):
                 if not handler.lock.session_lost}
         by_request: dict[str, list[Node]] = {}
         orphans = []
-        seen = set()
         for node in launcher.nodes.nodes():
             if node.allocated_to:
                 by_request.setdefault(node.allocated_to, []).append(node)
             if launch_progress(node) is not None and \
                     not launcher.nodes.is_locked(node.id):
                 orphans.append(node)
-                seen.add(node.id)
+        now = time.monotonic()
         with self._mutex:
-            self._orphaned = {k: v for k, v in self._orphaned.items() if k in seen}
+            self._orphaned = {n.id or "": self._orphaned.get(n.id or "", now)
+                              for n in orphans}
         for request in launcher.requests.requests():
             if request.state == RequestState.PENDING and request.id not in held:
                 self._consider_request(request, by_request.get(request.id, []))
