@@ -88,6 +88,23 @@ def zk_queue_key(hostname: str, part: str) -> str:
     return f"nodepool.launcher.{hostname}.zk.{part}"
 
 
+def launcher_work_key(launcher: str, what: str) -> str:
+    """One launcher's share of the work: ``launches``, ``launches_resumed``,
+    ``deletes``, ``deletes_resumed``, ``requests_adopted`` (counters);
+    ``requests_held``, ``launches_running`` (gauges)."""
+    return f"nodepool.launcher.{normalize(launcher)}.work.{what}"
+
+
+def capacity_errors_key(provider: str) -> str:
+    return f"nodepool.provider.{provider}.capacity_errors"
+
+
+def capacity_gauge_key(provider: str, flavor: str, what: str) -> str:
+    """``avoided`` (1 while the provider's pools avoid the flavor) or
+    ``errors`` (capacity errors counted for it)."""
+    return f"nodepool.provider.{provider}.capacity.{normalize(flavor)}.{what}"
+
+
 def api_task_prefix(provider: str) -> str:
     """openstacksdk appends ``<service>.<METHOD>.<operation>[.<status>]``."""
     return f"nodepool.task.{provider}"
@@ -149,6 +166,14 @@ class Stats:
 
     def request_done(self, request: NodeRequest, state: str) -> None:
         """Hook for request results (no upstream metric; kept for gauges)."""
+
+    def work(self, launcher: str, what: str, count: int = 1) -> None:
+        if self.client is not None:
+            self.client.incr(launcher_work_key(launcher, what), count)
+
+    def capacity_error(self, provider: str) -> None:
+        if self.client is not None:
+            self.client.incr(capacity_errors_key(provider))
 
     def leaked(self, provider: str, plural: str, count: int = 1) -> None:
         if self.client is not None:

@@ -28,6 +28,8 @@ NODE_COLUMNS = [
     ("launcher", "Launcher"), ("allocated_to", "Allocated To"),
     ("hold_job", "Hold Job"), ("comment", "Comment"), ("user_data", "User Data"),
     ("driver_data", "Driver Data"),
+    # Ours: the launcher driving the node's launch or delete now.
+    ("driven_by", "Driven By"),
 ]
 NODE_COLUMNS_SHORT = 9
 
@@ -43,6 +45,10 @@ LABEL_COLUMNS = [("label", "Label")]
 INFO_IMAGE_COLUMNS = [("image", "Image Name"), ("build", "Build ID"),
                       ("uploads", "Upload IDs")]
 INFO_NODE_COLUMNS = [("id", "ID"), ("server_id", "Server ID")]
+# Ours: the provider's capacity errors per flavor (nodepool.launcher.capacity).
+INFO_CAPACITY_COLUMNS = [("flavor", "Flavor"), ("errors", "Errors"),
+                         ("labels", "Labels"), ("last_error", "Last Error"),
+                         ("avoided_until", "Avoided Until")]
 ALIEN_IMAGE_COLUMNS = [("provider", "Provider"), ("name", "Name"), ("id", "Image ID")]
 
 
@@ -72,7 +78,28 @@ def node_row(node: Node, locked: bool, now: float | None = None) -> dict[str, An
         "launcher": node.launcher, "allocated_to": node.allocated_to,
         "hold_job": node.hold_job, "comment": node.comment,
         "user_data": node.user_data, "driver_data": node.driver_data,
+        "driven_by": driven_by(node),
     }
+
+
+def driven_by(node: Node) -> str | None:
+    """The launcher driving the node's launch or delete (None: neither runs)."""
+    progress = node.progress
+    if progress is None:
+        return None
+    return f"{progress.launcher} ({progress.operation})"
+
+
+def capacity_row(entry, now: float | None = None) -> dict[str, Any]:
+    """One capacity entry (nodepool.zk.capacity.CapacityEntry)."""
+    now = time.time() if now is None else now
+
+    def when(epoch):
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) \
+            if epoch else None
+    return {"flavor": entry.key, "errors": entry.errors, "labels": list(entry.labels),
+            "last_error": when(entry.last_error),
+            "avoided_until": when(entry.avoid_until) if entry.avoided(now) else None}
 
 
 def request_row(request: NodeRequest) -> dict[str, Any]:

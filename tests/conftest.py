@@ -132,8 +132,8 @@ def sim(tmp_path, monkeypatch, request):
     import yaml
     from nodepool.testing.openstack_sim import OpenStackSimulator  # tools/
     marker = request.node.get_closest_marker("sim")
-    simulator = OpenStackSimulator(boot_delay=0.1,
-                                   **(marker.kwargs if marker else {})).start()
+    options = {"boot_delay": 0.1, **(marker.kwargs if marker else {})}
+    simulator = OpenStackSimulator(**options).start()
     clouds = tmp_path / "clouds.yaml"
     clouds.write_text(yaml.safe_dump(simulator.clouds_yaml()))
     monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(clouds))

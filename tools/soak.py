@@ -11,6 +11,13 @@ Exit status 1 on any violation.
 
     .venv/bin/python tools/soak.py --duration 600
     .venv/bin/python tools/soak.py --duration 600 --ensemble
+    .venv/bin/python tools/soak.py --duration 1800 --shared
+
+``--shared`` runs three launchers on the one provider, with the cloud's quota
+equal to the pool's, kills among them (one, or two at once) that last past
+their session, and a watcher that counts the provider's node records at
+every change: quota must hold at every moment, and the launches the dead
+left must be carried on by the others.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import subprocess
 import tempfile
@@ -40,13 +48,16 @@ from kazoo.exceptions import (  # noqa: E402
 )
 from kazoo.handlers.threading import KazooTimeoutError  # noqa: E402
 from kazoo.recipe.lock import Lock  # noqa: E402
+from nodepool.testing.burst import Observer  # noqa: E402
 from nodepool.testing.openstack_sim import OpenStackSimulator  # noqa: E402
 from nodepool.testing.zkserver import TCPProxy, ZooKeeperEnsemble, ZooKeeperServerProcess  # noqa: E402
 from nodepool.testing.zuul_client import NODES, REQUESTS, FakeZuul  # noqa: E402
+from nodepool.zk.client import ZooKeeperTLS  # noqa: E402
 
 BIN = os.path.join(ROOT, ".venv", "bin")
 LABELS = ["small", "large", "image"]
 SESSION_TIMEOUT = 6
+MAX_SERVERS = 24
 ENSEMBLE_SIZE = 3
 # How long the Zuul-role client keeps retrying one step (returning a node,
 # locking one, deleting a request) through ZooKeeper outages.
@@ -95,7 +106,7 @@ providers:
         image-id: ubuntu-image-id
     pools:
       - name: main
-        max-servers: 24
+        max-servers: {max_servers}
         host-key-checking: false
         labels:
           - name: small
@@ -417,6 +428,9 @@ class Soak:
         self.stop_workload = threading.Event()
         self.processes: dict[str, subprocess.Popen] = {}
         self.phase: dict[int, str] = {}  # what each client is doing, for progress
+        self.launchers = ["launcher-a", "launcher-b"] + (
+            ["launcher-c"] if args.shared else [])
+        self.observer: Observer | None = None
 
     # -- the cluster -----------------------------------------------------------
 
@@ -437,8 +451,11 @@ class Soak:
         self.proxies = [TCPProxy(port) for port in tls_ports]
         # A cloud password no log line or listing may ever show.
         self.password = f"soak-Pa55-{self.random.randrange(10**12):012d}"
-        self.sim = OpenStackSimulator(boot_delay=0.3, max_instances=40, max_cores=400,
-                                      password=self.password).start()
+        # Shared: the cloud's quota is the pool's, so a launcher counting
+        # wrong meets the cloud's refusals, not only the watcher.
+        self.sim = OpenStackSimulator(
+            boot_delay=0.3, max_instances=MAX_SERVERS if self.args.shared else 40,
+            max_cores=400, password=self.password).start()
         clouds = os.path.join(self.state, "clouds.yaml")
         with open(clouds, "w") as handle:
             yaml.safe_dump(self.sim.clouds_yaml(), handle)
@@ -447,11 +464,11 @@ class Soak:
         common = dict(ca=tls.ca, cert=tls.client_cert, key=tls.client_key,
                       state=self.state, dib=os.path.join(ROOT, "tools",
                                                          "fake-image-create"),
-                      session_timeout=SESSION_TIMEOUT)
+                      session_timeout=SESSION_TIMEOUT, max_servers=MAX_SERVERS)
         self.configs = {}
-        for name, ports in (("launcher-a", tls_ports),
-                            ("launcher-b", [proxy.port for proxy in self.proxies]),
-                            ("builder", tls_ports)):
+        for name, ports in [(n, [proxy.port for proxy in self.proxies]
+                             if n == "launcher-b" else tls_ports)
+                            for n in self.launchers] + [("builder", tls_ports)]:
             path = os.path.join(self.state, f"{name}.yaml")
             with open(path, "w") as handle:
                 handle.write(CONFIG.format(zookeeper_servers=_servers_yaml(ports),
@@ -460,6 +477,11 @@ class Soak:
         for name in self.configs:
             self.start_daemon(name)
         hosts = ",".join(f"127.0.0.1:{port}" for port in tls_ports) + "/soak"
+        if self.args.shared:
+            # Counts the provider's node records at every change, in
+            # ZooKeeper's order: the quota watcher.
+            self.observer = Observer(hosts, tls=ZooKeeperTLS(
+                cert=tls.client_cert, key=tls.client_key, ca=tls.ca))
         self.zuuls = [RetryingZuul(hosts, system_id=f"zuul-{i}", use_ssl=True,
                                    verify_certs=True, ca=tls.ca,
                                    certfile=tls.client_cert, keyfile=tls.client_key)
@@ -475,6 +497,8 @@ class Soak:
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
 
     def stop(self) -> None:
+        if self.observer is not None:
+            self.observer.stop()
         for zuul in getattr(self, "zuuls", []):
             zuul.stop()
         for process in self.processes.values():
@@ -616,6 +640,8 @@ class Soak:
         if self.args.ensemble:
             kinds["kill-zk-leader"] = lambda: self.kill_zk_member("leader")
             kinds["kill-zk-follower"] = lambda: self.kill_zk_member("follower")
+        if self.args.shared:
+            kinds["kill-two-launchers"] = lambda: self.kill_launchers(2)
         return kinds
 
     def inject(self) -> None:
@@ -661,11 +687,21 @@ class Soak:
               + ", ".join(f"{k} {v}" for k, v in sorted(phases.items())), flush=True)
 
     def kill_launcher(self) -> None:
-        name = self.random.choice(["launcher-a", "launcher-b"])
-        self.processes[name].send_signal(signal.SIGKILL)
-        self.processes[name].wait()
-        time.sleep(self.random.uniform(0.5, 3))
-        self.start_daemon(name)
+        self.kill_launchers(1)
+
+    def kill_launchers(self, count: int) -> None:
+        """SIGKILL ``count`` launchers at once and restart them after a
+        moment; shared, they stay down past their session (so the others
+        carry on what they were doing) or come back before it ends."""
+        names = self.random.sample(self.launchers, count)
+        for name in names:
+            self.processes[name].send_signal(signal.SIGKILL)
+        for name in names:
+            self.processes[name].wait()
+        down = (0.5, 2.5 * SESSION_TIMEOUT) if self.args.shared else (0.5, 3)
+        time.sleep(self.random.uniform(*down))
+        for name in names:
+            self.start_daemon(name)
 
     def kill_builder(self) -> None:
         self.processes["builder"].send_signal(signal.SIGKILL)
@@ -822,10 +858,22 @@ class Soak:
             for secret in (self.password, key_line):
                 if secret in text:
                     self.violations.append(f"a secret appears in {name}")
-        # Both launchers still serve: each alone fulfils a request.
-        for name in ("launcher-a", "launcher-b"):
+        # Every launcher still runs, and requests are still served.
+        for name in self.launchers:
             if self.processes[name].poll() is not None:
                 self.violations.append(f"{name} is not running")
+        if self.observer is not None:
+            peak = self.observer.peaks["soak-cloud"]
+            if peak > MAX_SERVERS:
+                self.violations.append(f"soak-cloud had {peak} node records at one "
+                                       f"moment; its quota is {MAX_SERVERS}")
+        self.carried_on = collections.Counter()
+        for name in self.launchers:
+            text = outputs.get(f"{name}.log", "")
+            self.carried_on["resumed"] += text.count(" resumed by ")
+            self.carried_on["adopted"] += len(re.findall(r"Request \S+ adopted by",
+                                                         text))
+            self.carried_on["deletes-resumed"] += text.count(": delete resumed")
         zuul = self.zuuls[0]
         for _ in range(2):
             request_id = zuul.submit(["small"])
@@ -860,8 +908,8 @@ class Soak:
         zookeeper = (f"an ensemble of {ENSEMBLE_SIZE} servers" if self.args.ensemble
                      else "one server")
         print(f"soak: state in {self.state}, seed {self.args.seed}, "
-              f"{self.args.duration:.0f} s of faults, ZooKeeper: {zookeeper}",
-              flush=True)
+              f"{self.args.duration:.0f} s of faults, ZooKeeper: {zookeeper}, "
+              f"{len(self.launchers)} launchers sharing soak-cloud", flush=True)
         try:
             self.start()
             clients = [threading.Thread(target=self.client, args=(i,), daemon=True)
@@ -890,11 +938,17 @@ class Soak:
             self.stop()
         faults = " ".join(f"{k}={v}" for k, v in sorted(self.faults.items()))
         verdict = "PASS" if not self.violations else "FAIL"
+        shared = ""
+        if self.observer is not None:
+            carried = getattr(self, "carried_on", collections.Counter())
+            shared = (f"quota-peak={self.observer.peaks['soak-cloud']}/{MAX_SERVERS} "
+                      f"resumed={carried['resumed']} adopted={carried['adopted']} "
+                      f"deletes-resumed={carried['deletes-resumed']} ")
         print(f"soak {verdict}: requests={self.submitted} "
               f"fulfilled={self.finished['fulfilled']} failed={self.finished['failed']} "
               f"leaks={len(self.leaks)} stuck={len(self.stuck)} "
               f"duplicates={len(self.duplicates)} violations={len(self.violations)} "
-              f"faults: {faults}", flush=True)
+              f"{shared}faults: {faults}", flush=True)
         for violation in self.violations[:50]:
             print(f"  violation: {violation}")
         return 0 if not self.violations else 1
@@ -923,6 +977,10 @@ def main() -> int:
     parser.add_argument("--request-timeout", type=float, default=180.0)
     parser.add_argument("--fault-gap", type=float, nargs=2, default=(3.0, 8.0),
                         metavar=("MIN", "MAX"), help="seconds between faults")
+    parser.add_argument("--shared", action="store_true",
+                        help="three launchers share the provider, the cloud's quota "
+                             "is the pool's, kills among them outlast their "
+                             "sessions; quota is watched at every change")
     parser.add_argument("--ensemble", action="store_true",
                         help=f"run a {ENSEMBLE_SIZE}-server ZooKeeper ensemble, with "
                              "leader and follower kills among the faults")

@@ -4,6 +4,7 @@ erase, label-list and alien-image-list."""
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 import time
 
@@ -100,7 +101,8 @@ def _delete_now(store, node, lock, provider) -> None:
     adapter = make_adapter(provider)
     outcome: dict[str, bool] = {}
     task = NodeDelete(node=node, lock=lock, store=store, adapter=adapter,
-                      on_done=lambda _, deleted: outcome.update(deleted=deleted))
+                      on_done=lambda _, deleted: outcome.update(deleted=deleted),
+                      launcher_id=f"nodepool-cli-{socket.gethostname()}")
     deadline = time.monotonic() + DELETE_NOW_TIMEOUT
     try:
         while (delay := task.step()) is not None:
@@ -117,10 +119,13 @@ def _delete_now(store, node, lock, provider) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from nodepool.zk.capacity import CapacityStore
     from nodepool.zk.store import Store
     _, client = common.connect(args)
     try:
         store = Store(client)
+        capacity_rows = [status.capacity_row(entry) for entry in
+                         CapacityStore(client).entries(args.provider)]
         image_rows = []
         for image in store.image_names():
             for build_id in sorted(store.build_ids(image)):
@@ -136,13 +141,16 @@ def cmd_info(args: argparse.Namespace) -> int:
     finally:
         client.disconnect()
     if args.json:
-        print(status.render_json([{"images": image_rows, "nodes": node_rows}]))
+        print(status.render_json([{"images": image_rows, "nodes": node_rows,
+                                   "capacity": capacity_rows}]))
         return EXIT_OK
     print(f"ZooKeeper data for provider {args.provider}\n")
     print("Image data:")
     print(status.render_table(status.INFO_IMAGE_COLUMNS, image_rows))
     print("\nNodes:")
     print(status.render_table(status.INFO_NODE_COLUMNS, node_rows))
+    print("\nCapacity errors:")
+    print(status.render_table(status.INFO_CAPACITY_COLUMNS, capacity_rows))
     return EXIT_OK
 
 

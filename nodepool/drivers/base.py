@@ -148,6 +148,22 @@ class StateMachine:
     def advance(self) -> Instance | None:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def snapshot(self) -> dict:
+        """What another launcher needs to carry this machine on after the
+        one running it died (JSON-able; stored in the node record whenever
+        it changes): by default the step and the cloud id."""
+        return {"state": self.state, "external_id": self.external_id}
+
+    def restore(self, saved: dict) -> None:
+        """Continue from ``snapshot()`` taken in another launcher, or from
+        ``{"external_id": ...}`` alone (the instance was found by its node
+        id after a create whose id was never recorded). The default suits
+        delete machines that may simply start over: the cloud id is kept,
+        the step is not. Create machines of drivers whose capabilities say
+        ``resumes_launches`` override it."""
+        if saved.get("external_id") is not None:
+            self.external_id = saved["external_id"]
+
 
 class BackingNodes(Protocol):
     """What the launcher offers a driver whose nodes live on other nodepool
@@ -245,6 +261,11 @@ class Adapter:
     def label_ready(self, label: PoolLabel) -> bool:
         return True
 
+    def capacity_key(self, label: PoolLabel) -> str:
+        """What capacity errors are remembered by: the label's flavor, or
+        whatever else the cloud runs out of (by default the label)."""
+        return label.name
+
     def console_log(self, external_id) -> str | None:
         return None
 
@@ -321,6 +342,9 @@ class Capabilities:
     # Nodes live on other nodepool nodes, which the launcher requests and
     # holds for the driver (Adapter.attach_backing_nodes).
     uses_backing_nodes: bool = False
+    # Create machines restore from a snapshot (StateMachine.restore), so a
+    # launch another launcher started and left is carried on, not redone.
+    resumes_launches: bool = False
 
 
 class Driver:

@@ -51,6 +51,8 @@ class CloudView(PeriodicWorker):
         # The Resources are shared: readers must not change them.
         self._needs: dict[str, Resources | None] = {}
         self._ready: dict[str, bool] = {}
+        # label -> what capacity errors are remembered by (its flavor).
+        self._capacity_keys: dict[str, str] = {}
         self._limits: Resources | None | Unknown = UNKNOWN
         self._zones: list[str] | None = None
         self._limits_at = 0.0
@@ -72,6 +74,10 @@ class CloudView(PeriodicWorker):
         if ready is UNKNOWN:
             self.refresh_labels()
         return ready
+
+    def capacity_key(self, label: str) -> str:
+        """The label's flavor (or the label itself until the cloud said)."""
+        return self._capacity_keys.get(label, label)
 
     def limits(self) -> Resources | None | Unknown:
         """Cloud limits less what servers not ours use; None: unlimited."""
@@ -167,7 +173,12 @@ class CloudView(PeriodicWorker):
                 self._stale_labels = True
                 continue
             ready = True if label.diskimage else adapter.label_ready(label)
+            try:
+                key = adapter.capacity_key(label) if need is not None else name
+            except Exception:
+                key = name
             with self._mutex:
+                self._capacity_keys = {**self._capacity_keys, name: key}
                 changed |= self._needs.get(name, UNKNOWN) != need \
                     or self._ready.get(name) != ready
                 self._needs = {**self._needs, name: need}

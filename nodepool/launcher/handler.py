@@ -32,13 +32,14 @@ class Next(enum.Enum):
     WAITING = "waiting"    # launches in progress
     NEEDS = "needs"        # empty slots to launch again (after a quota abort)
     FULFIL = "fulfil"
-    DECLINE = "decline"    # a launch failed
+    DECLINE = "decline"    # a launch failed: the request goes to another provider
+    MOVE = "move"          # capacity errors here: to another provider that has room
     CANCEL = "cancel"      # its requestor removed it
     LOST = "lost"          # our session, and the locks, are gone
 
 
 # The ends a finisher thread carries out.
-ENDINGS = (Next.FULFIL, Next.DECLINE, Next.CANCEL, Next.LOST)
+ENDINGS = (Next.FULFIL, Next.DECLINE, Next.MOVE, Next.CANCEL, Next.LOST)
 
 
 # What other threads tell the pool thread about its handlers. The pool thread
@@ -165,7 +166,10 @@ class RequestHandler:
             if action == Next.FULFIL:
                 self.fulfil()
             elif action == Next.DECLINE:
-                self.decline("a node launch failed")
+                self.decline("a node launch failed", failed=True)
+            elif action == Next.MOVE:
+                self.decline("the provider keeps answering with capacity errors",
+                             provider_wide=True)
             elif action == Next.LOST:
                 self.drop_lost()
             else:
@@ -294,10 +298,15 @@ class RequestHandler:
             finally:
                 lock.release()
 
-    def decline(self, reason: str) -> None:
+    def decline(self, reason: str, failed: bool = False,
+                provider_wide: bool = False) -> None:
+        """Give the request up; ``failed``: the provider failed its launch
+        (recorded on the request, and no pool of the provider takes it
+        again); ``provider_wide``: every pool of the provider declines."""
         self.release_nodes(clear=True)
         try:
-            self.worker.decline_request(self.request, reason)
+            self.worker.decline_request(self.request, reason, failed=failed,
+                                        provider_wide=provider_wide or failed)
         except RecordNotFound:
             pass
         self.lock.release()

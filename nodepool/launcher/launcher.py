@@ -12,6 +12,7 @@ and the last good configuration keeps running.
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -21,9 +22,12 @@ from nodepool.config.model import Config, PoolLabel, Provider
 from nodepool.config.reload import ConfigReloader
 from nodepool.drivers import DriverUnavailable, connection_key, driver_of
 from nodepool.launcher.lifecycle import LaunchResult, NodeDelete, NodeLaunch, Runner
+from nodepool.launcher.capacity import CapacityTracker
 from nodepool.launcher.maintenance import Cleanup, DeleteWorker, MinReady
 from nodepool.launcher.pool import PoolWorker
+from nodepool.launcher.reservation import ReservationDesk
 from nodepool.launcher.quota import UsageIndex, pool_limits
+from nodepool.launcher.resume import Resumer
 from nodepool.launcher.views import SchedulingViews
 from nodepool.resources import Resources
 from nodepool.launcher.cloudview import CloudView, Unknown
@@ -31,8 +35,8 @@ from nodepool.launcher.inventory import InventoryRegistrar
 from nodepool.stats import Stats
 from nodepool.zk.cache import ComponentCache, ImageCache, NodeCache, RequestCache
 from nodepool.zk.client import ZooKeeperClient, client_from_config
-from nodepool.zk.records import Component, ComponentState, Node
-from nodepool.zk.components import ComponentRegistration
+from nodepool.zk.records import LAUNCHER_KEY, Component, ComponentState, Node
+from nodepool.zk.components import ComponentRegistration, new_launcher_id
 from nodepool.zk.store import Store
 
 # Node states whose arrival tells a pool nothing new.
@@ -58,6 +62,7 @@ class ProviderManager:
         # Several runners, so one thread's ZooKeeper round trips do not queue
         # every other launch and delete of the provider behind them.
         self.runners = [Runner(f"{provider.name}-{i}") for i in range(RUNNERS)]
+        self.desk = ReservationDesk(launcher, self)
         self.workers: dict[str, PoolWorker] = {}
         self._launches = 0
         self._mutex = threading.Lock()
@@ -82,11 +87,15 @@ class ProviderManager:
         self.view.stop()
         if self.registrar is not None:
             self.registrar.stop()
+        # Launches stop (and let go of their nodes) before the requests are
+        # handed back: a launch never runs on after its lock is released,
+        # when another launcher may already be carrying it on.
+        for runner in self.runners:
+            runner.stop()
         for worker in list(self.workers.values()):
             worker.stop()
         self.workers.clear()
-        for runner in self.runners:
-            runner.stop()
+        self.desk.stop()
         self.adapter.stop()
 
     def reconfigure(self, provider: Provider) -> None:
@@ -121,14 +130,25 @@ class ProviderManager:
 
     # -- launches and deletes --------------------------------------------------
 
+    @property
+    def resumes_launches(self) -> bool:
+        return self.capabilities.resumes_launches
+
     def launch(self, task: NodeLaunch) -> None:
         callback = task.callback
+        capacity = self.launcher.capacity
+        label = task.label.name
 
         def done(node: Node, result: LaunchResult) -> None:
             with self._mutex:
                 self._launches -= 1
             if result == LaunchResult.ABORTED:
                 self.view.refresh_limits()  # the cloud disagreed with our estimate
+                self.launcher.submit(capacity.record_error, self.provider.name, label,
+                                     task.abort_reason or "quota exceeded")
+            elif result == LaunchResult.READY:
+                self.launcher.submit(capacity.record_success, self.provider.name,
+                                     label)
             callback(node, result)
 
         task.callback = done
@@ -224,6 +244,9 @@ class Launcher:
                  webapp: bool = False, webapp_port: int | None = None):
         self.config_path = config_path
         self.secure_path = secure_path
+        # Names this process in the pools it registers and in the progress
+        # of the launches and deletes it drives.
+        self.id = new_launcher_id()
         self.idle_interval = idle_interval
         self.config_check_interval = config_check_interval
         self.config: Config = load_config(config_path, secure_path)
@@ -239,6 +262,10 @@ class Launcher:
         self.delete_worker = DeleteWorker(self, delete_sweep_interval)
         self.min_ready = MinReady(self, min_ready_interval)
         self.cleanup = Cleanup(self, cleanup_interval)
+        self.resumer = Resumer(self, cleanup_interval)
+        self.capacity = CapacityTracker(self)
+        # This launcher's share of the work (also sent to statsd).
+        self.counters: collections.Counter[str] = collections.Counter()
         from nodepool.launcher.reporter import StatsReporter
         self.reporter = StatsReporter(self)
         self.ready = threading.Event()
@@ -273,22 +300,29 @@ class Launcher:
         self.store.mirror_writes(self.nodes, self.requests)
         # Before the caches load, so the index sees every node.
         self.nodes.add_listener(self._index_node)
-        for cache in (self.nodes, self.requests, self.images, self.components):
+        caches = (self.nodes, self.requests, self.images, self.components,
+                  self.capacity.cache)
+        for cache in caches:
             cache.start()
-        for cache in (self.nodes, self.requests, self.images, self.components):
+        for cache in caches:
             cache.wait_synced(60)
         self.registration = ComponentRegistration(
-            self.client, Component(kind="launcher", state=ComponentState.INITIALIZING))
+            self.client, Component(kind="launcher", state=ComponentState.INITIALIZING,
+                                   extra={LAUNCHER_KEY: self.id}))
         self.registration.register()
         self.nodes.add_listener(self._on_node)
         self.requests.add_listener(self._on_request)
         self.images.add_listener(self._on_other)
-        self.components.add_listener(self._on_other)
+        self.components.add_listener(self._on_component)
+        self.capacity.cache.add_listener(self._on_other)
         for provider in self.config.providers.values():
             self._start_provider(provider)
         self.delete_worker.start()
         self.min_ready.start()
         self.cleanup.start()
+        self.resumer.start()
+        # Whatever a launcher left before we came (our own previous run, say).
+        self.resumer.wake.set()
         if self.stats.enabled:
             self.reporter.start()
         self._config_thread.start()
@@ -297,8 +331,8 @@ class Launcher:
         if self.webapp is not None:
             self.webapp.start()
         self.ready.set()
-        log.info("Launcher running with providers %s", ", ".join(self.managers) or
-                 "(none)")
+        log.info("Launcher running with providers %s (launcher id %s)",
+                 ", ".join(self.managers) or "(none)", self.id)
 
     def _start_provider(self, provider: Provider) -> None:
         try:
@@ -323,7 +357,8 @@ class Launcher:
         self.client.abort_when_disconnected()
         if self.webapp is not None:
             self.webapp.stop()
-        for part in (self.min_ready, self.cleanup, self.delete_worker, self.reporter):
+        for part in (self.min_ready, self.cleanup, self.delete_worker, self.reporter,
+                     self.resumer):
             part.stop()
         for manager in list(self.managers.values()):
             manager.stop()
@@ -336,6 +371,7 @@ class Launcher:
             cache = getattr(self, name, None)  # (None if start was cut short)
             if cache is not None:
                 cache.stop()
+        self.capacity.cache.stop()
         self.client.disconnect()
         log.info("Launcher stopped")
 
@@ -357,9 +393,26 @@ class Launcher:
                             for what in worker.pending_work()]
         if self.delete_worker.busy:
             pending.append("deletes being dispatched")
+        if self.resumer.busy:
+            pending.append("resuming orphaned work")
         if self.min_ready.pending:
             pending.append("min-ready")
         return pending
+
+    # -- work on the shared executors, counted -----------------------------------
+
+    def submit(self, fn, *args) -> bool:
+        """Run ``fn(*args)`` on the executor; False once we are stopping."""
+        try:
+            self.executor.submit(fn, *args)
+            return True
+        except RuntimeError:  # shut down
+            return False
+
+    def count(self, what: str, amount: int = 1) -> None:
+        """Our share of the work (see stats.launcher_work_key)."""
+        self.counters[what] += amount
+        self.stats.work(self.id, what, amount)
 
     # -- events --------------------------------------------------------------
 
@@ -410,6 +463,13 @@ class Launcher:
                     worker.wake.set()
 
     def _on_other(self, kind, key, record) -> None:
+        self._wake_all()
+
+    def _on_component(self, kind, key, record) -> None:
+        if kind == "deleted":
+            # A launcher (or one of its pools) left: what it held may be
+            # ours to carry on now.
+            self.resumer.wake.set()
         self._wake_all()
 
     def _wake_provider(self, provider_name) -> None:

@@ -23,14 +23,14 @@ from kazoo.exceptions import KazooException
 
 from nodepool.config.model import DiskImage, Pool, PoolLabel, Provider
 from nodepool.drivers.base import (
-    Adapter, DriverError, ImageUnavailable, Instance, LaunchKeyscanError,
-    LaunchTimeout, NotFound, QuotaError,
+    META_NODE_ID, META_PROVIDER, Adapter, DriverError, ImageUnavailable, Instance,
+    LaunchKeyscanError, LaunchTimeout, NotFound, QuotaError,
 )
 from nodepool.hostkeys import scan_host_keys, scan_pool
 from nodepool.launcher.metadata import instance_metadata
 from nodepool.zk.cache import ImageCache
 from nodepool.zk.locks import Lock
-from nodepool.zk.records import Node, NodeState
+from nodepool.zk.records import LaunchOperation, Node, NodeState, Progress
 from nodepool.zk.store import RecordNotFound, Store, VersionConflict
 
 log = logging.getLogger("nodepool.launcher.lifecycle")
@@ -45,6 +45,17 @@ ZK_RETRY_DELAY = 1.0
 CONSOLE_WAIT = 60.0
 # The statsd result of a launch whose ZooKeeper session (and lock) was lost.
 ZK_SESSION_ERROR = "error.zksession"
+
+
+def new_progress(launcher_id: str) -> Progress:
+    """The progress of a launch about to start its first attempt."""
+    return Progress(launcher=launcher_id, operation=LaunchOperation.LAUNCH)
+
+
+def monotonic_since(epoch: float) -> float:
+    """The monotonic clock reading of an epoch time (possibly another
+    launcher's): deadlines stored as epochs run on in any process."""
+    return time.monotonic() - max(0.0, time.time() - epoch)
 
 
 class Task:
@@ -137,8 +148,18 @@ class NodeLaunch(Task):
     def __init__(self, *, node: Node, lock: Lock, store: Store, adapter: Adapter,
                  provider: Provider, pool: Pool, label: PoolLabel, images: ImageCache,
                  request, callback: LaunchCallback, stats=None,
-                 diskimage: DiskImage | None = None):
+                 diskimage: DiskImage | None = None, launcher_id: str = ""):
         self.node = node
+        # Stored in the node with every write, so another launcher can carry
+        # the launch on (see resume()).
+        self.progress = node.progress or new_progress(launcher_id)
+        self.launcher_id = launcher_id
+        # A resumed launch: the driver machine's snapshot to restore, and the
+        # search for an instance created without its id being recorded.
+        self.resume_from: dict | None = None
+        self.lookup: Future | None = None
+        # Why the cloud refused (a capacity error), for the capacity cache.
+        self.abort_reason: str | None = None
         # The label's diskimage as configured now (not as it was when the
         # image was built): username, python-path and shell-type come from it.
         self.diskimage = diskimage
@@ -173,15 +194,46 @@ class NodeLaunch(Task):
     def __repr__(self) -> str:
         return f"<NodeLaunch {self.node.id} {self.label.name}>"
 
+    def resume(self) -> None:
+        """Carry on the launch that the node's progress describes, where
+        another launcher (dead, or stopped) left it: the attempt count and
+        the attempt's start time go on, a failed attempt's instance still
+        being deleted is deleted, and the driver's machine continues from
+        its snapshot. The caller holds the node's lock and has written the
+        progress with our launcher id."""
+        progress = self.progress
+        self.attempts = progress.attempt
+        self.started = monotonic_since(progress.started)
+        if progress.step == "cleanup" and progress.cleanup is not None:
+            self.cleanup = self.adapter.delete_state_machine(progress.cleanup)
+            self.cleanup_started = time.monotonic()
+        else:
+            self.resume_from = dict(progress.machine)
+
     # -- helpers -------------------------------------------------------------
 
     def _save_then(self, then: Callable[[], float | None]) -> float | None:
-        """Write the node, then go on with ``then()``. A ZooKeeper error
-        (a dropped connection, typically) keeps the launch and its cloud
-        resources: the write is tried again on the next step, while the lock
-        still holds; a node record that vanished ends the launch as failed."""
+        """Write the node (with the launch's progress), then go on with
+        ``then()``. A ZooKeeper error (a dropped connection, typically)
+        keeps the launch and its cloud resources: the write is tried again
+        on the next step, while the lock still holds; a node record that
+        vanished ends the launch as failed. Writes are conditioned on the
+        version we last wrote: once our lock went with a lost session, a
+        conflict means another launcher took the node over, and this launch
+        stops without touching it again."""
+        node = self.node
+        if node.state == NodeState.BUILDING:
+            node.set_progress(self.progress)
+        else:
+            node.set_progress(None)  # ended: nobody drives it any more
         try:
-            self.store.update_node(self.node)
+            self.store.update_locked_node(node, self.lock)
+        except VersionConflict:
+            log.warning("Node %s: our lock went with the session and the node "
+                        "changed since; another launcher has taken the launch over",
+                        node.id)
+            self._finish(LaunchResult.LOST)
+            return None
         except RecordNotFound:
             log.error("Node %s: its record vanished during the launch", self.node.id)
             self._finish(LaunchResult.FAILED)
@@ -249,10 +301,57 @@ class NodeLaunch(Task):
 
     def _start_attempt(self) -> None:
         self.attempts += 1
+        self.progress.attempt = self.attempts
+        self.progress.started = time.time()
+        self.progress.step = "machine"
+        self.progress.machine = {}
+        self.progress.cleanup = None
+        self._new_machine()
+
+    def _new_machine(self) -> None:
         self._choose_image()
         self.machine = self.adapter.create_state_machine(
             f"np{self.node.id}", self.label, self.image_external_id,
             self._metadata(), self.request, self.node.az)
+
+    def _find_instance(self):
+        """Blocking (on the scan pool): the instance of an attempt whose
+        create was sent but whose id was never recorded."""
+        for instance in self.adapter.list_instances():
+            metadata = instance.metadata or {}
+            if metadata.get(META_NODE_ID) == self.node.id and \
+                    metadata.get(META_PROVIDER) == self.provider.name and \
+                    not instance.deleted:
+                return instance.external_id
+        return None
+
+    def _resume_machine(self) -> float | None:
+        """A resumed launch's first steps: find the instance if its id was
+        not recorded, then restore the driver's machine from its snapshot."""
+        saved = self.resume_from
+        if saved.get("external_id") is None:
+            if self.lookup is None:
+                self.lookup = scan_pool.submit(self._find_instance)
+                return 0.05
+            if not self.lookup.done():
+                return 0.05
+            lookup, self.lookup = self.lookup, None
+            found = lookup.result()  # a failure fails the attempt
+            if found is not None:
+                log.info("Node %s: found instance %s of the interrupted attempt",
+                         self.node.id, found)
+                saved = {"external_id": found}
+        self.resume_from = None
+        image_id = self.node.image_id
+        self._new_machine()
+        if saved.get("external_id") is not None:
+            # The instance exists: it was booted from what the node records.
+            self.node.image_id = image_id or self.node.image_id
+        self.machine.restore(saved)
+        self.machine.start_time = monotonic_since(self.progress.started)
+        log.info("Node %s: launch resumed at attempt %d (%s)", self.node.id,
+                 self.attempts, self.machine.state)
+        return 0.0
 
     def _apply_instance(self, instance: Instance) -> None:
         node = self.node
@@ -349,21 +448,26 @@ class NodeLaunch(Task):
             return self._step_scan()
         try:
             if self.machine is None:
+                if self.resume_from is not None:
+                    return self._resume_machine()
                 self._start_attempt()
             if time.monotonic() - self.machine.start_time > self.provider.launch_timeout:
                 raise LaunchTimeout(f"not active after {self.provider.launch_timeout}s")
-            known = self.machine.external_id
             instance = self.machine.advance()
-            if self.machine.external_id is not None and \
-                    self.machine.external_id != known and \
-                    self.node.external_id != self.machine.external_id:
-                # Record the cloud id at once, so a crash leaves a deletable node.
-                self.node.external_id = self.machine.external_id
-                return self._save_then(lambda: self._advanced(instance))
+            machine = self.machine
+            if machine.external_id is not None and not machine.complete:
+                snapshot = machine.snapshot()
+                if snapshot != self.progress.machine:
+                    # Record the cloud id (and the step) at once, so a crash
+                    # leaves a node another launcher can carry on or delete.
+                    self.progress.machine = snapshot
+                    self.node.external_id = machine.external_id
+                    return self._save_then(lambda: self._advanced(instance))
             return self._advanced(instance)
         except QuotaError as exc:
             log.info("Node %s: cloud quota exceeded, aborting launch: %s",
                      self.node.id, exc)
+            self.abort_reason = str(exc)
             self._record_error(exc)
             return self._abort()
         except KazooException:
@@ -468,6 +572,11 @@ class NodeLaunch(Task):
                       self.node.id, self.attempts, self.provider.launch_retries, exc)
             if external_id:
                 self.node.external_id = external_id
+            # The node says which provider failed it (and its request's
+            # earlier ones): the request moves on to another provider.
+            failed = self.node.failed_providers
+            if self.provider.name not in failed:
+                self.node.set_failed_providers(failed + [self.provider.name])
             self.node.set_state(NodeState.FAILED)
             return self._save_then(lambda: self._finish(LaunchResult.FAILED))
         log.warning("Node %s: launch attempt %s/%s failed, retrying: %s",
@@ -476,8 +585,11 @@ class NodeLaunch(Task):
         if external_id:
             self.cleanup = self.adapter.delete_state_machine(external_id)
             self.cleanup_started = time.monotonic()
-            return 0.0
-        return 0.0
+            self.progress.step = "cleanup"
+            self.progress.cleanup = external_id
+        # Saved so that a launcher carrying the launch on knows the attempt
+        # count and the instance still to delete.
+        return self._save_then(lambda: 0.0)
 
     def _step_cleanup(self) -> float | None:
         try:
@@ -490,6 +602,8 @@ class NodeLaunch(Task):
             if time.monotonic() - self.cleanup_started > DELETE_TIMEOUT:
                 # Give up waiting; leak cleanup will find it by its metadata.
                 self.cleanup = None
+                self.progress.step = "machine"
+                self.progress.cleanup = None
                 return 0.0
             self.cleanup = self.adapter.delete_state_machine(self.cleanup.external_id)
             return 1.0
@@ -497,6 +611,8 @@ class NodeLaunch(Task):
             return self.cleanup.poll_delay
         self.cleanup = None
         self.node.external_id = None
+        self.progress.step = "machine"
+        self.progress.cleanup = None
         return 0.0
 
     def abandon(self) -> None:
@@ -510,11 +626,16 @@ class NodeLaunch(Task):
 
 
 class NodeDelete(Task):
-    """Delete one locked node's instance, then its record."""
+    """Delete one locked node's instance, then its record.
+
+    Its progress (who deletes, since when, the driver machine's step) is
+    stored in the node, so a launcher that takes over a delete left
+    unfinished carries on the same machine and the same deadline."""
 
     def __init__(self, *, node: Node, lock: Lock, store: Store, adapter: Adapter,
                  on_done: Callable[[Node, bool], None] | None = None,
-                 still_deletable: Callable[[Node], bool] | None = None):
+                 still_deletable: Callable[[Node], bool] | None = None,
+                 launcher_id: str = ""):
         self.node = node
         # Given when ``node`` is a cached copy taken before locking: the first
         # write is then version-checked, and on a conflict the node is re-read
@@ -524,35 +645,69 @@ class NodeDelete(Task):
         self.store = store
         self.adapter = adapter
         self.on_done = on_done
+        self.launcher_id = launcher_id
         self.machine = None
         self.started = time.monotonic()
         self.failures = 0
+        self.progress: Progress | None = None
+        self.resumed = False
+        # The machine's snapshot as stored (or as a new machine starts: not
+        # worth a write).
+        self.stored_snapshot: dict = {}
 
     def __repr__(self) -> str:
         return f"<NodeDelete {self.node.id}>"
+
+    def _take_progress(self, node: Node) -> None:
+        """Our progress for the node: a delete another launcher started
+        goes on from where it stood, with its deadline."""
+        progress = node.progress
+        if progress is not None and progress.operation == LaunchOperation.DELETE:
+            self.resumed = True
+            self.started = monotonic_since(progress.started)
+            progress.launcher = self.launcher_id
+        else:
+            progress = Progress(launcher=self.launcher_id,
+                                operation=LaunchOperation.DELETE)
+        self.progress = progress
+        node.set_progress(progress)
 
     def step(self) -> float | None:
         node = self.node
         try:
             if self.machine is None:
-                if self.still_deletable is not None:
-                    if not self._mark_deleting_checked():
-                        return None
-                    node = self.node
-                elif node.state != NodeState.DELETING:
-                    node.set_state(NodeState.DELETING)
-                    self.store.update_node(node)
+                if self.progress is None:
+                    if self.still_deletable is not None:
+                        if not self._mark_deleting_checked():
+                            return None
+                        node = self.node
+                    else:
+                        self._take_progress(node)
+                        node.set_state(NodeState.DELETING)
+                        self.store.update_node(node)
                 if node.external_id is None or node.provider is None:
                     return self._done()
                 self.machine = self.adapter.delete_state_machine(node.external_id)
+                if self.progress.machine:
+                    self.machine.restore(self.progress.machine)
+                    log.info("Node %s: delete resumed (%s)", node.id, self.machine.state)
+                self.stored_snapshot = self.machine.snapshot()
             try:
                 self.machine.advance()
             except NotFound:
                 return self._done()
             if self.machine.complete:
                 return self._done()
+            snapshot = self.machine.snapshot()
+            if snapshot != self.stored_snapshot:
+                # The step the cloud has reached, for whoever takes over.
+                self.progress.machine = self.stored_snapshot = snapshot
+                node.set_progress(self.progress)
+                self.store.update_locked_node(node, self.lock)
             return self.machine.poll_delay
-        except RecordNotFound:
+        except (RecordNotFound, VersionConflict):
+            # Gone, or taken over by another launcher (ours went with a lost
+            # session): nothing more to do here.
             self.lock.release()
             self._notify(False)
             return None
@@ -571,6 +726,7 @@ class NodeDelete(Task):
 
     def _mark_deleting_checked(self) -> bool:
         node = self.node
+        self._take_progress(node)
         node.set_state(NodeState.DELETING)
         try:
             self.store.update_node(node, check_version=True)
@@ -580,6 +736,8 @@ class NodeDelete(Task):
                 self.lock.release()
                 self._notify(False)
                 return False
+            self.resumed = False
+            self._take_progress(fresh)
             fresh.set_state(NodeState.DELETING)
             self.store.update_node(fresh)
             self.node = fresh
@@ -598,6 +756,7 @@ class NodeDelete(Task):
         log.warning("Node %s: delete failed (attempt %s), retrying: %s",
                     self.node.id, self.failures, exc)
         self.machine = None
+        self.progress.machine = {}
         return min(30.0, 0.5 * 2 ** min(self.failures, 6)) * (0.5 + random.random())
 
     def _done(self) -> None:

@@ -24,6 +24,7 @@ from kazoo.exceptions import KazooException
 from nodepool.drivers.base import META_BUILD_ID, META_NODE_ID, META_PROVIDER, \
     META_UPLOAD_ID
 from nodepool.launcher.lifecycle import NodeDelete
+from nodepool.launcher.sharing import TAKEOVER_SECONDS
 from nodepool.worker import PeriodicWorker
 from nodepool.zk import paths
 from nodepool.zk.locks import Lock
@@ -47,6 +48,20 @@ INIT_GRACE = 60.0
 REQUEST_LOCK_AGE = 300.0
 LOCK_TIMEOUT = 10.0
 MIN_READY_LOCK = f"{paths.ELECTIONS}/min-ready"
+
+
+def _accounted_for(resource, node: Node | None) -> bool:
+    """Whether the node record a resource names accounts for it. An
+    instance whose node records another instance is a leak too (a create
+    that went through after its launch was taken over, say) - unless the
+    launch is still going, when the record's cloud id moves between
+    attempts."""
+    if node is None:
+        return False
+    if resource.type != "instance" or node.external_id is None \
+            or node.state in (NodeState.INIT, NodeState.BUILDING):
+        return True
+    return str(node.external_id) == str(resource.id)
 
 
 def deletable(node: Node) -> bool:
@@ -100,6 +115,8 @@ class DeleteWorker:
                     node.state == NodeState.READY
                     and launcher.requests.get(node.allocated_to) is not None):
                 return
+            if node.state == NodeState.BUILDING and launcher.resumer.hint(node):
+                return  # a launch to carry on, not to delete
             with self._mutex:
                 if node.id in self._queued or node.id in self._deleting:
                     return
@@ -175,6 +192,10 @@ class DeleteWorker:
             return
         if not deletable(node):
             return
+        if node.state == NodeState.BUILDING and launcher.resumer.hint(node):
+            return
+        if node.provider is not None and not self._ours_to_delete(node):
+            return
         store = launcher.store
         lock = store.lock_node(node_id)
         if lock is None:
@@ -191,14 +212,27 @@ class DeleteWorker:
             self._deleting.add(node_id)
         # The task's first write is conditioned on the cached version, which
         # proves the copy current (or re-reads and re-checks).
-        manager.delete(NodeDelete(node=node.copy(), lock=lock, store=store,
-                                  adapter=manager.adapter, on_done=self._deleted,
-                                  still_deletable=deletable))
+        task = NodeDelete(node=node.copy(), lock=lock, store=store,
+                          adapter=manager.adapter, still_deletable=deletable,
+                          launcher_id=launcher.id)
+        task.on_done = lambda done_node, deleted: self._deleted(task, done_node, deleted)
+        manager.delete(task)
 
-    def _deleted(self, node: Node, deleted: bool) -> None:
+    def _ours_to_delete(self, node: Node) -> bool:
+        """Launchers serving the node's provider share its deletes: the
+        owner takes it at once, the others once it has waited a while."""
+        launcher = self.launcher
+        membership = launcher.views.membership()
+        return membership.owns(launcher.id, node.id or "", node.provider) or \
+            time.time() - node.state_time > TAKEOVER_SECONDS
+
+    def _deleted(self, task: NodeDelete, node: Node, deleted: bool) -> None:
         with self._mutex:
             self._deleting.discard(node.id)
         if deleted:
+            self.launcher.count("deletes")
+            if task.resumed:
+                self.launcher.count("deletes_resumed")
             self.launcher.node_deleted(node)
 
     def _release_if_orphaned(self, node: Node) -> None:
@@ -354,8 +388,9 @@ class Cleanup(PeriodicWorker):
                 manager.registrar.wake.set()
 
     def run_once(self) -> None:
-        for task in (self.inventory_hosts, self.lost_requests, self.max_ready_age, self.max_hold_age,
-                     self.leaked_resources, self.request_lock_dirs, self.empty_nodes):
+        for task in (self.inventory_hosts, self.max_ready_age, self.max_hold_age,
+                     self.leaked_resources, self.request_lock_dirs, self.empty_nodes,
+                     self.launcher.capacity.expire):
             try:
                 task()
             except KazooException as exc:
@@ -363,48 +398,6 @@ class Cleanup(PeriodicWorker):
                 log.warning("Cleanup task %s: ZooKeeper error: %r", task.__name__, exc)
             except Exception:
                 log.exception("Cleanup task %s failed", task.__name__)
-
-    def lost_requests(self) -> None:
-        """Pending requests nobody holds (their launcher died): back to the queue."""
-        launcher = self.launcher
-        store = launcher.store
-        for request in launcher.requests.requests():
-            if request.state != RequestState.PENDING:
-                continue
-            lock = store.lock_request(request.id)
-            if lock is None:
-                continue
-            try:
-                fresh = store.get_request(request.id)
-                if fresh is None or fresh.state != RequestState.PENDING:
-                    continue
-                for node in launcher.nodes.nodes():
-                    if node.allocated_to == request.id:
-                        self._free_node(node.id, request.id)
-                fresh.nodes = []
-                fresh.set_state(RequestState.REQUESTED)
-                store.update_request(fresh)
-                log.info("Request %s was lost by its launcher; it is requested "
-                         "again", request.id)
-            finally:
-                lock.release()
-
-    def _free_node(self, node_id: str, request_id: str) -> None:
-        store = self.launcher.store
-        # Bounded wait: one hung lock holder must not stall the cleanup.
-        lock = store.lock_node(node_id, blocking=True, timeout=LOCK_TIMEOUT)
-        if lock is None:
-            return
-        try:
-            node = store.get_node(node_id)
-            if node is None or node.allocated_to != request_id:
-                return
-            if node.state == NodeState.INIT:
-                node.set_state(NodeState.DELETING)
-            node.allocated_to = None
-            store.update_node(node)
-        finally:
-            lock.release()
 
     def _expire(self, node: Node, state: str, why: str) -> None:
         def still(fresh: Node) -> bool:
@@ -447,7 +440,7 @@ class Cleanup(PeriodicWorker):
         for a leak.
         """
         launcher = self.launcher
-        known_nodes = {(n.provider, n.id) for n in launcher.nodes.nodes()}
+        known_nodes = {(n.provider, n.id): n for n in launcher.nodes.nodes()}
         known_uploads = {(u.provider_name, u.build_id, u.id)
                          for u in launcher.images.uploads()}
         now = time.time()
@@ -469,7 +462,8 @@ class Cleanup(PeriodicWorker):
                 if meta.get(META_PROVIDER) != name:
                     continue
                 if META_NODE_ID in meta:
-                    leaked = (name, meta[META_NODE_ID]) not in known_nodes
+                    leaked = not _accounted_for(
+                        resource, known_nodes.get((name, meta[META_NODE_ID])))
                 elif META_BUILD_ID in meta and META_UPLOAD_ID in meta:
                     leaked = (name, meta[META_BUILD_ID],
                               meta[META_UPLOAD_ID]) not in known_uploads

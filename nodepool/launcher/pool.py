@@ -17,6 +17,7 @@ is not starved by a stream of small ones behind it.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
 import threading
@@ -30,6 +31,7 @@ from nodepool.launcher import scheduler
 from nodepool.launcher.accepting import Accepting
 from nodepool.launcher.assign import AssignmentPass, Room, Verdict
 from nodepool.launcher.cloudview import Unknown
+from nodepool.launcher.sharing import TAKEOVER_SECONDS
 from nodepool.launcher.handler import (
     ENDINGS, Cancelled, Ended, FillEnded, HandlerEvent, LaunchEnded, Next,
     RequestHandler, Reservations,
@@ -63,7 +65,7 @@ class PoolWorker(Accepting):
         self.pool = pool
         self.component = new_pool_component(
             manager.provider.name, pool.name, pool.labels,
-            manager.provider.pool_priority(pool))
+            manager.provider.pool_priority(pool), launcher=launcher.id)
         self.registration = ComponentRegistration(launcher.client, self.component)
         self.handlers: dict[str, RequestHandler] = {}
         # Requests being accepted right now, with the quota reserved for them.
@@ -253,12 +255,24 @@ class PoolWorker(Accepting):
                 handler.finishing = True
                 self.launcher.finisher.submit(handler.finish, action)
 
-    def decline_request(self, request: NodeRequest, reason: str) -> None:
-        """Add our id to declined_by; fail if every registered pool has."""
-        if self.id not in request.declined_by:
-            request.declined_by.append(self.id)
-        request.nodes = []
+    def decline_request(self, request: NodeRequest, reason: str, failed: bool = False,
+                        provider_wide: bool = False) -> None:
+        """Add our id to declined_by; fail if every registered pool has.
+        ``provider_wide``: the ids of every registered pool of our provider
+        too (ours in other launchers, other pools), so the request moves on
+        to another provider; ``failed``: the provider is recorded as one
+        that failed the request (its pools registering later decline it)."""
         components, _ = self._components()
+        decliners = [self.id]
+        if provider_wide:
+            decliners += [c.id for c in components
+                          if c.provider_name == self.provider.name and c.id]
+        for pool_id in decliners:
+            if pool_id not in request.declined_by:
+                request.declined_by.append(pool_id)
+        if failed:
+            request.add_failed_provider(self.provider.name)
+        request.nodes = []
         if scheduler.all_declined(request, components):
             request.set_state(RequestState.FAILED)
             log.info("Request %s failed: declined by every pool (%s: %s)",
@@ -347,6 +361,14 @@ class PoolWorker(Accepting):
         me = next(c for c in components if c.id == self.id)
         room, cloud_limits = self._room()
         assignment = AssignmentPass(room, self._reusable_nodes(), self._need_of)
+        capacity = launcher.capacity
+        avoided = capacity.avoided_labels(provider.name)
+
+        def move_on(labels: set[str], candidates) -> bool:
+            """Labels whose flavor the provider keeps refusing go to
+            another provider, when one could serve them."""
+            return bool(avoided and labels & avoided) and capacity.alternatives(
+                provider.name, labels, candidates)
 
         # Requests we already hold come first: they wait for relaunches.
         waiting = []
@@ -360,6 +382,12 @@ class PoolWorker(Accepting):
             missing = handler.missing()
             if not missing:
                 self.needing.discard(handler.id)
+                continue
+            if move_on({handler.request.node_types[i] for i in missing},
+                       directory.candidates(handler.request)):
+                self.needing.discard(handler.id)
+                handler.finishing = True
+                launcher.finisher.submit(handler.finish, Next.MOVE)
                 continue
             need = assignment.relaunch([handler.request.node_types[i] for i in missing])
             if need is not None:
@@ -376,7 +404,9 @@ class PoolWorker(Accepting):
                 continue
             if request is not seen:
                 candidates = directory.candidates(request)
-            if scheduler.skip_reason(request, me, my_labels, candidates):
+            if move_on(set(request.node_types), candidates) or scheduler.skip_reason(
+                    request, me, my_labels, capacity.not_avoiding(
+                        candidates, set(request.node_types))):
                 continue
             if not request_fits(request):
                 self._too_large(request)
@@ -385,8 +415,10 @@ class PoolWorker(Accepting):
             if unanswered:
                 reason = None
             else:
-                # Within a pass the answer depends on the labels alone.
-                labels = tuple(request.node_types)
+                # Within a pass the answer depends on the labels alone (and
+                # on whether this provider failed the request before).
+                labels = (tuple(request.node_types),
+                          provider.name in request.failed_providers)
                 if labels in reasons:
                     reason = reasons[labels]
                 else:
@@ -413,9 +445,16 @@ class PoolWorker(Accepting):
         if directory is not views.pools()[1]:
             # Not registered yet: the shared split does not know us.
             return ((r, directory.candidates(r)) for r in views.ordered_requests())
-        mine, orphans, current = views.requests_for(self.id)
+        mine, shared, orphans, current = views.requests_for(self.id)
         if not current:
             self.assign_due = True
+        if shared:
+            # Another launcher's pool owns these; we try those it has left
+            # open for long (hung, or waiting for quota as we all are).
+            cutoff = time.time() - TAKEOVER_SECONDS
+            stale = [c for c in shared if c[0].state_time < cutoff]
+            if stale:
+                mine = heapq.merge(mine, stale, key=lambda c: c[0].sort_key())
         return itertools.chain(mine, orphans)
 
     def _room(self) -> tuple[Room, Resources | None]:

@@ -101,6 +101,12 @@ class StatsReporter(PeriodicWorker):
         for label, counts in by_label.items():
             for state, count in counts.items():
                 pipe.gauge(stats.label_nodes_key(label, state), count)
+        now = time.time()
+        for entry in launcher.capacity.cache.entries():
+            pipe.gauge(stats.capacity_gauge_key(entry.provider, entry.key, "avoided"),
+                       int(entry.avoided(now)))
+            pipe.gauge(stats.capacity_gauge_key(entry.provider, entry.key, "errors"),
+                       entry.errors)
         requests = launcher.requests.requests()
         for pool in pools:
             supported = set(pool.supported_labels or [])
@@ -116,6 +122,15 @@ class StatsReporter(PeriodicWorker):
         for tenant, limits in config.tenant_resource_limits.items():
             for key, value in stats.tenant_limit_values(limits.limits).items():
                 pipe.gauge(stats.tenant_limit_key(tenant, key), value)
+        # This launcher's share of the work now (with its counters, sent as
+        # the work happens).
+        managers = list(self.launcher.managers.values())
+        held = sum(len(worker.handlers) for manager in managers
+                   for worker in list(manager.workers.values()))
+        running = sum(manager.active_launches() for manager in managers)
+        pipe.gauge(stats.launcher_work_key(self.launcher.id, "requests_held"), held)
+        pipe.gauge(stats.launcher_work_key(self.launcher.id, "launches_running"),
+                   running)
 
     def internal_gauges(self, pipe) -> None:
         """Queue depths: requests waiting to be sent to ZooKeeper, and each

@@ -112,6 +112,8 @@ def decline_reason(request: NodeRequest, provider: Provider, pool: Pool,
     """Why this pool can never serve the request (None: it can, some day)."""
     if pool.max_servers is not None and pool.max_servers <= 0:
         return "pool is disabled by max-servers"
+    if provider.name in request.failed_providers:
+        return "the provider failed to launch its nodes"
     missing = sorted({t for t in request.node_types if t not in pool.labels})
     if missing:
         return f"node type(s) {missing} not available"

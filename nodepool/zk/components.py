@@ -15,7 +15,7 @@ from kazoo.exceptions import BadVersionError, NoNodeError
 from nodepool import version as np_version
 from nodepool.zk import paths
 from nodepool.zk.client import ZooKeeperClient
-from nodepool.zk.records import Component, ComponentState, PoolComponent
+from nodepool.zk.records import LAUNCHER_KEY, Component, ComponentState, PoolComponent
 
 log = logging.getLogger("nodepool.zk.components")
 
@@ -114,10 +114,21 @@ class ComponentRegistration:
 
 
 def new_pool_component(provider_name: str, pool_name: str, labels: Iterable[str],
-                       priority: int = 100) -> PoolComponent:
-    """A pool-worker registration with a fresh ``launcher_id``."""
+                       priority: int = 100, launcher: str | None = None
+                       ) -> PoolComponent:
+    """A pool-worker registration with a fresh ``launcher_id``; ``launcher``
+    names the launcher process running it (our addition)."""
     fqdn = socket.getfqdn()
     worker_id = f"{fqdn}-PoolWorker.{provider_name}-{pool_name}-{uuid.uuid4().hex}"
-    return PoolComponent(id=worker_id, name=pool_name, provider_name=provider_name,
-                         supported_labels=sorted(set(labels)), priority=priority,
-                         state=ComponentState.RUNNING)
+    component = PoolComponent(id=worker_id, name=pool_name, provider_name=provider_name,
+                              supported_labels=sorted(set(labels)), priority=priority,
+                              state=ComponentState.RUNNING)
+    if launcher is not None:
+        component.extra[LAUNCHER_KEY] = launcher
+    return component
+
+
+def new_launcher_id() -> str:
+    """A launcher process's id: its host and a random part, so several
+    launchers on one host (or in one process) are told apart."""
+    return f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"

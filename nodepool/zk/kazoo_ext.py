@@ -13,7 +13,10 @@ nodepool needs four things kazoo 2.x does not offer publicly:
   whatever has arrived into a buffer and handles every whole reply in it, and
   sends every queued request in one write;
 * the length of the request queue, for the ``zk.client.connection_queue``
-  gauge.
+  gauge;
+* sequential creates in a transaction: kazoo's ``TransactionRequest.create``
+  normalises the path and so drops the trailing ``/`` of a prefix like
+  ``/nodepool/nodes/`` (the server would create ``/nodepool/nodes0000000001``).
 
 Everything that reaches into kazoo's internals for these lives here, as
 subclasses, so a kazoo upgrade is checked in one place: the suite's
@@ -37,7 +40,10 @@ from kazoo.handlers.threading import SequentialThreadingHandler
 from kazoo.protocol.connection import (_CONNECTION_DROP, _SESSION_EXPIRED,
                                        CLOSE_RESPONSE, ConnectionHandler)
 from kazoo.exceptions import ConnectionDropped
-from kazoo.protocol.serialization import (Auth, GetChildren, GetData, MultiHeader, Watch,
+from kazoo.protocol.paths import _prefix_root
+from kazoo.security import OPEN_ACL_UNSAFE
+from kazoo.protocol.serialization import (Auth, Create, GetChildren, GetData,
+                                          MultiHeader, Watch,
                                           int_struct, multiheader_struct,
                                           read_string, stat_struct,
                                           write_string)
@@ -346,3 +352,11 @@ class NodepoolKazooClient(KazooClient):
 
 def add_watch_request(path: str) -> AddWatch:
     return AddWatch(path, AddWatch.PERSISTENT_RECURSIVE)
+
+
+def add_sequential_create(transaction, prefix: str, data: bytes) -> None:
+    """Add to a kazoo transaction the create of a persistent sequential
+    znode named ``prefix`` + the server's sequence number, the prefix kept
+    as given (a trailing ``/`` included)."""
+    path = _prefix_root(transaction.client.chroot, prefix, trailing=True)
+    transaction._add(Create(path, data, OPEN_ACL_UNSAFE, 2))

@@ -7,6 +7,7 @@ The layout is the wire contract shared with Zuul and upstream Nodepool
 from __future__ import annotations
 
 import re
+from urllib.parse import quote, unquote
 
 ROOT = "/nodepool"
 REQUESTS = f"{ROOT}/requests"
@@ -16,6 +17,11 @@ IMAGES = f"{ROOT}/images"
 COMPONENTS = f"{ROOT}/components"
 ELECTIONS = f"{ROOT}/elections"
 STATS_ELECTION = f"{ELECTIONS}/stats"
+# Ours (upstream neither reads nor writes them): one fence znode per
+# provider, whose version orders the creation of the provider's nodes among
+# launchers; and the capacity errors each provider answered per flavor.
+QUOTA_FENCES = f"{ROOT}/quota-fences"
+CAPACITY = f"{ROOT}/capacity"
 
 COMPONENT_KINDS = ("launcher", "pool", "builder")
 
@@ -100,6 +106,25 @@ def upload(image_name: str, build_id: str, provider: str, upload_id: str) -> str
 def upload_number_lock(image_name: str, build_id: str, provider: str,
                        upload_id: str) -> str:
     return f"{upload(image_name, build_id, provider, upload_id)}/{LOCK_DIR}"
+
+
+def quota_fence(provider: str) -> str:
+    return f"{QUOTA_FENCES}/{provider}"
+
+
+def capacity_provider(provider: str) -> str:
+    return f"{CAPACITY}/{provider}"
+
+
+def capacity(provider: str, key: str) -> str:
+    """One (provider, flavor) entry; the key is quoted: flavor names may
+    contain any character, "/" included."""
+    return f"{CAPACITY}/{provider}/{quote(key, safe='')}"
+
+
+def capacity_key(name: str) -> str:
+    """The flavor key of a capacity entry's znode name."""
+    return unquote(name)
 
 
 def components(kind: str) -> str:

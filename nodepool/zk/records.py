@@ -73,6 +73,70 @@ class ComponentState:
 
 MIN_READY_REQUESTOR = "NodePool:min-ready"
 
+# Keys we add to upstream's records (upstream Nodepool and Zuul ignore keys
+# they do not know, and we write these only when they are set).
+PROGRESS_KEY = "progress"                  # node: Progress
+FAILED_PROVIDERS_KEY = "failed_providers"  # node and request: provider names
+LAUNCHER_KEY = "launcher"                  # launcher and pool components
+
+
+class LaunchOperation:
+    LAUNCH = "launch"
+    DELETE = "delete"
+
+
+def string_list(value: Any) -> list[str]:
+    """A list of strings read from an added key (anything else: empty)."""
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, str)]
+    return []
+
+
+@dataclass
+class Progress:
+    """Where a node's launch or delete stands, stored in the node record so
+    that another launcher can carry it on when the one driving it dies.
+
+    ``machine`` is the driver state machine's own snapshot (its step and
+    cloud id); ``step`` is the launcher's: ``machine`` (the driver's
+    machine runs), ``cleanup`` (a failed attempt's instance is being
+    deleted) or ``scan`` (waiting for the host keys)."""
+
+    launcher: str
+    operation: str = LaunchOperation.LAUNCH
+    step: str = "machine"
+    attempt: int = 1
+    # Epoch seconds: when the attempt (or the delete) started; the launch
+    # timeout and the delete's patience count from here, in any launcher.
+    started: float = field(default_factory=time.time)
+    machine: dict = field(default_factory=dict)
+    # A failed attempt's instance still to delete (step "cleanup").
+    cleanup: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"launcher": self.launcher, "operation": self.operation,
+                "step": self.step, "attempt": self.attempt,
+                "started": self.started, "machine": dict(self.machine),
+                "cleanup": self.cleanup}
+
+    @classmethod
+    def from_value(cls, value: Any) -> "Progress | None":
+        """The progress stored in a record; None when absent or malformed
+        (a node whose progress cannot be read is not resumed)."""
+        if not isinstance(value, dict):
+            return None
+        launcher, operation = value.get("launcher"), value.get("operation")
+        step, attempt = value.get("step", "machine"), value.get("attempt", 1)
+        started, machine = value.get("started"), value.get("machine") or {}
+        if not (isinstance(launcher, str) and operation in (
+                LaunchOperation.LAUNCH, LaunchOperation.DELETE)
+                and isinstance(step, str) and _is_number(attempt)
+                and _is_number(started) and isinstance(machine, dict)):
+            return None
+        return cls(launcher=launcher, operation=operation, step=step,
+                   attempt=int(attempt), started=float(started),
+                   machine=dict(machine), cleanup=value.get("cleanup"))
+
 
 def new_event_id() -> str:
     return uuid.uuid4().hex
@@ -378,6 +442,17 @@ class NodeRequest(Record):
     def is_min_ready(self) -> bool:
         return self.requestor == MIN_READY_REQUESTOR
 
+    @property
+    def failed_providers(self) -> list[str]:
+        """Providers that failed to launch a node for this request (ours;
+        a key upstream and Zuul ignore): their pools leave it to others."""
+        return string_list(self.extra.get(FAILED_PROVIDERS_KEY))
+
+    def add_failed_provider(self, provider: str) -> None:
+        failed = self.failed_providers
+        if provider not in failed:
+            self.extra[FAILED_PROVIDERS_KEY] = failed + [provider]
+
     def encoded_size(self) -> int:
         """Bytes of this request as we would write it back (computed once per
         object: a pass may ask for every open request)."""
@@ -539,6 +614,31 @@ class Node(Record):
         """Ready and allocated to no request."""
         return self.state == NodeState.READY and not self.allocated_to
 
+    # Our additions, kept in ``extra`` so they are written only when set
+    # (upstream Nodepool and Zuul ignore keys they do not know).
+
+    @property
+    def progress(self) -> "Progress | None":
+        """Where the node's launch or delete stands (None: neither runs)."""
+        return Progress.from_value(self.extra.get(PROGRESS_KEY))
+
+    def set_progress(self, progress: "Progress | None") -> None:
+        if progress is None:
+            self.extra.pop(PROGRESS_KEY, None)
+        else:
+            self.extra[PROGRESS_KEY] = progress.to_dict()
+
+    @property
+    def failed_providers(self) -> list[str]:
+        """Providers that failed to launch a node for this node's request."""
+        return string_list(self.extra.get(FAILED_PROVIDERS_KEY))
+
+    def set_failed_providers(self, providers: list[str]) -> None:
+        if providers:
+            self.extra[FAILED_PROVIDERS_KEY] = list(providers)
+        else:
+            self.extra.pop(FAILED_PROVIDERS_KEY, None)
+
 
 # -- components ------------------------------------------------------------
 
@@ -599,3 +699,11 @@ class PoolComponent(Component):
     supported_labels: list[str] = field(default_factory=list)
     priority: int = 100
     paused: bool = False
+
+    @property
+    def launcher(self) -> str | None:
+        """The id of the launcher process running this pool worker (ours, a
+        key upstream ignores; None for an upstream launcher's pool): pools
+        of one provider pool in several of our launchers share its work."""
+        value = self.extra.get(LAUNCHER_KEY)
+        return value if isinstance(value, str) else None

@@ -13,10 +13,13 @@ import time
 import uuid
 from typing import Callable, Iterable
 
-from kazoo.exceptions import BadVersionError, NoNodeError, NotEmptyError
+from kazoo.exceptions import (
+    BadVersionError, NodeExistsError, NoNodeError, NotEmptyError, RolledBackError,
+)
 
 from nodepool.zk import paths
 from nodepool.zk.client import ZooKeeperClient
+from nodepool.zk.kazoo_ext import add_sequential_create
 from nodepool.zk.locks import Lock, contender_identifiers
 from nodepool.zk.treecache import TreeCache
 from nodepool.zk.image_store import ImageRecords
@@ -263,6 +266,50 @@ class Store(ImageRecords):
         node.version = 0
         return node.id
 
+    # -- quota fences (ours: the order in which launchers create nodes) -----
+
+    def fence_version(self, provider: str) -> int:
+        """The version of the provider's quota fence, created if missing."""
+        path = paths.quota_fence(provider)
+        for _ in range(2):
+            stat = self.kazoo.exists(path)
+            if stat is not None:
+                return stat.version
+            try:
+                self.kazoo.create(path, b"", makepath=True)
+            except NodeExistsError:
+                pass
+        raise RecordNotFound(f"quota fence {path} vanished as it was made")
+
+    def create_nodes_fenced(self, provider: str, version: int,
+                            nodes: list[Node]) -> bool:
+        """Create the nodes (sequential ids) and move the provider's quota
+        fence on from ``version``, in one transaction: False, and nothing
+        created, if another launcher created nodes since (the fence moved)."""
+        for node in nodes:
+            if node.created_time is None:
+                node.created_time = node.state_time
+        for attempt in (1, 2):
+            tx = self.kazoo.transaction()
+            tx.set_data(paths.quota_fence(provider), b"", version)
+            for node in nodes:
+                add_sequential_create(tx, paths.NODES + "/", node.to_json())
+            results = tx.commit()
+            if not any(isinstance(r, Exception) for r in results):
+                break
+            if isinstance(results[0], BadVersionError):
+                return False
+            failed = next(r for r in results if isinstance(r, Exception)
+                          and not isinstance(r, RolledBackError))
+            if attempt == 1 and isinstance(failed, NoNodeError):
+                self.kazoo.ensure_path(paths.NODES)  # a new installation
+                continue
+            raise failed
+        for node, path in zip(nodes, results[1:]):
+            node.id = path.rsplit("/", 1)[1]
+            node.version = 0
+        return True
+
     def get_node(self, node_id: str) -> Node | None:
         try:
             data, stat = self.kazoo.get(paths.node(node_id))
@@ -301,6 +348,23 @@ class Store(ImageRecords):
         except BadVersionError:
             raise VersionConflict(f"node {node.id} changed meanwhile") from None
         node.version = stat.version
+
+    def update_locked_node(self, node: Node, lock: Lock) -> None:
+        """Write a node we hold locked, conditioned on the version we last
+        wrote or read. A conflict while the lock is still ours is a write of
+        ours that applied without our hearing of it (a connection loss): the
+        node is written again over it. Raises VersionConflict when the lock
+        went with a lost session: someone else may drive the node now."""
+        try:
+            self.update_node(node, check_version=True)
+        except VersionConflict:
+            if lock.session_lost:
+                raise
+            fresh = self.get_node(node.id)
+            if fresh is None:
+                raise RecordNotFound(f"node {node.id} does not exist") from None
+            node.version = fresh.version
+            self.update_node(node, check_version=True)
 
     def delete_locked_node(self, node: Node, lock: Lock) -> None:
         """Remove a node we hold locked. Our contender is usually the only one,

@@ -7,9 +7,10 @@ import uuid
 from collections import deque
 
 import pytest
-from kazoo.client import KazooClient
+from kazoo.client import KazooClient, TransactionRequest
 from kazoo.exceptions import NoNodeError
 from kazoo.protocol import connection as connection_module
+from kazoo.protocol import paths as paths_module
 from kazoo.protocol.connection import ConnectionHandler
 
 from conftest import wait_until
@@ -34,6 +35,11 @@ def test_the_kazoo_internals_we_extend_are_where_we_expect():
                              ("_connect", ["self", "host", "hostip", "port"])):
         assert list(inspect.signature(getattr(ConnectionHandler, name)).parameters) \
             == parameters, name
+    # Sequential creates in transactions (add_sequential_create).
+    assert list(inspect.signature(TransactionRequest._add).parameters) \
+        == ["self", "request", "post_processor"]
+    assert list(inspect.signature(paths_module._prefix_root).parameters) \
+        == ["root", "path", "trailing"]
     assert isinstance(connection_module.CLOSE_RESPONSE, object)
     assert hasattr(connection_module, "_SESSION_EXPIRED")
     client = kazoo_ext.NodepoolKazooClient(hosts="127.0.0.1:1")

@@ -5,7 +5,7 @@ import time
 from conftest import wait_until
 from launcher_fixtures import FAKE_PROVIDER, add_upload, crash
 from nodepool.drivers.fake.adapter import FakeCloud
-from nodepool.zk.records import NodeState
+from nodepool.zk.records import Node, NodeState
 
 BASE = """
 labels:
@@ -440,23 +440,42 @@ def test_two_launchers_share_work_without_double_allocation(env, zuul):
     assert second.nodes.ids() == first.nodes.ids()
 
 
-def test_launcher_killed_mid_launch_leaks_nothing(env, zuul, store):
+def test_launcher_killed_mid_launch_is_carried_on_by_the_next(env, zuul, store):
     path = config(env, provider_extra="    simulation: {boot-delay: 30}")
     first = env.start(path)
     request_id = zuul.submit(["small"])
     wait_until(lambda: any(n.external_id for n in first.nodes.nodes()),
                message="instance created")
     [server_id] = list(cloud().servers)
+    [node_id] = first.nodes.ids()
+    assert first.nodes.get(node_id).progress.launcher == first.id
     crash(first)
+    # The server finishes booting meanwhile; the launch goes on where it
+    # stopped: the same node polls the same server.
+    cloud().servers[server_id].active_at = 0
     second = env.start(config(env, name="restarted.yaml"))
-    cloud().settings.boot_delay = 0.0
-    # The lost request is served again; the abandoned node and its instance go.
     request = zuul.wait_for_request(request_id, timeout=20)
-    assert request["state"] == "fulfilled"
-    wait_until(lambda: server_id not in cloud().servers, timeout=20,
-               message="abandoned instance deleted")
-    live = {s.metadata["nodepool_node_id"] for s in cloud().servers.values()}
-    assert live == {n.id for n in second.nodes.nodes()}
+    assert second.counters["launches_resumed"] == 1
+    assert request["state"] == "fulfilled" and request["nodes"] == [node_id]
+    node = zuul.get_node(node_id)
+    assert node["external_id"] == server_id and "progress" not in node
+    assert second.counters["requests_adopted"] == 1
+    assert second.counters["launches"] == 0  # nothing launched anew
+    assert list(cloud().servers) == [server_id]
+
+
+def test_building_node_without_progress_is_deleted_not_resumed(env, zuul, store):
+    # A launch an upstream launcher left (no progress recorded): deleted, as
+    # upstream does, and its request served anew.
+    launcher = env.start(config(env))
+    server = cloud().create_server("np-old", "Fake Flavor", "fake-image-id", "az1", {})
+    node = Node(state=NodeState.BUILDING, provider="fake-cloud", pool="main",
+                type=["small"], external_id=server.id,
+                resources={"cores": 4, "instances": 1, "ram": 8192})
+    store.create_node(node)
+    wait_until(lambda: server.id not in cloud().servers, message="instance deleted")
+    wait_until(lambda: zuul.get_node(node.id) is None, message="node deleted")
+    assert launcher.counters["launches_resumed"] == 0
 
 
 DISKIMAGE = """

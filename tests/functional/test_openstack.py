@@ -459,3 +459,24 @@ def test_a_hung_cloud_api_delays_neither_ready_nodes_nor_other_providers(
         assert zuul.wait_for_request(other, timeout=10)["state"] == "fulfilled"
     finally:
         sim.faults.slow_seconds = 0.0
+
+
+@pytest.mark.sim(boot_delay=30)
+def test_a_launch_left_by_a_dead_launcher_goes_on_with_its_server(env, sim, zuul):
+    from launcher_fixtures import crash
+    path = env.config(CONFIG.format(retries=3))
+    first = env.start(path)
+    request_id = zuul.submit(["small"])
+    wait_until(lambda: any(n.external_id for n in first.nodes.nodes()), timeout=30,
+               message="server created")
+    [server] = sim.live_servers()
+    crash(first)
+    server.active_at = 0  # it finishes booting while nobody watches
+    second = env.start(path)
+    request = zuul.wait_for_request(request_id, timeout=30)
+    assert request["state"] == "fulfilled"
+    node = zuul.get_node(request["nodes"][0])
+    # The same server, its floating IP attached by the launcher that took over.
+    assert node["external_id"] == server.id and node["public_ipv4"]
+    assert second.counters["launches_resumed"] == 1
+    assert [s.id for s in sim.live_servers()] == [server.id]

@@ -51,6 +51,20 @@ def test_short_ensemble_soak_passes_with_every_fault_kind():
     assert "leaks=0 stuck=0 duplicates=0 violations=0" in verdict
 
 
+def test_short_shared_soak_passes_with_every_fault_kind():
+    # Three launchers on one provider whose cloud quota is the pool's; 13
+    # kinds, kills of one or two launchers among them. The node-record
+    # watcher never saw more than the quota.
+    _, verdict = _soak("--shared", "--duration", "80", "--quiet", "15",
+                       "--fault-gap", "1.5", "3", "--clients", "4", "--seed", "17")
+    counts = _fault_counts(verdict)
+    assert {"kill-launcher", "kill-two-launchers"} <= set(counts)
+    assert len(counts) == 13 and all(int(v) >= 1 for v in counts.values()), counts
+    assert "leaks=0 stuck=0 duplicates=0 violations=0" in verdict
+    peak, quota = re.search(r"quota-peak=(\d+)/(\d+)", verdict).groups()
+    assert 0 < int(peak) <= int(quota)
+
+
 CLIENT_CHECK = textwrap.dedent("""
     import json, logging, os, sys, tempfile, threading, time
     sys.path.insert(0, os.path.join(sys.argv[1], "tools"))  # the soak is a script

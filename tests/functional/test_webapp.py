@@ -39,7 +39,8 @@ def test_node_and_request_lists(env, zuul):
     [row] = json.loads(body)
     assert row["id"] == node_id and row["locked"] == "locked"
     assert row["label"] == ["small"] and row["allocated_to"] == request_id
-    assert len(row) == 21  # every column, as upstream's JSON
+    # Every column of upstream's JSON, and ours: who drives the node now.
+    assert len(row) == 22 and row["driven_by"] is None
     assert headers["Access-Control-Allow-Origin"] == "*"
     assert headers["Cache-Control"] == "public, max-age=1"
     modified = email.utils.parsedate_to_datetime(headers["Last-Modified"])

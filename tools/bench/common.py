@@ -51,6 +51,27 @@ OUR_PROVIDER_KEYS = """    simulation:
       max-ram: 1000000000000
 """
 
+# A provider on the OpenStack simulator (clouds.yaml entry "sim"), for the
+# benchmarks that need one cloud shared by several launcher processes.
+SIM_PROVIDER = """
+  - name: {name}
+    cloud: sim
+    region-name: RegionOne
+    rate: 0.0001
+    launch-timeout: 600
+    cloud-images:
+      - name: ubuntu
+        image-id: ubuntu-image-id
+    pools:
+      - name: main
+        max-servers: {max_servers}
+        host-key-checking: false
+        labels:
+          - name: small
+            cloud-image: ubuntu
+            min-ram: 1024
+"""
+
 
 def tls_config(tls: TLSFiles | None) -> str:
     """The ``zookeeper-tls`` section of a nodepool configuration (ours and

@@ -42,7 +42,7 @@ import yaml
 
 from cli_list import time_command
 from common import ROOT, cpu_seconds, percentile
-from launcher_burst import Burst, Observer
+from nodepool.testing.burst import Burst, Observer
 from web_status import fetch
 
 from nodepool.testing.status_fill import Member, fill_open_requests, fill_population

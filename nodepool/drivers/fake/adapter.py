@@ -290,6 +290,13 @@ class FakeCreate(StateMachine):
         self.complete = True
         return self.adapter.instance(server)
 
+    def restore(self, saved: dict) -> None:
+        # With its id known the server exists: poll it (creating it again
+        # would leak the first one).
+        super().restore(saved)
+        if self.external_id is not None:
+            self.state = "building"
+
 
 class FakeDelete(StateMachine):
     def __init__(self, adapter: "FakeAdapter", external_id):
@@ -308,6 +315,11 @@ class FakeDelete(StateMachine):
             return None
         self.poll_delay = max(0.0, (server.deleted_at or 0) - time.monotonic()) or 0.05
         return None
+
+    def restore(self, saved: dict) -> None:
+        super().restore(saved)
+        if saved.get("state") == "deleting":
+            self.state = "deleting"  # asked already: wait for it to go
 
 
 FAKE_HOST_KEYS = ["ssh-rsa FAKEKEY"]
@@ -384,6 +396,9 @@ class FakeAdapter(Adapter):
 
     def azs(self) -> list[str]:
         return list(AZS)
+
+    def capacity_key(self, label: OpenStackLabel) -> str:
+        return _flavor_for(label)
 
     def label_ready(self, label: OpenStackLabel) -> bool:
         if not label.cloud_image:

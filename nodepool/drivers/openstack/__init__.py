@@ -9,7 +9,7 @@ from nodepool.drivers.openstack.config import OpenStackConfig, OpenStackProvider
 
 class OpenStackDriver(OpenStackConfig, Driver):
     capabilities = Capabilities(launches_instances=True, manages_images=True,
-                                reports_quota=True)
+                                reports_quota=True, resumes_launches=True)
 
     def make_adapter(self, provider: Provider) -> Adapter:
         from nodepool.drivers.openstack.adapter import OpenStackAdapter

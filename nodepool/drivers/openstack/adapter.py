@@ -393,6 +393,10 @@ class OpenStackAdapter(Adapter):
             need.update({"volumes": 1, "volume-gb": label.volume_size})
         return need
 
+    def capacity_key(self, label: OpenStackLabel) -> str:
+        """The flavor: what Nova runs out of ("No valid host")."""
+        return self.flavor_for(label).name
+
     def azs(self) -> list[str]:
         if self._azs is None:
             self._azs = [z.name for z in self.conn.compute.availability_zones()

@@ -165,6 +165,20 @@ class OpenStackCreate(StateMachine):
         self.adapter.building.discard(self)
         return instance
 
+    def snapshot(self) -> dict:
+        # A floating IP being attached is attached again if it is missing:
+        # the step to resume from is the server's.
+        return {"state": "building" if self.external_id else "start",
+                "external_id": self.external_id}
+
+    def restore(self, saved: dict) -> None:
+        super().restore(saved)
+        if self.external_id is not None:
+            # Poll the server, as right after its create.
+            self.state = "building"
+            self.created_at = time.monotonic()
+            self.adapter.building.add(self)
+
 
 class OpenStackDelete(StateMachine):
     """Floating IPs, then the server, then (boot-from-volume) any boot volume
@@ -217,6 +231,22 @@ class OpenStackDelete(StateMachine):
                 conn.block_storage.delete_volume(volume_id, ignore_missing=True)
             remaining.append(volume_id)
         return remaining
+
+    def snapshot(self) -> dict:
+        # While the delete call is out, the step to resume from is "start":
+        # sending it again is harmless (a server already gone is NotFound).
+        state = self.state if self.state in ("waiting", "volumes") else "start"
+        return {"state": state, "external_id": self.external_id,
+                "volumes": list(self.volumes)}
+
+    def restore(self, saved: dict) -> None:
+        super().restore(saved)
+        if saved.get("state") in ("waiting", "volumes"):
+            # The delete was accepted: wait for the server to go, then its
+            # boot volumes (as they were when it was asked).
+            self.volumes = [v for v in saved.get("volumes") or [] if isinstance(v, str)]
+            self.requested_at = time.monotonic()
+            self.state = "waiting"
 
     def advance(self) -> Instance | None:
         if self.state == "start":
