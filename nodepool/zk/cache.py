@@ -248,30 +248,19 @@ class ImageCache(TreeCache):
     def on_data(self, path, data, stat):
         parts = paths.split(path)
         kind = self._kind(parts)
-        try:
-            if kind == "build":
-                build = ImageBuild.from_json(parts[1], parts[3], data, stat.version)
-                key = (parts[1], parts[3])
-                if build is None:
-                    self._builds.pop(key, None)
-                else:
-                    self._builds[key] = build
-                self.notify("changed", key, build)
-            elif kind == "upload":
-                upload = ImageUpload.from_json(parts[1], parts[3], parts[5],
-                                               parts[7], data, stat.version)
-                key = (parts[1], parts[3], parts[5], parts[7])
-                if upload is None:
-                    self._uploads.pop(key, None)
-                else:
-                    self._uploads[key] = upload
-                self.notify("changed", key, upload)
-            elif kind == "request-build":
-                flags = self._flags.setdefault(parts[1], ImageFlags(parts[1]))
-                flags.build_requested_at = stat.ctime / 1000.0
-                self.notify("changed", parts[1], flags)
-        except CorruptRecord as exc:
-            log.warning("Skipping corrupt image record %s: %s", path, exc)
+        if kind == "build":
+            self.keep(self._builds, (parts[1], parts[3]), self.decode(
+                path, lambda: ImageBuild.from_json(parts[1], parts[3], data,
+                                                   stat.version)))
+        elif kind == "upload":
+            self.keep(self._uploads, (parts[1], parts[3], parts[5], parts[7]),
+                      self.decode(path, lambda: ImageUpload.from_json(
+                          parts[1], parts[3], parts[5], parts[7], data,
+                          stat.version)))
+        elif kind == "request-build":
+            flags = self._flags.setdefault(parts[1], ImageFlags(parts[1]))
+            flags.build_requested_at = stat.ctime / 1000.0
+            self.notify("changed", parts[1], flags)
 
     def on_created(self, path):
         parts = paths.split(path)
@@ -369,17 +358,10 @@ class ComponentCache(TreeCache):
     def on_data(self, path, data, stat):
         parts = paths.split(path)
         key = (parts[1], parts[2])
-        try:
-            component = Component.from_json(parts[2], data, stat.version)
-        except CorruptRecord as exc:
-            log.warning("Skipping corrupt component record %s: %s", path, exc)
-            component = None
-        if component is None:
-            self._components.pop(key, None)
-        else:
-            self._components[key] = component
+        component = self.decode(path, lambda: Component.from_json(
+            parts[2], data, stat.version))
         self.generation += 1
-        self.notify("changed", key, component)
+        self.keep(self._components, key, component)
 
     def on_deleted(self, path):
         parts = paths.split(path)

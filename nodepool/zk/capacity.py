@@ -19,7 +19,7 @@ from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
 from nodepool.zk import paths
 from nodepool.zk.client import ZooKeeperClient
-from nodepool.zk.records import CorruptRecord, Record, decoder, load_object, string_list
+from nodepool.zk.records import Record, decoder, load_object, string_list
 from nodepool.zk.treecache import TreeCache
 
 log = logging.getLogger("nodepool.zk.capacity")
@@ -76,15 +76,10 @@ class CapacityStore:
         self.client = client
 
     def get(self, provider: str, key: str) -> CapacityEntry | None:
-        try:
-            data, stat = self.client.kazoo.get(paths.capacity(provider, key))
-        except NoNodeError:
-            return None
-        try:
-            return CapacityEntry.from_json(provider, key, data, stat.version)
-        except CorruptRecord as exc:
-            log.warning("Corrupt capacity entry %s/%s: %s", provider, key, exc)
-            return None
+        return self.client.read_record(
+            paths.capacity(provider, key),
+            lambda data, version: CapacityEntry.from_json(provider, key, data, version),
+            "capacity entry")
 
     def change(self, provider: str, key: str,
                change: Callable[[CapacityEntry], None]) -> CapacityEntry:
@@ -153,16 +148,8 @@ class CapacityCache(TreeCache):
     def on_data(self, path, data, stat):
         _, provider, quoted = paths.split(path)
         key = (provider, paths.capacity_key(quoted))
-        try:
-            entry = CapacityEntry.from_json(key[0], key[1], data, stat.version)
-        except CorruptRecord as exc:
-            log.warning("Skipping corrupt capacity entry %s: %s", path, exc)
-            entry = None
-        if entry is None:
-            self._entries.pop(key, None)
-        else:
-            self._entries[key] = entry
-        self.notify("changed", key, entry)
+        self.keep(self._entries, key, self.decode(path, lambda: CapacityEntry.from_json(
+            key[0], key[1], data, stat.version)))
 
     def on_deleted(self, path):
         parts = paths.split(path)

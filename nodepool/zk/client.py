@@ -21,7 +21,7 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 from kazoo.exceptions import (ConnectionClosedError, ConnectionLoss, NoNodeError,
                               OperationTimeoutError, SessionExpiredError)
@@ -30,12 +30,15 @@ from kazoo.protocol.states import KazooState, WatchedEvent
 
 from nodepool.zk.kazoo_ext import (AddWatch, MultiRead, NodepoolKazooClient,
                                    PollingHandler, add_watch_request)
+from nodepool.zk.records import CorruptRecord
 
 __all__ = ["AddWatch", "MultiRead", "PollingHandler", "RESYNC", "ZooKeeperClient",
            "ZooKeeperError", "ZooKeeperServer", "ZooKeeperTLS", "ZooKeeperUnreachable",
            "client_from_config", "connection_string"]
 
 log = logging.getLogger("nodepool.zk.client")
+
+R = TypeVar("R")
 
 DEFAULT_PORT = 2281
 DEFAULT_TIMEOUT = 10.0
@@ -608,6 +611,20 @@ class ZooKeeperClient:
         """``path`` with the chroot, as raw requests need it."""
         chroot = self.kazoo.chroot
         return chroot + path if chroot else path
+
+    def read_record(self, path: str, decode: Callable[[bytes, int], R | None],
+                    what: str) -> R | None:
+        """One fresh read of a record: None when its znode is missing or
+        empty, or when ``decode`` finds it corrupt (logged, never raised)."""
+        try:
+            data, stat = self.kazoo.get(path)
+        except NoNodeError:
+            return None
+        try:
+            return decode(data, stat.version)
+        except CorruptRecord as exc:
+            log.warning("Corrupt %s %s: %s", what, path, exc)
+            return None
 
     def get_many(self, paths: Iterable[str]) -> list[tuple[bytes, object] | None]:
         """Read many znodes in one pipeline; a missing znode gives None."""

@@ -64,15 +64,11 @@ class ImageRecords:
         return True
 
     def get_build(self, image_name: str, build_id: str) -> ImageBuild | None:
-        try:
-            data, stat = self.kazoo.get(paths.build(image_name, build_id))
-        except NoNodeError:
-            return None
-        try:
-            return ImageBuild.from_json(image_name, build_id, data, stat.version)
-        except CorruptRecord as exc:
-            log.warning("Corrupt build record %s-%s: %s", image_name, build_id, exc)
-            return None
+        return self.client.read_record(
+            paths.build(image_name, build_id),
+            lambda data, version: ImageBuild.from_json(image_name, build_id, data,
+                                                       version),
+            "build record")
 
     def build_ids(self, image_name: str) -> list[str]:
         try:
@@ -121,17 +117,11 @@ class ImageRecords:
 
     def get_upload(self, image_name: str, build_id: str, provider: str,
                    upload_id: str) -> ImageUpload | None:
-        try:
-            data, stat = self.kazoo.get(paths.upload(image_name, build_id,
-                                                     provider, upload_id))
-        except NoNodeError:
-            return None
-        try:
-            return ImageUpload.from_json(image_name, build_id, provider, upload_id,
-                                         data, stat.version)
-        except CorruptRecord as exc:
-            log.warning("Corrupt upload record %s: %s", upload_id, exc)
-            return None
+        return self.client.read_record(
+            paths.upload(image_name, build_id, provider, upload_id),
+            lambda data, version: ImageUpload.from_json(
+                image_name, build_id, provider, upload_id, data, version),
+            "upload record")
 
     def upload_ids(self, image_name: str, build_id: str, provider: str) -> list[str]:
         try:

@@ -111,15 +111,10 @@ class Store(ImageRecords):
 
     def get_request(self, request_id: str) -> NodeRequest | None:
         """Fresh read; None if missing, empty or corrupt (logged)."""
-        try:
-            data, stat = self.kazoo.get(paths.request(request_id))
-        except NoNodeError:
-            return None
-        try:
-            return NodeRequest.from_json(request_id, data, stat.version)
-        except CorruptRecord as exc:
-            log.warning("Corrupt node request %s: %s", request_id, exc)
-            return None
+        return self.client.read_record(
+            paths.request(request_id),
+            lambda data, version: NodeRequest.from_json(request_id, data, version),
+            "node request")
 
     def update_request(self, request: NodeRequest, check_version: bool = False) -> None:
         """Write the whole request; raises RecordNotFound if it was deleted."""
@@ -311,15 +306,11 @@ class Store(ImageRecords):
         return True
 
     def get_node(self, node_id: str) -> Node | None:
-        try:
-            data, stat = self.kazoo.get(paths.node(node_id))
-        except NoNodeError:
-            return None
-        try:
-            return Node.from_json(node_id, data, stat.version)
-        except CorruptRecord as exc:
-            log.warning("Corrupt node record %s: %s", node_id, exc)
-            return None
+        """Fresh read; None if missing, empty or corrupt (logged)."""
+        return self.client.read_record(
+            paths.node(node_id),
+            lambda data, version: Node.from_json(node_id, data, version),
+            "node record")
 
     def get_nodes(self, node_ids: Iterable[str]) -> list[Node]:
         """Pipelined read of many nodes; missing, empty and corrupt ones skipped."""

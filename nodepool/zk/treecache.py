@@ -24,14 +24,16 @@ import logging
 import queue
 import threading
 import time
-from typing import Callable
+from typing import Callable, TypeVar
 
 from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import EventType
 
 from nodepool.zk import paths
 from nodepool.zk.client import RESYNC, ZooKeeperClient
-from nodepool.zk.records import short_repr
+from nodepool.zk.records import CorruptRecord, short_repr
+
+R = TypeVar("R")
 
 log = logging.getLogger("nodepool.zk.cache")
 
@@ -192,6 +194,24 @@ class TreeCache:
     def remove_listener(self, listener: Listener) -> None:
         if listener in self._listeners:
             self._listeners.remove(listener)
+
+    def decode(self, path: str, decode: Callable[[], R | None]) -> R | None:
+        """``decode()``, or None when the record is corrupt (logged and
+        skipped: one bad znode must not stop the cache)."""
+        try:
+            return decode()
+        except CorruptRecord as exc:
+            log.warning("Skipping corrupt %s record %s: %s", self.name, path, exc)
+            return None
+
+    def keep(self, records: dict, key, record) -> None:
+        """Hold ``record`` under ``key`` (None: drop the key) and tell the
+        listeners it changed."""
+        if record is None:
+            records.pop(key, None)
+        else:
+            records[key] = record
+        self.notify("changed", key, record)
 
     def notify(self, kind: str, key, record) -> None:
         for listener in list(self._listeners):
