@@ -18,6 +18,11 @@ transaction fails and the round starts again: two launchers can never both
 take the last instance. Deletions need no fence (a view that misses one
 only errs on the safe side).
 
+``tenant-resource-limits`` span providers, so a tenant with limits has a
+fence of its own: a round that creates nodes for such a tenant reads that
+fence too and moves it in the same transaction, which orders the tenant's
+creations across every provider and launcher.
+
 Each provider's :class:`ReservationDesk` batches the asks of all pools of
 this launcher into one round (one fence read, one barrier, one
 transaction), so a burst costs a few round trips per batch, not per node.
@@ -33,8 +38,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from nodepool.config.model import Pool
-from nodepool.launcher.quota import pool_limits
+from nodepool.launcher.quota import pool_limits, tenant_limits
 from nodepool.resources import Resources, total
+from nodepool.zk import paths
 from nodepool.zk.records import Node
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -68,6 +74,11 @@ class Ask:
     @property
     def need(self) -> Resources:
         return total(node.resources or {} for node in self.nodes)
+
+    @property
+    def tenant(self) -> str | None:
+        """The request's tenant (every node of an ask has it)."""
+        return self.nodes[0].tenant_name if self.nodes else None
 
 
 class ReservationDesk:
@@ -140,14 +151,19 @@ class ReservationDesk:
 
     def _round(self, batch: list[Ask]) -> None:
         store = self.launcher.store
+        limited = self.launcher.config.tenant_resource_limits
+        tenant_paths = sorted({paths.tenant_fence(ask.tenant) for ask in batch
+                               if ask.tenant in limited})
         for _ in range(MAX_ROUNDS):
-            version = store.fence_version(self.provider_name)
+            fences = {path: store.fence_version(path)
+                      for path in [paths.quota_fence(self.provider_name)] + tenant_paths}
+            version = next(iter(fences.values()))
             if not self.launcher.nodes.barrier(BARRIER_TIMEOUT):
                 raise ReservationFailed("the node cache did not catch up")
             granted = self.decide(batch)
             if granted:
                 nodes = [node for ask in granted for node in ask.nodes]
-                if not store.create_nodes_fenced(self.provider_name, version, nodes):
+                if not store.create_nodes_fenced(fences, nodes):
                     # Another launcher created nodes meanwhile: look again.
                     self.conflicts += 1
                     for node in nodes:
@@ -172,6 +188,8 @@ class ReservationDesk:
         provider_used = usage.provider_usage(provider)
         pool_used: dict[str, Resources] = {}
         cloud = self.manager.cloud_limits()
+        limited = self.launcher.config.tenant_resource_limits
+        tenant_used = usage.tenant_usage() if limited else {}
         granted = []
         for ask in batch:
             need = ask.need
@@ -184,6 +202,12 @@ class ReservationDesk:
             if isinstance(cloud, Resources) and not ask.pool.ignore_provider_quota \
                     and not cloud.copy().subtract(provider_used).fits(need):
                 continue
+            tenant = limited.get(ask.tenant or "")
+            if tenant is not None:
+                spent = tenant_used.setdefault(tenant.tenant_name, Resources())
+                if not tenant_limits(tenant).subtract(spent).fits(need):
+                    continue
+                spent.add(need)
             used.add(need)
             provider_used.add(need)
             granted.append(ask)

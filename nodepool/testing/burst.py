@@ -104,14 +104,17 @@ class Burst:
             self.used_at[node["id"]] = time.monotonic()
         self.zuul.release(nodes)
 
-    def run(self, node_types: list[list[str]], timeout: float, during=None) -> None:
-        """One request per entry of ``node_types``; returns once all were
-        fulfilled and their nodes deleted (or ``timeout`` ran out for either).
-        ``during(finished)`` is called as requests finish (a test's fault)."""
+    def run(self, node_types: list[list[str]], timeout: float, during=None,
+            tenant: str | None = None) -> None:
+        """One request per entry of ``node_types`` (of ``tenant``); returns
+        once all were fulfilled and their nodes deleted (or ``timeout`` ran
+        out for either). ``during(finished)`` is called as requests finish (a
+        test's fault)."""
         observer = self.observer
         self.started = time.monotonic()
         # All creates pipelined, as many schedulers submitting at once.
-        pending_creates = [(self.zuul.submit_async(labels), time.monotonic())
+        pending_creates = [(self.zuul.submit_async(labels, tenant=tenant),
+                            time.monotonic())
                            for labels in node_types]
         for result, sent in pending_creates:
             self.submitted[result.get(timeout=60).rsplit("/", 1)[1]] = sent

@@ -18,9 +18,11 @@ COMPONENTS = f"{ROOT}/components"
 ELECTIONS = f"{ROOT}/elections"
 STATS_ELECTION = f"{ELECTIONS}/stats"
 # Ours (upstream neither reads nor writes them): one fence znode per
-# provider, whose version orders the creation of the provider's nodes among
-# launchers; and the capacity errors each provider answered per flavor.
+# provider, and one per tenant with resource limits, whose versions order the
+# creation of the provider's (the tenant's) nodes among launchers; and the
+# capacity errors each provider answered per flavor.
 QUOTA_FENCES = f"{ROOT}/quota-fences"
+TENANT_FENCES = f"{ROOT}/tenant-fences"
 CAPACITY = f"{ROOT}/capacity"
 
 COMPONENT_KINDS = ("launcher", "pool", "builder")
@@ -110,6 +112,10 @@ def upload_number_lock(image_name: str, build_id: str, provider: str,
 
 def quota_fence(provider: str) -> str:
     return f"{QUOTA_FENCES}/{provider}"
+
+
+def tenant_fence(tenant: str) -> str:
+    return f"{TENANT_FENCES}/{tenant}"
 
 
 def capacity_provider(provider: str) -> str:

@@ -263,9 +263,9 @@ class Store(ImageRecords):
 
     # -- quota fences (ours: the order in which launchers create nodes) -----
 
-    def fence_version(self, provider: str) -> int:
-        """The version of the provider's quota fence, created if missing."""
-        path = paths.quota_fence(provider)
+    def fence_version(self, path: str) -> int:
+        """The version of a quota fence (``paths.quota_fence`` or
+        ``paths.tenant_fence``), created if missing."""
         for _ in range(2):
             stat = self.kazoo.exists(path)
             if stat is not None:
@@ -276,23 +276,23 @@ class Store(ImageRecords):
                 pass
         raise RecordNotFound(f"quota fence {path} vanished as it was made")
 
-    def create_nodes_fenced(self, provider: str, version: int,
-                            nodes: list[Node]) -> bool:
-        """Create the nodes (sequential ids) and move the provider's quota
-        fence on from ``version``, in one transaction: False, and nothing
-        created, if another launcher created nodes since (the fence moved)."""
+    def create_nodes_fenced(self, fences: dict[str, int], nodes: list[Node]) -> bool:
+        """Create the nodes (sequential ids) and move each fence (path ->
+        version read) on, in one transaction: False, and nothing created, if
+        another launcher created nodes behind one of them since (it moved)."""
         for node in nodes:
             if node.created_time is None:
                 node.created_time = node.state_time
         for attempt in (1, 2):
             tx = self.kazoo.transaction()
-            tx.set_data(paths.quota_fence(provider), b"", version)
+            for path, version in fences.items():
+                tx.set_data(path, b"", version)
             for node in nodes:
                 add_sequential_create(tx, paths.NODES + "/", node.to_json())
             results = tx.commit()
             if not any(isinstance(r, Exception) for r in results):
                 break
-            if isinstance(results[0], BadVersionError):
+            if any(isinstance(r, BadVersionError) for r in results[:len(fences)]):
                 return False
             failed = next(r for r in results if isinstance(r, Exception)
                           and not isinstance(r, RolledBackError))
@@ -300,7 +300,7 @@ class Store(ImageRecords):
                 self.kazoo.ensure_path(paths.NODES)  # a new installation
                 continue
             raise failed
-        for node, path in zip(nodes, results[1:]):
+        for node, path in zip(nodes, results[len(fences):]):
             node.id = path.rsplit("/", 1)[1]
             node.version = 0
         return True

@@ -246,26 +246,82 @@ def test_an_interrupted_delete_is_carried_on_where_it_stopped(env, zuul):
     assert fake_cloud().calls == calls
 
 
+def test_tenant_limits_hold_across_launchers_and_providers(env, zuul, observer):
+    """tenant-resource-limits span providers: three launchers serving two
+    providers never hold more of a tenant's nodes than its limit, counted
+    at every change of the node records."""
+    counts = {"acme": 0, "peak": 0}
+    tenants: dict[str, str | None] = {}
+
+    def count(kind, node_id, node):
+        if kind == "changed" and node_id not in tenants:
+            tenants[node_id] = node.tenant_name
+            if node.tenant_name == "acme":
+                counts["acme"] += 1
+                counts["peak"] = max(counts["peak"], counts["acme"])
+        elif kind == "deleted" and tenants.pop(node_id, None) == "acme":
+            counts["acme"] -= 1
+    observer.node_watchers.append(count)
+    path = env.config("labels:\n  - name: small\nproviders:"
+                      + provider("fake-a", "ra", max_servers=20)
+                      + provider("fake-b", "rb", max_servers=20) + """
+tenant-resource-limits:
+  - tenant-name: acme
+    max-servers: 5
+""")
+    launchers = [env.start(path) for _ in range(3)]
+    wait_until(lambda: all(len(launchers[0].views.membership().serving(p, "main")) == 3
+                           for p in ("fake-a", "fake-b")),
+               message="three launchers on both providers")
+    burst = Burst(zuul, observer)
+    try:
+        burst.run([["small"]] * 60, timeout=240, tenant="acme")
+    finally:
+        burst.stop()
+    assert burst.unfinished == 0
+    assert counts["peak"] == 5, counts
+    # Both providers served the tenant.
+    given = [n for nodes in burst.given.values() for n in nodes]
+    assert {n["provider"] for n in given} == {"fake-a", "fake-b"}
+
+
 def test_the_quota_fence_lets_one_of_two_racing_creations_through(store, make_zk_client):
+    from nodepool.zk import paths
     from nodepool.zk.records import Node
     from nodepool.zk.store import Store
     other = Store(make_zk_client())
-    version = store.fence_version("cloud")
-    assert other.fence_version("cloud") == version
+    fence = paths.quota_fence("cloud")
+    version = store.fence_version(fence)
+    assert other.fence_version(fence) == version
 
-    def nodes():
-        return [Node(state=NodeState.INIT, provider="cloud", pool="main", type=["a"],
-                     resources={"instances": 1}) for _ in range(2)]
+    def nodes(provider="cloud"):
+        return [Node(state=NodeState.INIT, provider=provider, pool="main", type=["a"],
+                     resources={"instances": 1}, tenant_name="acme") for _ in range(2)]
     first, second = nodes(), nodes()
-    assert store.create_nodes_fenced("cloud", version, first)
+    assert store.create_nodes_fenced({fence: version}, first)
     # The other decided on the same version: the fence moved, nothing created.
-    assert not other.create_nodes_fenced("cloud", version, second)
+    assert not other.create_nodes_fenced({fence: version}, second)
     assert [n.id for n in second] == [None, None]
     assert sorted(store.node_ids()) == sorted(n.id for n in first)
     assert store.get_node(first[0].id).provider == "cloud"
     # Deciding again on the new version goes through.
-    assert other.create_nodes_fenced("cloud", other.fence_version("cloud"), second)
+    assert other.create_nodes_fenced({fence: other.fence_version(fence)}, second)
     assert len(store.node_ids()) == 4
+
+    # A tenant's fence orders creations across providers: a launcher of
+    # another provider that read the tenant's fence before it moved loses.
+    tenant = paths.tenant_fence("acme")
+    tenant_version = store.fence_version(tenant)
+    other_fence = paths.quota_fence("other-cloud")
+    other_version = other.fence_version(other_fence)
+    assert store.create_nodes_fenced({fence: store.fence_version(fence),
+                                      tenant: tenant_version}, nodes())
+    third = nodes("other-cloud")
+    assert not other.create_nodes_fenced({other_fence: other_version,
+                                          tenant: tenant_version}, third)
+    assert [n.id for n in third] == [None, None]
+    assert other.fence_version(other_fence) == other_version  # nothing moved
+    assert len(store.node_ids()) == 6
 
 
 def test_list_web_and_statsd_show_who_drives_each_node(env, zuul, statsd):
