@@ -21,6 +21,10 @@ def build_parser():
     parser.add_argument("--cleanup-interval", type=float, default=60.0,
                         help="seconds between leak and lost-request cleanups "
                         "(a leaked resource is removed on its second sighting)")
+    parser.add_argument("--stats-name", metavar="NAME",
+                        help="this launcher's name in its statsd keys "
+                        "(nodepool.launcher.NAME.*; default: the host name); "
+                        "set it when several launchers run on one host")
     return parser
 
 
@@ -42,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     def make():
         from nodepool.launcher.launcher import Launcher
         return Launcher(config_path, args.secure, webapp=not args.no_webapp,
-                        cleanup_interval=args.cleanup_interval)
+                        cleanup_interval=args.cleanup_interval,
+                        stats_name=args.stats_name)
 
     return daemon.run_service(args, make, (ConfigError, ListenError),
                               program="nodepool-launcher", log_name=LOG_NAME)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -241,12 +242,16 @@ class Launcher:
                  min_ready_interval: float = 5.0,
                  config_check_interval: float = 1.0,
                  accept_threads: int = 16, stats: Stats | None = None,
-                 webapp: bool = False, webapp_port: int | None = None):
+                 webapp: bool = False, webapp_port: int | None = None,
+                 stats_name: str | None = None):
         self.config_path = config_path
         self.secure_path = secure_path
         # Names this process in the pools it registers and in the progress
         # of the launches and deletes it drives.
         self.id = new_launcher_id()
+        # Names this launcher in statsd keys: stable across restarts (the
+        # id is not), so a dashboard keeps one series per launcher host.
+        self.stats_name = stats_name or socket.gethostname()
         self.idle_interval = idle_interval
         self.config_check_interval = config_check_interval
         self.config: Config = load_config(config_path, secure_path)
@@ -412,7 +417,7 @@ class Launcher:
     def count(self, what: str, amount: int = 1) -> None:
         """Our share of the work (see stats.launcher_work_key)."""
         self.counters[what] += amount
-        self.stats.work(self.id, what, amount)
+        self.stats.work(self.stats_name, what, amount)
 
     # -- events --------------------------------------------------------------
 

@@ -11,7 +11,6 @@ most once a second.
 from __future__ import annotations
 
 import logging
-import socket
 import time
 
 from nodepool import stats
@@ -31,7 +30,7 @@ class StatsReporter(PeriodicWorker):
     def __init__(self, launcher, interval: float = 1.0):
         super().__init__("StatsReporter", interval, launcher.client)
         self.launcher = launcher
-        self.hostname = socket.gethostname()
+        self.hostname = launcher.stats_name
         self.election: Lock | None = None
         self._last_internal = 0.0
         self._last_sent = 0.0
@@ -128,8 +127,8 @@ class StatsReporter(PeriodicWorker):
         held = sum(len(worker.handlers) for manager in managers
                    for worker in list(manager.workers.values()))
         running = sum(manager.active_launches() for manager in managers)
-        pipe.gauge(stats.launcher_work_key(self.launcher.id, "requests_held"), held)
-        pipe.gauge(stats.launcher_work_key(self.launcher.id, "launches_running"),
+        pipe.gauge(stats.launcher_work_key(self.hostname, "requests_held"), held)
+        pipe.gauge(stats.launcher_work_key(self.hostname, "launches_running"),
                    running)
 
     def internal_gauges(self, pipe) -> None:

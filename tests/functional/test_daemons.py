@@ -106,3 +106,27 @@ def test_builder_refuses_to_start_without_images_dir(env, tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "No images-dir specified in config." in result.stderr
+
+
+def test_launcher_stats_name_names_its_statsd_keys(env, tmp_path, statsd):
+    from nodepool import stats
+    config = daemon_config(env, tmp_path)
+    pidfile = tmp_path / "launcher.pid"
+    started = subprocess.run([os.path.join(BIN, "nodepool-launcher"), "-c", config,
+                              "-p", str(pidfile), "--no-webapp",
+                              "--stats-name", "rack-2"],
+                             capture_output=True, text=True, timeout=60)
+    assert started.returncode == 0, started.stderr
+    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), timeout=20,
+               message="pid file written")
+    pid = int(pidfile.read_text())
+    try:
+        assert statsd.wait_for(lambda keys: stats.launcher_work_key(
+            "rack-2", "requests_held") in keys, timeout=30)
+        assert statsd.wait_for(lambda keys: stats.zk_queue_key(
+            "rack-2", "client.connection_queue") in keys, timeout=30)
+        assert not any(key.startswith("nodepool.launcher.") and ".rack-2." not in key
+                       for key in statsd.keys())
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not alive(pid), timeout=30, message="stopped")

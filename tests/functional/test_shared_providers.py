@@ -327,7 +327,7 @@ def test_the_quota_fence_lets_one_of_two_racing_creations_through(store, make_zk
 def test_list_web_and_statsd_show_who_drives_each_node(env, zuul, statsd):
     from nodepool import stats
     path = shared(env, max_servers=5, simulation=", boot-delay: 30")
-    launcher = env.start(path, webapp=True, webapp_port=0)
+    launcher = env.start(path, webapp=True, webapp_port=0, stats_name="launcher-a")
     zuul.submit(["small"])
     wait_until(lambda: any(n.state == NodeState.BUILDING and n.external_id
                            for n in launcher.nodes.nodes()), message="launch under way")
@@ -347,8 +347,8 @@ def test_list_web_and_statsd_show_who_drives_each_node(env, zuul, statsd):
                                 "/node-list.json", timeout=10) as response:
         [web_row] = json.loads(response.read())
     assert web_row["driven_by"] == expected
-    # Each launcher's share of the work, in statsd.
-    key = stats.launcher_work_key(launcher.id, "launches")
+    # Each launcher's share of the work, in statsd, under its stats name.
+    key = stats.launcher_work_key("launcher-a", "launches")
     assert statsd.wait_for(lambda keys: key in keys, timeout=20)
     assert statsd.wait_for(lambda keys: stats.launcher_work_key(
-        launcher.id, "launches_running") in keys, timeout=20)
+        "launcher-a", "launches_running") in keys, timeout=20)
