@@ -13,6 +13,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from nodepool.drivers.base import DriverError, NotFound, QuotaError
+from nodepool.drivers.listing import SharedListing
 from nodepool.drivers.ratelimit import RateLimiter
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -127,29 +128,15 @@ class AwsApi:
         raise DriverError(f"{method} did not end")
 
 
-class InstanceListing:
+class InstanceListing(SharedListing):
     """Every live instance, from one paginated DescribeInstances at most
-    every LISTING_INTERVAL while anyone asks: a burst of launches costs one
-    describe per interval, not one per node per poll."""
+    every LISTING_INTERVAL while anyone asks."""
 
     def __init__(self, api: AwsApi, name: str):
         self.api = api
-        self.instances: dict[str, dict] = {}
-        # When the newest completed fetch started (monotonic): it cannot
-        # have missed a change made before then.
-        self.started_at = 0.0
-        self._running = False
-        self._asked_at = 0.0
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name=f"aws-list-{name}",
-                                        daemon=True)
-        self._thread.start()
+        super().__init__(self._describe, f"aws-{name}", LISTING_INTERVAL)
 
-    def fetch(self) -> dict[str, dict]:
-        """A fresh listing, now (blocking)."""
-        started = time.monotonic()
+    def _describe(self) -> dict[str, dict]:
         found = {}
         for reservation in self.api.pages(
                 self.api.ec2, "describe_instances", "Reservations",
@@ -157,42 +144,7 @@ class InstanceListing:
                 MaxResults=1000):
             for instance in reservation.get("Instances") or []:
                 found[instance["InstanceId"]] = instance
-        with self._lock:
-            if started > self.started_at:
-                self.instances, self.started_at = found, started
         return found
-
-    def request(self) -> None:
-        """Someone waits for news: fetch soon (once per interval at most)."""
-        self._asked_at = time.monotonic()
-        self._wake.set()
-
-    def get(self, instance_id: str) -> dict | None:
-        return self.instances.get(instance_id)
-
-    def fresh_since(self, moment: float) -> bool:
-        return self.started_at > moment
-
-    def _run(self) -> None:
-        while not self._stopped:
-            self._wake.wait()
-            self._wake.clear()
-            if self._stopped:
-                return
-            wait = self.started_at + LISTING_INTERVAL - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-            try:
-                self.fetch()
-            except Exception as exc:
-                log.warning("Provider %s: listing instances failed: %s",
-                            self.api.provider.name, exc)
-                time.sleep(LISTING_INTERVAL)
-                self._wake.set()
-
-    def stop(self) -> None:
-        self._stopped = True
-        self._wake.set()
 
 
 class TerminateBatcher:

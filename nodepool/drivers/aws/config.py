@@ -9,17 +9,14 @@ from typing import Any
 import voluptuous as v
 
 from nodepool.config import schema as s
-from nodepool.config.model import CloudImage, Pool, PoolLabel, Provider, ProviderDiskImage
+from nodepool.config.model import (
+    CloudImage, Pool, PoolLabel, Provider, ProviderDiskImage, default_port,
+)
 
-DEFAULT_PORTS = {"ssh": 22, "winrm": 5986}
 IMAGE_FORMATS = ("ova", "vhd", "vhdx", "vmdk", "raw")
 IMPORT_METHODS = ("snapshot", "image")
 ALLOCATION_STRATEGIES = ("prioritized", "price-capacity-optimized",
                          "capacity-optimized", "diversified", "lowest-price")
-
-
-def _port(connection_type: str) -> int:
-    return DEFAULT_PORTS.get(connection_type, 22)
 
 
 @dataclass
@@ -257,7 +254,7 @@ class AwsConfig:
                 python_path=item.get("python-path", "auto"),
                 shell_type=item.get("shell-type"),
                 connection_type=connection_type,
-                connection_port=item.get("connection-port", _port(connection_type)))
+                connection_port=item.get("connection-port", default_port(connection_type)))
 
     def _build_diskimages(self, raw, provider, ctx) -> None:
         for index, item in enumerate(raw.get("diskimages", [])):
@@ -278,7 +275,7 @@ class AwsConfig:
                 name=name, pause=item.get("pause", False),
                 meta=dict(item.get("tags", {})),
                 connection_type=connection_type,
-                connection_port=item.get("connection-port", _port(connection_type)),
+                connection_port=item.get("connection-port", default_port(connection_type)),
                 username=item.get("username"), python_path=item.get("python-path"),
                 shell_type=item.get("shell-type"),
                 architecture=item.get("architecture", "x86_64"),
