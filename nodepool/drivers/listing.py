@@ -10,6 +10,8 @@ import threading
 import time
 from typing import Callable
 
+from nodepool.drivers.base import DriverError
+
 log = logging.getLogger("nodepool.drivers")
 
 
@@ -71,3 +73,19 @@ class SharedListing:
     def stop(self) -> None:
         self._stopped = True
         self._wake.set()
+
+
+def all_pages(call: Callable[..., dict], kwargs: dict, items: str, token_out: str,
+              token_in: str, what: str) -> list:
+    """Every item of a paginated listing: ``call(**kwargs)`` page by page,
+    each reply's ``items`` collected and its ``token_out`` passed back as
+    ``token_in`` until there is none."""
+    found: list = []
+    for _ in range(10_000):  # bounded: a listing that never ends is broken
+        reply = call(**kwargs)
+        found.extend(reply.get(items) or [])
+        token = reply.get(token_out)
+        if not token:
+            return found
+        kwargs[token_in] = token
+    raise DriverError(f"{what} did not end")

@@ -11,7 +11,7 @@ this machine's: pools here have host-key-checking off.
 import pytest
 
 from conftest import wait_until
-from launcher_fixtures import gce_provider
+from launcher_fixtures import gce_provider, two_of_four_fit
 from nodepool import drivers
 from nodepool.config.loader import build_config
 from nodepool.drivers.base import QuotaError
@@ -82,7 +82,7 @@ def test_instance_carries_metadata_and_the_node_the_cloud_facts(env, gce, zuul):
 
 
 def test_internal_ip_image_id_and_a_winrm_image(env, gce, zuul):
-    image = f"""      - name: windows
+    image = """      - name: windows
         image-id: ci-image
         username: Administrator
         connection-type: winrm
@@ -127,19 +127,7 @@ def test_host_keys_are_scanned_when_checking(env, gce, zuul):
 @pytest.mark.gce(cpus=4)  # two e2-medium (2 vCPUs each)
 def test_region_quota_defers_requests_until_capacity_returns(env, gce, zuul):
     start(env)
-    ids = [zuul.submit(["a"]) for _ in range(4)]
-    wait_until(lambda: sum(zuul.get_request(r)["state"] == "fulfilled"
-                           for r in ids) == 2, timeout=30, message="two fulfilled")
-    env.settle()
-    states = [zuul.get_request(r)["state"] for r in ids]
-    assert sorted(states) == ["fulfilled", "fulfilled", "requested", "requested"]
-    assert len(gce.live()) == 2
-    for request_id, state in zip(ids, states):
-        if state == "fulfilled":
-            zuul.run_job(request_id)
-    for request_id, state in zip(ids, states):
-        if state == "requested":
-            assert zuul.wait_for_request(request_id, timeout=30)["state"] == "fulfilled"
+    two_of_four_fit(env, zuul, lambda: len(gce.live()))
     # The launcher never asked GCE for what the quota could not hold.
     assert gce.calls()["instances.insert"] == 4
 

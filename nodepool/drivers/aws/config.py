@@ -108,19 +108,13 @@ class AwsConfig:
             "image-filters": s.ListOf({
                 v.Required(v.Any("name", "Name")): s.Str,
                 v.Required(v.Any("values", "Values")): s.ListOf(s.Str)}),
-            "connection-type": s.Str,
-            "connection-port": s.Port,
-            "python-path": s.Str,
-            "shell-type": s.Str,
+            **s.image_connection,
         }
         diskimage = {
             v.Required("name"): s.NonEmptyStr,
             "username": s.Str,
             "pause": s.Bool,
-            "connection-type": s.Str,
-            "connection-port": s.Port,
-            "python-path": s.Str,
-            "shell-type": s.Str,
+            **s.image_connection,
             "architecture": s.Str,
             "ena-support": s.Bool,
             "volume-size": s.Int,
@@ -198,15 +192,8 @@ class AwsConfig:
         })
         return keys
 
-    def schema(self) -> v.Schema:
-        return v.Schema(self.provider_keys())
-
     def build(self, raw: dict, ctx: s.BuildContext) -> AwsProvider:
-        rate = s.FloatLike(raw.get("rate", 2.0))
-        if rate <= 0:
-            ctx.problem(("rate",), f"must be a positive number of operations per "
-                        f"second, got {raw.get('rate')!r}")
-            rate = 2.0
+        rate = s.operations_per_second(raw, ctx, 2.0)
         provider = AwsProvider(
             name=raw["name"], driver=self.name,
             max_concurrency=raw.get("max-concurrency", -1),

@@ -10,11 +10,11 @@ import json
 import logging
 import os
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 from nodepool.drivers.base import DriverError, LaunchError, NotFound, QuotaError
-from nodepool.drivers.ratelimit import RateLimiter
+from nodepool.drivers.listing import all_pages
+from nodepool.drivers.ratelimit import ApiCalls
 
 if TYPE_CHECKING:  # pragma: no cover
     from nodepool.drivers.gce.config import GceProvider
@@ -25,8 +25,7 @@ SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 # gcloud's own override of the Compute API's address (e.g. a Private Service
 # Connect endpoint): its value replaces ``https://compute.googleapis.com/compute/v1/``.
 ENDPOINT_ENV = "CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE"
-# Reads (get, list, ...) may run this many times as often as ``rate``.
-READ_RATE_FACTOR = 10.0
+# What counts as a read (ApiCalls lets reads go faster than ``rate``).
 READ_METHODS = ("get", "list", "aggregatedList", "getFromFamily", "getSerialPortOutput")
 HTTP_TIMEOUT = 60.0
 # GCE error reasons (of an HTTP error) and codes (of a failed Operation) that
@@ -133,11 +132,7 @@ class GceApi:
         self._collections: dict[str, Any] = {}
         self._lock = threading.Lock()
         # ``rate`` is operations per second, as for aws.
-        self.writes = RateLimiter(1.0 / provider.rate)
-        self.reads = RateLimiter(1.0 / (provider.rate * READ_RATE_FACTOR))
-        self.stats = stats_client
-        from nodepool.stats import api_task_prefix
-        self.stats_prefix = api_task_prefix(provider.name)
+        self.calls = ApiCalls(provider.name, provider.rate, stats_client, classify)
 
     def _http(self):
         import google_auth_httplib2
@@ -161,28 +156,13 @@ class GceApi:
     def call(self, resource: str, method: str, **kwargs) -> dict:
         """``compute.<resource>().<method>(**kwargs).execute()`` after its
         turn, in this provider's project; errors classified."""
-        (self.reads if method in READ_METHODS else self.writes).wait()
         kwargs.setdefault("project", self.provider.project)
         request = getattr(self._collection(resource), method)(**kwargs)
         operation = resource[:1].upper() + resource[1:] + method[:1].upper() + method[1:]
-        started = time.monotonic()
-        try:
-            return request.execute(http=self._thread_http())
-        except Exception as exc:
-            raise classify(exc) from exc
-        finally:
-            if self.stats is not None:
-                self.stats.timing(f"{self.stats_prefix}.{operation}",
-                                  int((time.monotonic() - started) * 1000))
+        return self.calls.run(operation, method in READ_METHODS,
+                              lambda: request.execute(http=self._thread_http()))
 
     def pages(self, resource: str, method: str, **kwargs) -> list[dict]:
         """Every item of a paginated listing, each page rate-limited."""
-        items: list[dict] = []
-        for _ in range(10_000):  # bounded: a listing that never ends is broken
-            reply = self.call(resource, method, **kwargs)
-            items.extend(reply.get("items") or [])
-            token = reply.get("nextPageToken")
-            if not token:
-                return items
-            kwargs["pageToken"] = token
-        raise DriverError(f"{resource}.{method} did not end")
+        return all_pages(lambda **args: self.call(resource, method, **args), kwargs,
+                         "items", "nextPageToken", "pageToken", f"{resource}.{method}")

@@ -65,10 +65,7 @@ class GceConfig:
             "image-family": s.Str,
             "username": s.Str,
             "key": s.Str,
-            "python-path": s.Str,
-            "shell-type": s.Str,
-            "connection-type": s.Str,
-            "connection-port": s.Port,
+            **s.image_connection,
         }
         label = {
             v.Required("name"): s.NonEmptyStr,
@@ -107,15 +104,8 @@ class GceConfig:
         })
         return keys
 
-    def schema(self) -> v.Schema:
-        return v.Schema(self.provider_keys())
-
     def build(self, raw: dict, ctx: s.BuildContext) -> GceProvider:
-        rate = s.FloatLike(raw.get("rate", 2.0))
-        if rate <= 0:
-            ctx.problem(("rate",), f"must be a positive number of operations per "
-                        f"second, got {raw.get('rate')!r}")
-            rate = 2.0
+        rate = s.operations_per_second(raw, ctx, 2.0)
         zone, region = raw["zone"], raw["region"]
         if not zone.startswith(region + "-"):
             ctx.problem(("zone",), f"zone {zone!r} is not in region {region!r} (a "

@@ -72,47 +72,74 @@ class OperationWait:
             raise error
 
 
-class GceCreate(StateMachine):
-    """start -> inserting (instances.insert on the executor) -> operating
-    (its Operation polled until DONE) -> booting (until the shared listing
-    shows the instance RUNNING) -> complete."""
+class OperationMachine(StateMachine):
+    """start -> calling (``call()`` on the executor, answering with an
+    Operation) -> operating (the Operation polled until DONE) -> waiting:
+    ``_operated()`` is True from then on (the Operation's error raised)."""
 
-    def __init__(self, adapter: "GceAdapter", hostname: str, label: "GceLabel",
-                 metadata: dict[str, str]):
+    launching = False
+
+    def __init__(self, adapter: "GceAdapter"):
         super().__init__()
         self.adapter = adapter
-        self.hostname = hostname
-        self.label = label
-        self.metadata = metadata
-        self.node_id = metadata.get(META_NODE_ID)
         self.future: Future | None = None
         self.wait: OperationWait | None = None
 
-    def __repr__(self) -> str:
-        return f"<GceCreate node {self.node_id} {self.hostname}>"
+    def call(self) -> dict:  # pragma: no cover - interface
+        raise NotImplementedError
 
-    def advance(self) -> Instance | None:
+    def called(self) -> None:
+        """The call was accepted (its Operation is under way)."""
+
+    def _operated(self) -> bool:
         if self.state == "start":
-            self.future = self.adapter.executor.submit(
-                self.adapter.launch, self.hostname, self.label, self.metadata)
-            self.state = "inserting"
-        if self.state == "inserting":
+            self.future = self.adapter.executor.submit(self.call)
+            self.state = "calling"
+        if self.state == "calling":
             if not self.future.done():
                 self.poll_delay = 0.05
-                return None
+                return False
             operation = self.future.result()  # quota and other errors raise here
             self.future = None
-            # The instance's name is its id; from here on it may exist.
-            self.external_id = self.hostname
-            self.wait = OperationWait(self.adapter, operation, launching=True)
+            self.called()
+            self.wait = OperationWait(self.adapter, operation, self.launching)
             self.state = "operating"
         if self.state == "operating":
             if not self.wait.done():
                 self.poll_delay = 0.05
-                return None
+                return False
             self.wait.check()
-            self.state = "booting"
-            log.debug("Node %s: instance %s created", self.node_id, self.external_id)
+            self.state = "waiting"
+        return True
+
+
+class GceCreate(OperationMachine):
+    """instances.insert and its Operation (see :class:`OperationMachine`),
+    then waiting until the shared listing shows the instance RUNNING."""
+
+    launching = True
+
+    def __init__(self, adapter: "GceAdapter", hostname: str, label: "GceLabel",
+                 metadata: dict[str, str]):
+        super().__init__(adapter)
+        self.hostname = hostname
+        self.label = label
+        self.metadata = metadata
+        self.node_id = metadata.get(META_NODE_ID)
+
+    def __repr__(self) -> str:
+        return f"<GceCreate node {self.node_id} {self.hostname}>"
+
+    def call(self) -> dict:
+        return self.adapter.launch(self.hostname, self.label, self.metadata)
+
+    def called(self) -> None:
+        # The instance's name is its id; from here on it may exist.
+        self.external_id = self.hostname
+
+    def advance(self) -> Instance | None:
+        if not self._operated():
+            return None
         listing = self.adapter.listing
         listing.request()
         if not listing.fresh_since(self.wait.done_at):
@@ -130,41 +157,25 @@ class GceCreate(StateMachine):
         return self.adapter.instance(seen, self.label)
 
 
-class GceDelete(StateMachine):
-    """start -> deleting (instances.delete on the executor) -> operating
-    (its Operation polled until DONE) -> waiting (until the listing no
-    longer shows it) -> complete. An instance already gone raises NotFound,
-    which the launcher counts as deleted."""
+class GceDelete(OperationMachine):
+    """instances.delete and its Operation (see :class:`OperationMachine`),
+    then waiting until the listing no longer shows the instance. An
+    instance already gone raises NotFound, which the launcher counts as
+    deleted."""
 
     def __init__(self, adapter: "GceAdapter", external_id: str):
-        super().__init__()
-        self.adapter = adapter
+        super().__init__(adapter)
         self.external_id = external_id
-        self.future: Future | None = None
-        self.wait: OperationWait | None = None
 
     def __repr__(self) -> str:
         return f"<GceDelete {self.external_id}>"
 
+    def call(self) -> dict:
+        return self.adapter.delete_instance(self.external_id)
+
     def advance(self) -> Instance | None:
-        if self.state == "start":
-            self.future = self.adapter.executor.submit(
-                self.adapter.delete_instance, self.external_id)
-            self.state = "deleting"
-        if self.state == "deleting":
-            if not self.future.done():
-                self.poll_delay = 0.05
-                return None
-            operation = self.future.result()
-            self.future = None
-            self.wait = OperationWait(self.adapter, operation, launching=False)
-            self.state = "operating"
-        if self.state == "operating":
-            if not self.wait.done():
-                self.poll_delay = 0.05
-                return None
-            self.wait.check()
-            self.state = "waiting"
+        if not self._operated():
+            return None
         listing = self.adapter.listing
         listing.request()
         if not listing.fresh_since(self.wait.done_at) or \

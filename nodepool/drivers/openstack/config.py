@@ -69,10 +69,7 @@ class OpenStackConfig:
             "image-name": s.Str,
             "config-drive": s.Bool,
             "username": s.Str,
-            "python-path": s.Str,
-            "shell-type": s.Str,
-            "connection-type": s.Str,
-            "connection-port": s.Port,
+            **s.image_connection,
         }
         label = {
             v.Required("name"): s.NonEmptyStr,

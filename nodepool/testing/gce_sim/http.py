@@ -3,7 +3,6 @@ checks, and the Compute v1 paths the gce driver uses."""
 
 from __future__ import annotations
 
-import json
 import secrets
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -35,21 +34,13 @@ class Handler(QuietJSONHandler):
     wbufsize = 1 << 16
     disable_nagle_algorithm = True
 
-    def _send(self, status: int, body: Any) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=UTF-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
     def _dispatch(self) -> None:
         sim = self.sim
         split = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(split.query).items()}
         try:
             if split.path == "/token" and self.command == "POST":
-                self._send(200, self._token())
+                self.send_json(200, self._token())
                 return
             body = None
             if self.command == "POST":
@@ -68,9 +59,9 @@ class Handler(QuietJSONHandler):
                 sim.tick()
                 status, answer = self._route(parts, body or {}, query)
         except ApiError as exc:
-            self._send(exc.code, exc.body())
+            self.send_json(exc.code, exc.body())
             return
-        self._send(status, answer)
+        self.send_json(status, answer)
 
     def _token(self) -> dict:
         length = int(self.headers.get("Content-Length") or 0)
