@@ -278,3 +278,28 @@ def test_console_log_and_label_readiness(gce):
         assert "np0000000007 login" in adapter.console_log("np0000000007")
     finally:
         adapter.stop()
+
+
+def test_pool_max_cores_counts_the_machine_types_vcpus(env, gce, zuul):
+    # No cloud quota here: the pool's max-cores holds two e2-medium.
+    start(env, pool_extra="        max-cores: 4\n")
+    two_of_four_fit(env, zuul, lambda: len(gce.live()))
+    assert gce.calls()["instances.insert"] == 4
+
+
+def test_calls_wait_for_their_turn_at_rate(gce):
+    import time
+    provider = provider_of(gce_provider("gce").replace("rate: 1000", "rate: 10"))
+    adapter = drivers.make_adapter(provider)
+    try:
+        started = time.monotonic()
+        for number in range(6):  # writes: 10 a second
+            with pytest.raises(drivers.NotFound):
+                adapter.delete_instance(f"gone-{number}")
+        assert time.monotonic() - started >= 0.45
+        started = time.monotonic()
+        for _ in range(11):  # reads: ten times as many
+            adapter.api.call("regions", "get", region="us-central1")
+        assert 0.09 <= time.monotonic() - started < 0.9  # 11 writes: 1 s
+    finally:
+        adapter.stop()
