@@ -28,6 +28,9 @@ ENDPOINT_ENV = "CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE"
 # What counts as a read (ApiCalls lets reads go faster than ``rate``).
 READ_METHODS = ("get", "list", "aggregatedList", "getFromFamily", "getSerialPortOutput")
 HTTP_TIMEOUT = 60.0
+# Reads are retried by the client library on 5xx, 429 and broken connections
+# (with its own backoff); writes are not: the launcher retries a launch.
+READ_RETRIES = 2
 # GCE error reasons (of an HTTP error) and codes (of a failed Operation) that
 # mean "not now, for lack of quota or capacity": the launcher defers the
 # request instead of failing it.
@@ -159,8 +162,9 @@ class GceApi:
         kwargs.setdefault("project", self.provider.project)
         request = getattr(self._collection(resource), method)(**kwargs)
         operation = resource[:1].upper() + resource[1:] + method[:1].upper() + method[1:]
-        return self.calls.run(operation, method in READ_METHODS,
-                              lambda: request.execute(http=self._thread_http()))
+        read = method in READ_METHODS
+        return self.calls.run(operation, read, lambda: request.execute(
+            http=self._thread_http(), num_retries=READ_RETRIES if read else 0))
 
     def pages(self, resource: str, method: str, **kwargs) -> list[dict]:
         """Every item of a paginated listing, each page rate-limited."""
