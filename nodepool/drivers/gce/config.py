@@ -79,8 +79,9 @@ class GceConfig:
             v.Required("labels"): s.ListOf(label),
             "host-key-checking": s.Bool,
             "use-internal-ip": s.Bool,
-            # Upstream's GCE pools take only max-servers; these are ours
-            # (the launcher's limits, as in our other drivers' pools).
+            # Ours, not upstream's: the launcher's limits, as in our other
+            # drivers' pools, and the interface's network (upstream always
+            # uses the default one).
             "max-cores": s.Int,
             "max-ram": s.Int,
             "max-resources": {v.Extra: s.Int},
