@@ -306,3 +306,26 @@ def test_calls_wait_for_their_turn_at_rate(gce):
         assert 0.09 <= time.monotonic() - started < 0.9  # 11 writes: 1 s
     finally:
         adapter.stop()
+
+
+def test_a_pools_network_and_subnetwork(env, gce, zuul):
+    body = "labels:\n  - name: a\n  - name: b\nproviders:" + gce_provider(
+        "gce", pool_extra="        network: global/networks/ci\n"
+                          "        subnetwork: regions/us-central1/subnetworks/ci\n")
+    body += """      - name: elsewhere
+        network: global/networks/nowhere
+        host-key-checking: false
+        labels:
+          - name: b
+            cloud-image: debian
+            instance-type: e2-small
+"""
+    env.start(env.config(body))
+    request_id = zuul.submit(["a"])
+    node = zuul.get_node(zuul.wait_for_request(request_id, timeout=30)["nodes"][0])
+    nic = gce.live()[node["external_id"]]["networkInterfaces"][0]
+    assert nic["network"].endswith("/global/networks/ci")
+    assert nic["subnetwork"].endswith("/regions/us-central1/subnetworks/ci")
+    # GCE refuses an unknown network: every attempt fails, nothing is left.
+    assert zuul.wait_for_request(zuul.submit(["b"]), timeout=30)["state"] == "failed"
+    assert list(gce.live()) == [node["external_id"]]

@@ -40,6 +40,7 @@ MACHINE_TYPES = {  # name -> (guestCpus, memoryMb)
     "e2-micro": (2, 1024), "e2-small": (2, 2048), "e2-medium": (2, 4096),
     "n2-standard-2": (2, 8192), "n2-standard-4": (4, 16384),
 }
+NETWORKS = ("default", "ci")
 DISK_TYPES = ("pd-standard", "pd-balanced", "pd-ssd", "pd-extreme")
 # (project, name) -> (family, creation timestamp) of the images the cloud offers.
 IMAGES = {
@@ -304,6 +305,7 @@ class GceSimulator(LoopbackService):
         if size < int(image["diskSizeGb"]):
             raise ApiError(400, "invalid", f"Requested disk size cannot be smaller "
                            f"than the image size ({image['diskSizeGb']} GB)")
+        interface = network_of(body)
         if name in self.state.instances:
             raise ApiError(409, "alreadyExists", f"The resource 'projects/{self.project}"
                            f"/zones/{zone}/instances/{name}' already exists")
@@ -313,7 +315,7 @@ class GceSimulator(LoopbackService):
                 raise ApiError(403, "quotaExceeded", refusal.message)
             return self.operation("insert", name, zone, knobs.operation_delay, refusal)
         number = next(self._ids)
-        nic = {"name": "nic0", "network": expand(body, "network"),
+        nic = {"name": "nic0", **interface,
                "networkIP": knobs.internal_ip or f"10.128.{number // 250 % 250}."
                                                  f"{number % 250 + 2}",
                "accessConfigs": []}
@@ -419,13 +421,24 @@ def image_path(link: str | None) -> tuple[str, str]:
                    f"'resource.disks[0].initializeParams.sourceImage': '{link}'.")
 
 
-def expand(body: dict, key: str) -> str:
+def network_of(body: dict) -> dict[str, str]:
+    """The first interface's network (and subnetwork) as full links; the
+    project's networks are NETWORKS, each with one subnetwork in REGION of
+    the same name."""
     nic = (body.get("networkInterfaces") or [{}])[0]
-    value = nic.get(key) or "global/networks/default"
-    if last(value) != "default":
-        raise ApiError(400, "invalid", f"The resource 'projects/{PROJECT}/global/"
-                       f"networks/{last(value)}' was not found")
-    return f"{LINK}projects/{PROJECT}/global/networks/default"
+    network = last(nic.get("network") or "global/networks/default")
+    if network not in NETWORKS:
+        raise ApiError(404, "notFound", f"The resource 'projects/{PROJECT}/global/"
+                       f"networks/{network}' was not found")
+    found = {"network": f"{LINK}projects/{PROJECT}/global/networks/{network}"}
+    if nic.get("subnetwork"):
+        subnetwork = last(nic["subnetwork"])
+        if subnetwork != network:
+            raise ApiError(400, "invalid", f"Subnetwork '{subnetwork}' does not belong "
+                           f"to network '{network}'")
+        found["subnetwork"] = f"{LINK}projects/{PROJECT}/regions/{REGION}/" \
+                              f"subnetworks/{subnetwork}"
+    return found
 
 
 def check_name(name: str) -> None:
