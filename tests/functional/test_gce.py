@@ -11,6 +11,7 @@ this machine's: pools here have host-key-checking off.
 import time
 
 import pytest
+import yaml
 
 from conftest import wait_until
 from launcher_fixtures import gce_provider, two_of_four_fit
@@ -39,8 +40,7 @@ def ours(gce) -> dict:
 
 
 def provider_of(body: str):
-    config = build_config(__import__("yaml").safe_load("labels:\n  - name: a\n"
-                                                        "providers:" + body))
+    config = build_config(yaml.safe_load("labels:\n  - name: a\nproviders:" + body))
     return config.providers["gce"]
 
 
