@@ -163,6 +163,22 @@ def aws(aws_server, monkeypatch):
 
 
 @pytest.fixture
+def gce(tmp_path, monkeypatch, request):
+    """The GCE Compute API simulator on loopback, with the client pointed at
+    it the way an operator points it anywhere: a service-account key file in
+    GOOGLE_APPLICATION_CREDENTIALS (its token exchange is the simulator's)
+    and gcloud's Compute endpoint override. A test shapes the cloud with
+    ``@pytest.mark.gce(cpus=4, ...)``."""
+    from nodepool.testing.gce_sim import GceSimulator
+    marker = request.node.get_closest_marker("gce")
+    simulator = GceSimulator(**(marker.kwargs if marker else {})).start()
+    for key, value in simulator.env(tmp_path / "gce-credentials.json").items():
+        monkeypatch.setenv(key, value)
+    yield simulator
+    simulator.stop()
+
+
+@pytest.fixture
 def kube(tmp_path, monkeypatch, request):
     """The Kubernetes API simulator on loopback, with $KUBECONFIG naming a
     kubeconfig whose context ``sim-admin`` reaches it as its administrator.

@@ -74,6 +74,57 @@ def aws_provider(name: str, pool_extra: str = "", label_extra: str = "",
 {label_extra}"""
 
 
+def gce_provider(name: str, pool_extra: str = "", label_extra: str = "",
+                 provider_extra: str = "", image_extra: str = "",
+                 host_key_checking: bool = False) -> str:
+    """A provider entry for the GCE simulator (the ``gce`` fixture) offering
+    label "a" (e2-medium: 2 vCPUs, 4 GB) on the newest image of the debian-12
+    family. The addresses the simulator hands out are not this machine's
+    unless a test says so: host keys are scanned only if asked."""
+    checking = "true" if host_key_checking else "false"
+    return f"""
+  - name: {name}
+    driver: gce
+    project: nodepool-sim
+    region: us-central1
+    zone: us-central1-a
+    rate: 1000
+{provider_extra}    cloud-images:
+      - name: debian
+        image-project: debian-cloud
+        image-family: debian-12
+        username: zuul
+        key: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDtest zuul@nodepool
+{image_extra}    pools:
+      - name: main
+        host-key-checking: {checking}
+{pool_extra}        labels:
+          - name: a
+            cloud-image: debian
+            instance-type: e2-medium
+{label_extra}"""
+
+
+def two_of_four_fit(env, zuul, live_count) -> None:
+    """Four requests of one node where the cloud's quota holds two: two are
+    fulfilled and two wait (not fail) with ``live_count()`` instances in the
+    cloud; once the first two are used, the waiting two are fulfilled."""
+    from conftest import wait_until
+    ids = [zuul.submit(["a"]) for _ in range(4)]
+    wait_until(lambda: sum(zuul.get_request(r)["state"] == "fulfilled"
+                           for r in ids) == 2, timeout=30, message="two fulfilled")
+    env.settle()
+    states = [zuul.get_request(r)["state"] for r in ids]
+    assert sorted(states) == ["fulfilled", "fulfilled", "requested", "requested"]
+    assert live_count() == 2
+    for request_id, state in zip(ids, states):
+        if state == "fulfilled":
+            zuul.run_job(request_id)
+    for request_id, state in zip(ids, states):
+        if state == "requested":
+            assert zuul.wait_for_request(request_id, timeout=30)["state"] == "fulfilled"
+
+
 # Intervals short enough that timer-driven housekeeping happens within a test.
 FAST = dict(idle_interval=1.0, cleanup_interval=0.3, delete_sweep_interval=0.5,
             min_ready_interval=0.5, config_check_interval=0.1)

@@ -15,6 +15,12 @@ from nodepool.zk.client import ZooKeeperServer, ZooKeeperTLS
 
 DEFAULT_PRIORITY = 100
 DEFAULT_CONFIG_PATH = "/etc/nodepool/nodepool.yaml"
+# The port a node of each connection type listens on unless configured.
+DEFAULT_PORTS = {"ssh": 22, "winrm": 5986}
+
+
+def default_port(connection_type: str) -> int:
+    return DEFAULT_PORTS.get(connection_type, 22)
 
 
 @dataclass

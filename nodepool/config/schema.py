@@ -304,6 +304,15 @@ provider_common = {
     "priority": Int,
 }
 
+# How a node of an image is reached, as cloud images (and some drivers'
+# diskimages) say it.
+image_connection = {
+    "python-path": Str,
+    "shell-type": Str,
+    "connection-type": Str,
+    "connection-port": Port,
+}
+
 # Keys every pool accepts, whatever its driver.
 pool_common = {
     v.Required("name"): Name,
@@ -311,6 +320,17 @@ pool_common = {
     "priority": Int,
     "node-attributes": Map,
 }
+
+
+def operations_per_second(raw: dict, ctx: "BuildContext", default: float) -> float:
+    """A provider's ``rate`` as operations per second (aws, gce): a positive
+    number, else a problem and the default."""
+    rate = FloatLike(raw.get("rate", default))
+    if rate <= 0:
+        ctx.problem(("rate",), f"must be a positive number of operations per "
+                    f"second, got {raw.get('rate')!r}")
+        return default
+    return rate
 
 
 def validate(schema: v.Schema, data: Any, prefix: tuple = ()) -> list[Problem]:

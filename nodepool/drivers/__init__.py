@@ -23,6 +23,7 @@ REGISTRY: dict[str, str] = {
     "openshift": "nodepool.drivers.openshift",
     "openshiftpods": "nodepool.drivers.openshiftpods",
     "aws": "nodepool.drivers.aws",
+    "gce": "nodepool.drivers.gce",
 }
 _loaded: dict[str, Driver] = {}
 

@@ -354,7 +354,13 @@ class Driver:
     capabilities = Capabilities()
 
     def schema(self) -> "voluptuous.Schema":
-        """Voluptuous schema of one ``providers[]`` entry of this driver."""
+        """Voluptuous schema of one ``providers[]`` entry of this driver (by
+        default, of the keys ``provider_keys()`` returns)."""
+        import voluptuous
+        return voluptuous.Schema(self.provider_keys())
+
+    def provider_keys(self) -> dict:
+        """The keys of one ``providers[]`` entry, for the default ``schema()``."""
         raise NotImplementedError
 
     def build(self, raw: dict, ctx: "BuildContext") -> Provider:

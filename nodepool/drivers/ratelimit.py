@@ -1,10 +1,16 @@
 """Spacing a driver's cloud calls: each waits for its turn, turns at least
-``interval`` seconds apart (shared by the threads of one provider)."""
+``interval`` seconds apart (shared by the threads of one provider); and
+:class:`ApiCalls`, the rate-limited, timed, classified calls of the drivers
+whose ``rate`` is operations per second (aws, gce)."""
 
 from __future__ import annotations
 
 import threading
 import time
+from typing import Any, Callable
+
+# Reads may run this many times as often as ``rate``.
+READ_RATE_FACTOR = 10.0
 
 
 class RateLimiter:
@@ -23,3 +29,32 @@ class RateLimiter:
             self._next = start + self.interval
         if start > now:
             time.sleep(start - now)
+
+
+class ApiCalls:
+    """One provider's cloud calls: writes ``rate`` per second, reads
+    READ_RATE_FACTOR times as many; each timed in statsd as
+    ``nodepool.task.<provider>.<operation>``; errors as ``classify`` maps
+    them."""
+
+    def __init__(self, provider_name: str, rate: float, stats_client,
+                 classify: Callable[[Exception], Exception]):
+        from nodepool.stats import api_task_prefix
+        self.writes = RateLimiter(1.0 / rate)
+        self.reads = RateLimiter(1.0 / (rate * READ_RATE_FACTOR))
+        self.stats = stats_client
+        self.prefix = api_task_prefix(provider_name)
+        self.classify = classify
+
+    def run(self, operation: str, read: bool, call: Callable[[], Any]) -> Any:
+        """``call()`` after its turn."""
+        (self.reads if read else self.writes).wait()
+        started = time.monotonic()
+        try:
+            return call()
+        except Exception as exc:
+            raise self.classify(exc) from exc
+        finally:
+            if self.stats is not None:
+                self.stats.timing(f"{self.prefix}.{operation}",
+                                  int((time.monotonic() - started) * 1000))

@@ -25,6 +25,18 @@ class QuietJSONHandler(BaseHTTPRequestHandler):
             return None
         return json.loads(self.rfile.read(length))
 
+    def send_json(self, status: int, body: Any = None,
+                  headers: dict[str, str] | None = None) -> None:
+        """One answer: ``body`` as JSON (none if None) with ``headers``."""
+        data = b"" if body is None else json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data)
+
 
 class LoopbackService:
     """A simulator's HTTP server: ``start`` binds (port 0: a free one) and

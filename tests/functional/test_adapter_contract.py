@@ -14,7 +14,9 @@ from nodepool.config.loader import build_config
 from nodepool.drivers.base import META_NODE_ID, META_PROVIDER, Instance
 from nodepool.resources import Resources
 
-from launcher_fixtures import FAKE_PROVIDER, aws_provider, sim_provider  # noqa: E402
+from launcher_fixtures import (  # noqa: E402
+    FAKE_PROVIDER, aws_provider, gce_provider, sim_provider,
+)
 from nodepool.testing.openstack_sim import OpenStackSimulator  # noqa: E402
 from nodepool.testing.sshdserver import SSHServer  # noqa: E402
 
@@ -78,6 +80,20 @@ class Aws:
         pass
 
 
+class Gce:
+    """google-api-python-client over HTTP against the GCE simulator (the
+    ``gce`` fixture)."""
+
+    body = "providers:" + gce_provider("gce-adapter")
+    image = None  # the label's cloud image (an image family)
+
+    def __init__(self, request):
+        self.sim = request.getfixturevalue("gce")
+
+    def stop(self):
+        pass
+
+
 class MemCloud:
     body = """
 providers:
@@ -134,7 +150,7 @@ providers:
         self.sim.stop()
 
 
-@pytest.fixture(params=["fake", "openstack", "memcloud", "aws", "kubernetes",
+@pytest.fixture(params=["fake", "openstack", "memcloud", "aws", "gce", "kubernetes",
                         "openshift", "openshiftpods"])
 def cloud(request, tmp_path, monkeypatch):
     if request.param == "fake":
@@ -143,6 +159,8 @@ def cloud(request, tmp_path, monkeypatch):
         instance = OpenStack(tmp_path, monkeypatch)
     elif request.param == "aws":
         instance = Aws(request)
+    elif request.param == "gce":
+        instance = Gce(request)
     elif request.param == "memcloud":
         instance = MemCloud()
     else:

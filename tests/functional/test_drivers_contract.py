@@ -1,5 +1,6 @@
 """One behaviour suite, run against every driver (fake cloud, static hosts,
-the OpenStack simulator, memcloud, AWS through moto's server).
+the OpenStack simulator, memcloud, AWS through moto's server, GCE through
+its simulator).
 
 What a Zuul operator relies on whatever the driver: requests are fulfilled
 with complete nodes, multi-node requests work, used nodes go away and their
@@ -14,7 +15,7 @@ import tempfile
 import pytest
 
 from conftest import wait_until
-from launcher_fixtures import FAKE_PROVIDER, aws_provider, sim_provider
+from launcher_fixtures import FAKE_PROVIDER, aws_provider, gce_provider, sim_provider
 from nodepool.zk.records import NodeState
 
 from nodepool.testing.openstack_sim import OpenStackSimulator  # noqa: E402
@@ -138,6 +139,35 @@ class AwsDriver:
         pass
 
 
+class GceDriver:
+    """google-api-python-client over HTTP against the GCE simulator, whose
+    instances here all have 127.0.0.1 as their external address: a real
+    sshd there answers the host-key scan."""
+
+    name = "gce"
+    connection_type = "ssh"
+    capacity = 3
+    scans_keys = True
+    username = "zuul"  # the cloud image's
+
+    def __init__(self, request):
+        self.sim = request.getfixturevalue("gce")
+        self.sim.set(external_ip="127.0.0.1")
+        self.sshd = SSHServer().start()
+
+    def config(self):
+        return "labels:\n  - name: a\nproviders:" + gce_provider(
+            "gce-contract", pool_extra="        max-servers: 3\n",
+            image_extra=f"        connection-port: {self.sshd.port}\n",
+            host_key_checking=True)
+
+    def live(self):
+        return self.sim.live()
+
+    def stop(self):
+        self.sshd.stop()
+
+
 class MemCloudDriver:
     """A driver that exists only for the tests (tests/memcloud/), added
     through the driver registry alone."""
@@ -223,13 +253,15 @@ providers:
         self.sim.stop()
 
 
-@pytest.fixture(params=["fake", "static", "openstack", "memcloud", "aws", "kubernetes",
-                        "openshift", "openshiftpods"])
+@pytest.fixture(params=["fake", "static", "openstack", "memcloud", "aws", "gce",
+                        "kubernetes", "openshift", "openshiftpods"])
 def driver(request, monkeypatch, tmp_path):
     if request.param == "fake":
         instance = FakeDriver()
     elif request.param == "aws":
         instance = AwsDriver(request)
+    elif request.param == "gce":
+        instance = GceDriver(request)
     elif request.param == "memcloud":
         instance = MemCloudDriver()
     elif request.param == "static":

@@ -8,20 +8,18 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from nodepool.drivers.base import DriverError, NotFound, QuotaError
-from nodepool.drivers.ratelimit import RateLimiter
+from nodepool.drivers.base import NotFound, QuotaError
+from nodepool.drivers.listing import SharedListing, all_pages
+from nodepool.drivers.ratelimit import ApiCalls
 
 if TYPE_CHECKING:  # pragma: no cover
     from nodepool.drivers.aws.config import AwsProvider
 
 log = logging.getLogger("nodepool.drivers.aws")
 
-# Reads (Describe*, List*, Get*) may run this many times as often as ``rate``.
-READ_RATE_FACTOR = 10.0
 # A waiting state machine sees instances at most this long after they change.
 LISTING_INTERVAL = 0.5
 # Instances terminated together in one call (AWS advises small batches).
@@ -91,65 +89,33 @@ class AwsApi:
         self.s3 = session.client("s3", config=config)
         self.quotas = session.client("service-quotas", config=config)
         # ``rate`` is operations per second (OpenStack's is seconds apart).
-        self.writes = RateLimiter(1.0 / provider.rate)
-        self.reads = RateLimiter(1.0 / (provider.rate * READ_RATE_FACTOR))
-        self.stats = stats_client
-        from nodepool.stats import api_task_prefix
-        self.stats_prefix = api_task_prefix(provider.name)
+        self.calls = ApiCalls(provider.name, provider.rate, stats_client, classify)
+        self.writes = self.calls.writes
 
     def call(self, client, method: str, **kwargs) -> dict:
         """``client.<method>(**kwargs)`` after its turn; errors classified."""
         read = method.startswith(("describe_", "list_", "get_", "head_"))
-        (self.reads if read else self.writes).wait()
         operation = "".join(part.title() for part in method.split("_"))
-        started = time.monotonic()
-        try:
-            return getattr(client, method)(**kwargs)
-        except Exception as exc:
-            raise classify(exc) from exc
-        finally:
-            if self.stats is not None:
-                self.stats.timing(f"{self.stats_prefix}.{operation}",
-                                  int((time.monotonic() - started) * 1000))
+        return self.calls.run(operation, read,
+                              lambda: getattr(client, method)(**kwargs))
 
     def pages(self, client, method: str, key: str, **kwargs) -> list[dict]:
         """Every item of a paginated listing, each page rate-limited."""
-        items: list[dict] = []
-        token_key = "ContinuationToken" if client is self.s3 else "NextToken"
-        reply_token = "NextContinuationToken" if client is self.s3 else "NextToken"
-        for _ in range(10_000):  # bounded: a listing that never ends is broken
-            reply = self.call(client, method, **kwargs)
-            items.extend(reply.get(key) or [])
-            token = reply.get(reply_token)
-            if not token:
-                return items
-            kwargs[token_key] = token
-        raise DriverError(f"{method} did not end")
+        s3 = client is self.s3
+        return all_pages(lambda **args: self.call(client, method, **args), kwargs, key,
+                         "NextContinuationToken" if s3 else "NextToken",
+                         "ContinuationToken" if s3 else "NextToken", method)
 
 
-class InstanceListing:
+class InstanceListing(SharedListing):
     """Every live instance, from one paginated DescribeInstances at most
-    every LISTING_INTERVAL while anyone asks: a burst of launches costs one
-    describe per interval, not one per node per poll."""
+    every LISTING_INTERVAL while anyone asks."""
 
     def __init__(self, api: AwsApi, name: str):
         self.api = api
-        self.instances: dict[str, dict] = {}
-        # When the newest completed fetch started (monotonic): it cannot
-        # have missed a change made before then.
-        self.started_at = 0.0
-        self._running = False
-        self._asked_at = 0.0
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name=f"aws-list-{name}",
-                                        daemon=True)
-        self._thread.start()
+        super().__init__(self._describe, f"aws-{name}", LISTING_INTERVAL)
 
-    def fetch(self) -> dict[str, dict]:
-        """A fresh listing, now (blocking)."""
-        started = time.monotonic()
+    def _describe(self) -> dict[str, dict]:
         found = {}
         for reservation in self.api.pages(
                 self.api.ec2, "describe_instances", "Reservations",
@@ -157,42 +123,7 @@ class InstanceListing:
                 MaxResults=1000):
             for instance in reservation.get("Instances") or []:
                 found[instance["InstanceId"]] = instance
-        with self._lock:
-            if started > self.started_at:
-                self.instances, self.started_at = found, started
         return found
-
-    def request(self) -> None:
-        """Someone waits for news: fetch soon (once per interval at most)."""
-        self._asked_at = time.monotonic()
-        self._wake.set()
-
-    def get(self, instance_id: str) -> dict | None:
-        return self.instances.get(instance_id)
-
-    def fresh_since(self, moment: float) -> bool:
-        return self.started_at > moment
-
-    def _run(self) -> None:
-        while not self._stopped:
-            self._wake.wait()
-            self._wake.clear()
-            if self._stopped:
-                return
-            wait = self.started_at + LISTING_INTERVAL - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-            try:
-                self.fetch()
-            except Exception as exc:
-                log.warning("Provider %s: listing instances failed: %s",
-                            self.api.provider.name, exc)
-                time.sleep(LISTING_INTERVAL)
-                self._wake.set()
-
-    def stop(self) -> None:
-        self._stopped = True
-        self._wake.set()
 
 
 class TerminateBatcher:

@@ -9,17 +9,14 @@ from typing import Any
 import voluptuous as v
 
 from nodepool.config import schema as s
-from nodepool.config.model import CloudImage, Pool, PoolLabel, Provider, ProviderDiskImage
+from nodepool.config.model import (
+    CloudImage, Pool, PoolLabel, Provider, ProviderDiskImage, default_port,
+)
 
-DEFAULT_PORTS = {"ssh": 22, "winrm": 5986}
 IMAGE_FORMATS = ("ova", "vhd", "vhdx", "vmdk", "raw")
 IMPORT_METHODS = ("snapshot", "image")
 ALLOCATION_STRATEGIES = ("prioritized", "price-capacity-optimized",
                          "capacity-optimized", "diversified", "lowest-price")
-
-
-def _port(connection_type: str) -> int:
-    return DEFAULT_PORTS.get(connection_type, 22)
 
 
 @dataclass
@@ -111,19 +108,13 @@ class AwsConfig:
             "image-filters": s.ListOf({
                 v.Required(v.Any("name", "Name")): s.Str,
                 v.Required(v.Any("values", "Values")): s.ListOf(s.Str)}),
-            "connection-type": s.Str,
-            "connection-port": s.Port,
-            "python-path": s.Str,
-            "shell-type": s.Str,
+            **s.image_connection,
         }
         diskimage = {
             v.Required("name"): s.NonEmptyStr,
             "username": s.Str,
             "pause": s.Bool,
-            "connection-type": s.Str,
-            "connection-port": s.Port,
-            "python-path": s.Str,
-            "shell-type": s.Str,
+            **s.image_connection,
             "architecture": s.Str,
             "ena-support": s.Bool,
             "volume-size": s.Int,
@@ -201,15 +192,8 @@ class AwsConfig:
         })
         return keys
 
-    def schema(self) -> v.Schema:
-        return v.Schema(self.provider_keys())
-
     def build(self, raw: dict, ctx: s.BuildContext) -> AwsProvider:
-        rate = s.FloatLike(raw.get("rate", 2.0))
-        if rate <= 0:
-            ctx.problem(("rate",), f"must be a positive number of operations per "
-                        f"second, got {raw.get('rate')!r}")
-            rate = 2.0
+        rate = s.operations_per_second(raw, ctx, 2.0)
         provider = AwsProvider(
             name=raw["name"], driver=self.name,
             max_concurrency=raw.get("max-concurrency", -1),
@@ -257,7 +241,7 @@ class AwsConfig:
                 python_path=item.get("python-path", "auto"),
                 shell_type=item.get("shell-type"),
                 connection_type=connection_type,
-                connection_port=item.get("connection-port", _port(connection_type)))
+                connection_port=item.get("connection-port", default_port(connection_type)))
 
     def _build_diskimages(self, raw, provider, ctx) -> None:
         for index, item in enumerate(raw.get("diskimages", [])):
@@ -278,7 +262,7 @@ class AwsConfig:
                 name=name, pause=item.get("pause", False),
                 meta=dict(item.get("tags", {})),
                 connection_type=connection_type,
-                connection_port=item.get("connection-port", _port(connection_type)),
+                connection_port=item.get("connection-port", default_port(connection_type)),
                 username=item.get("username"), python_path=item.get("python-path"),
                 shell_type=item.get("shell-type"),
                 architecture=item.get("architecture", "x86_64"),

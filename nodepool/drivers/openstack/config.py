@@ -8,15 +8,12 @@ from dataclasses import dataclass, field
 import voluptuous as v
 
 from nodepool.config import schema as s
-from nodepool.config.model import CloudImage, Pool, PoolLabel, Provider, ProviderDiskImage
+from nodepool.config.model import (
+    CloudImage, Pool, PoolLabel, Provider, ProviderDiskImage, default_port,
+)
 from nodepool.drivers.openstack import clouds
 
-DEFAULT_PORTS = {"ssh": 22, "winrm": 5986}
 IMAGE_NAME_FIELDS = {"image_name", "timestamp", "upload_id"}
-
-
-def _default_port(connection_type: str) -> int:
-    return DEFAULT_PORTS.get(connection_type, 22)
 
 
 @dataclass
@@ -72,10 +69,7 @@ class OpenStackConfig:
             "image-name": s.Str,
             "config-drive": s.Bool,
             "username": s.Str,
-            "python-path": s.Str,
-            "shell-type": s.Str,
-            "connection-type": s.Str,
-            "connection-port": s.Port,
+            **s.image_connection,
         }
         label = {
             v.Required("name"): s.NonEmptyStr,
@@ -200,7 +194,7 @@ class OpenStackConfig:
                 config_drive=item.get("config-drive"),
                 connection_type=connection_type,
                 connection_port=item.get("connection-port",
-                                         _default_port(connection_type)))
+                                         default_port(connection_type)))
 
     def _build_cloud_images(self, raw, provider, ctx) -> None:
         for index, item in enumerate(raw.get("cloud-images", [])):
@@ -221,7 +215,7 @@ class OpenStackConfig:
                 shell_type=item.get("shell-type"),
                 connection_type=connection_type,
                 connection_port=item.get("connection-port",
-                                         _default_port(connection_type)))
+                                         default_port(connection_type)))
 
     def _build_pool(self, raw, provider, ctx, where) -> Pool:
         pool = OpenStackPool(

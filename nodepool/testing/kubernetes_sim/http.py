@@ -4,7 +4,6 @@ tokens, path parsing, and each kind's create/read/list/delete rules."""
 from __future__ import annotations
 
 import copy
-import json
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -87,13 +86,7 @@ class Handler(QuietJSONHandler):
         return body
 
     def _send(self, status: int, body: Any) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Audit-Id", str(id(body)))
-        self.end_headers()
-        self.wfile.write(data)
+        self.send_json(status, body, {"Audit-Id": str(id(body))})
 
     def _dispatch(self) -> None:
         sim = self.sim

@@ -3,7 +3,6 @@ table; the routes themselves are in ``compute.py`` and ``storage.py``."""
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import uuid
@@ -30,18 +29,12 @@ class Handler(QuietJSONHandler, ComputeRoutes, StorageRoutes):
             return {}
 
     def _send(self, status: int, body: Any = None, headers: dict | None = None) -> None:
-        data = b"" if body is None else json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("X-Openstack-Request-Id", f"req-{uuid.uuid4()}")
+        extra = {"X-Openstack-Request-Id": f"req-{uuid.uuid4()}"}
         if self.path.startswith("/compute"):
-            self.send_header("OpenStack-API-Version", f"compute {COMPUTE_MICROVERSION}")
-            self.send_header("X-OpenStack-Nova-API-Version", COMPUTE_MICROVERSION)
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(data)
+            extra["OpenStack-API-Version"] = f"compute {COMPUTE_MICROVERSION}"
+            extra["X-OpenStack-Nova-API-Version"] = COMPUTE_MICROVERSION
+        extra.update(headers or {})
+        self.send_json(status, body, extra)
 
     def _error(self, status: int, message: str, headers: dict | None = None) -> None:
         kind = {400: "badRequest", 403: "forbidden", 404: "itemNotFound",
