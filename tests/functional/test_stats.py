@@ -20,6 +20,9 @@ def test_gauges_from_one_elected_reporter(env, statsd, zuul):
     second = env.start(path)
     wait_until(lambda: last_value(statsd, "nodepool.nodes.ready") == 1, timeout=20,
                message="one ready node reported")
+    # A report spans several datagrams: wait for its last gauge too.
+    wait_until(lambda: last_value(statsd, "nodepool.tenant_limits.acme_org.cores")
+               is not None, timeout=10, message="the whole report received")
     assert [first.reporter.leader, second.reporter.leader].count(True) == 1
     # Zero-filled states, per provider and label, as dashboards expect.
     assert last_value(statsd, "nodepool.nodes.hold") == 0
