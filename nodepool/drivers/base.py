@@ -21,6 +21,8 @@ from nodepool.config.model import Pool, PoolLabel, Provider, ProviderDiskImage
 from nodepool.resources import Resources
 
 if TYPE_CHECKING:  # pragma: no cover
+    from concurrent.futures import Future
+
     import voluptuous
 
     from nodepool.config.schema import BuildContext
@@ -163,6 +165,25 @@ class StateMachine:
         ``resumes_launches`` override it."""
         if saved.get("external_id") is not None:
             self.external_id = saved["external_id"]
+
+
+class CreateMachine(StateMachine):
+    """A create whose cloud call runs on the adapter's executor (``future``):
+    what such machines of the cloud drivers hold in common."""
+
+    def __init__(self, adapter, hostname: str, label: PoolLabel,
+                 image_id: str | None, metadata: dict[str, str], az: str | None):
+        super().__init__()
+        self.adapter = adapter
+        self.hostname = hostname
+        self.label = label
+        self.image_id = image_id
+        self.metadata = metadata
+        self.node_id = metadata.get(META_NODE_ID)
+        self.az = az
+        self.future: "Future | None" = None
+        # When the cloud accepted the create (monotonic; 0: not yet).
+        self.created_at = 0.0
 
 
 class BackingNodes(Protocol):

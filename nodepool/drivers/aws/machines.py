@@ -10,7 +10,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
 from nodepool.drivers.base import (
-    META_NODE_ID, Instance, LaunchStatusError, NotFound, QuotaError, StateMachine,
+    CreateMachine, Instance, LaunchStatusError, NotFound, QuotaError, StateMachine,
 )
 from nodepool.drivers.aws.api import QUOTA_ERRORS
 
@@ -21,22 +21,12 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("nodepool.drivers.aws")
 
 
-class AwsCreate(StateMachine):
+class AwsCreate(CreateMachine):
     """start -> creating (RunInstances, or CreateFleet, on the executor) ->
     booting (until the shared listing shows it running) -> complete."""
 
-    def __init__(self, adapter: "AwsAdapter", hostname: str, label: "AwsLabel",
-                 image_id: str | None, metadata: dict[str, str], az: str | None):
-        super().__init__()
-        self.adapter = adapter
-        self.hostname = hostname
-        self.label = label
-        self.image_id = image_id
-        self.metadata = metadata
-        self.node_id = metadata.get(META_NODE_ID)
-        self.az = az
-        self.future: Future | None = None
-        self.created_at = 0.0
+    adapter: "AwsAdapter"
+    label: "AwsLabel"
 
     def __repr__(self) -> str:
         return f"<AwsCreate node {self.node_id} {self.external_id or self.hostname}>"

@@ -11,7 +11,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
 from nodepool.drivers.base import (
-    Instance, LaunchStatusError, NotFound, QuotaError, StateMachine,
+    CreateMachine, Instance, LaunchStatusError, NotFound, QuotaError, StateMachine,
 )
 from nodepool.drivers.openstack.api import (
     DIRECT_POLL_LIMIT, VOLUME_WAIT, _raise_for_status, is_quota_message,
@@ -26,18 +26,9 @@ log = logging.getLogger("nodepool.drivers.openstack")
 
 
 
-class OpenStackCreate(StateMachine):
-    def __init__(self, adapter: "OpenStackAdapter", hostname: str, label: OpenStackLabel,
-                 image_id: str | None, metadata: dict[str, str], az: str | None):
-        super().__init__()
-        self.adapter = adapter
-        self.hostname = hostname
-        self.label = label
-        self.image_id = image_id
-        self.metadata = metadata
-        self.az = az
-        self.future: Future | None = None
-        self.created_at = 0.0
+class OpenStackCreate(CreateMachine):
+    adapter: "OpenStackAdapter"
+    label: OpenStackLabel
 
     def _create(self):
         """Submit the create (Nova's JSON body, built here); returns the id."""
