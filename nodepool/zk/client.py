@@ -185,15 +185,38 @@ class _EventualDelete:
     """One znode to delete for sure: retried across connection losses until
     it is gone or the session that owned it has ended."""
 
-    __slots__ = ("path", "prefix", "generation", "done")
+    __slots__ = ("path", "prefix", "generation", "done", "then")
 
-    def __init__(self, path: str, prefix: str | None, generation: int):
+    def __init__(self, path: str, prefix: str | None, generation: int,
+                 then: Callable[[], None] | None = None):
         # With a prefix, ``path`` is a directory and the znodes to delete are
         # its children whose names start with ``prefix``.
         self.path = path
         self.prefix = prefix
         self.generation = generation
         self.done = threading.Event()
+        self.then = then
+
+    def finish(self) -> None:
+        self.done.set()
+        if self.then is not None:
+            self.then()
+
+
+class _Countdown:
+    """Calls ``fn`` once ``count`` calls of :meth:`tick` have been made."""
+
+    def __init__(self, count: int, fn: Callable[[], None]):
+        self._left = count
+        self._lock = threading.Lock()
+        self._fn = fn
+
+    def tick(self) -> None:
+        with self._lock:
+            self._left -= 1
+            last = self._left == 0
+        if last:
+            self._fn()
 
 
 # Errors after which a delete is simply sent again once connected; any other
@@ -228,7 +251,7 @@ class _EventualDeletes:
     def _send(self, op: _EventualDelete) -> None:
         kazoo = self.client.kazoo
         if kazoo is None or op.generation != self.client.session_generation:
-            op.done.set()  # the session ended: its ephemerals went with it
+            op.finish()  # the session ended: its ephemerals went with it
             return
         with self._lock:
             self._in_flight += 1
@@ -241,7 +264,7 @@ class _EventualDeletes:
             with self._lock:
                 self._in_flight -= 1
             log.debug("Cannot delete %s now: %s", op.path, exc)
-            op.done.set()
+            op.finish()
             return
         result.rawlink(lambda answer: self._answered(op, answer))
 
@@ -251,14 +274,18 @@ class _EventualDeletes:
         exc = answer.exception
         if exc is None:
             if op.prefix is not None:
-                # The listing: delete each child of ours, then we are done.
-                for child in answer.value:
-                    if child.startswith(op.prefix):
+                # The listing: delete each child of ours; we are done once
+                # every one of those deletes is.
+                children = [c for c in answer.value if c.startswith(op.prefix)]
+                if children:
+                    countdown = _Countdown(len(children), op.finish)
+                    for child in children:
                         self._send(_EventualDelete(f"{op.path}/{child}", None,
-                                                   op.generation))
-            op.done.set()
+                                                   op.generation, countdown.tick))
+                    return
+            op.finish()
         elif isinstance(exc, NoNodeError):
-            op.done.set()
+            op.finish()
         elif isinstance(exc, _RETRYABLE) and not self.client.closing \
                 and op.generation == self.client.session_generation:
             with self._lock:
@@ -269,7 +296,7 @@ class _EventualDeletes:
         else:
             if not isinstance(exc, (SessionExpiredError, ConnectionClosedError)):
                 log.warning("Cannot delete %s: %r", op.path, exc)
-            op.done.set()
+            op.finish()
 
     def flush(self) -> None:
         """Send again what waited for the connection (on reconnection)."""
@@ -283,7 +310,7 @@ class _EventualDeletes:
         with self._lock:
             waiting, self._waiting = self._waiting, []
         for op in waiting:
-            op.done.set()
+            op.finish()
 
 
 class ZooKeeperClient:
