@@ -31,6 +31,9 @@ class BuildWorker(BuilderWorker):
     def __init__(self, builder: Builder, index: int, interval: float):
         super().__init__(builder, f"BuildWorker.{index}", interval)
         self.status: dict[str, int] = {}
+        # Diskimage -> when its last build failed here. A failed build's own
+        # record wakes the workers; without this it would be retried at once.
+        self._failed_at: dict[str, float] = {}
 
     def run_once(self) -> None:
         config = self.builder.current_config()
@@ -48,6 +51,9 @@ class BuildWorker(BuilderWorker):
             self.status[diskimage.name] = PAUSED
             return False
         self.status[diskimage.name] = IDLE
+        failed_at = self._failed_at.get(diskimage.name)
+        if failed_at is not None and time.monotonic() - failed_at < self.interval:
+            return False  # retried on a later periodic pass
         return bool(diskimage.formats)
 
     def scheduled_build(self, config: Config, diskimage: DiskImage) -> None:
@@ -144,6 +150,10 @@ class BuildWorker(BuilderWorker):
         else:
             log.info("Build %s-%s ready in %.1fs", name, record.id, result.seconds)
         self.builder.stats.build_finished(name, result, base, final.formats)
+        if ready:
+            self._failed_at.pop(name, None)
+        else:
+            self._failed_at[name] = time.monotonic()
         if not self.store.update_build(final):
             log.error("Build %s-%s: its record is gone (removed while this builder "
                       "was away); deleting the local files", name, record.id)

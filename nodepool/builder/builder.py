@@ -130,9 +130,10 @@ class Builder:
                  self.images_dir)
 
     def stop(self, grace: float = 60.0) -> None:
-        """Builds in progress get ``grace`` seconds to finish, then their DIB
-        process groups are killed and they are recorded failed. Uploads are
-        not waited for: their records are cleaned up by any builder later."""
+        """Builds and uploads in progress get ``grace`` seconds to finish.
+        Builds still running then have their DIB process groups killed and are
+        recorded failed. Uploads still running are left: any builder removes
+        their records later, and the launchers' leak cleanup their images."""
         log.info("Builder stopping")
         self.running.clear()
         # Out of reach of ZooKeeper nothing can be recorded: builds are not
@@ -151,6 +152,10 @@ class Builder:
             self.dib_stop.set()
             for worker in self.build_workers:
                 worker.join(30)
+        for worker in self.upload_workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        if any(worker.alive for worker in self.upload_workers):
+            log.warning("Uploads still running after %.0fs; leaving them", grace)
         if self.cleanup_worker is not None:
             self.cleanup_worker.stop()
         with self._adapter_lock:

@@ -32,6 +32,10 @@ class UploadWorker(BuilderWorker):
     def __init__(self, builder: Builder, index: int, interval: float):
         super().__init__(builder, f"UploadWorker.{index}", interval)
         self.status: dict[tuple[str, str], int] = {}
+        # (image, build id, provider) -> when its last upload failed. Every
+        # record written wakes the workers, so without this a failing upload
+        # would be retried at once, over and over, against the cloud.
+        self._failed_at: dict[tuple[str, str, str], float] = {}
 
     def run_once(self) -> None:
         config = self.builder.current_config()
@@ -77,10 +81,16 @@ class UploadWorker(BuilderWorker):
             return False  # built elsewhere, or pruned
         if provider.image_type not in build.formats:
             return False
+        attempt = (name, build.id, provider.name)
+        failed_at = self._failed_at.get(attempt)
+        if failed_at is not None and time.monotonic() - failed_at < self.interval:
+            return False  # retried on a later periodic pass
         lock = self.store.lock_upload(name, build.id, provider.name)
         if lock is None:
             return False
         try:
+            if self.should_stop:
+                return False
             if self._has_ready_upload(name, build.id, provider.name):
                 return False
             build = self.store.get_build(name, build.id)
@@ -99,7 +109,11 @@ class UploadWorker(BuilderWorker):
             finally:
                 self.status[key] = IDLE
             self.store.store_upload(result)
-            return result.state == UploadState.READY
+            if result.state == UploadState.READY:
+                self._failed_at.pop(attempt, None)
+                return True
+            self._failed_at[attempt] = time.monotonic()
+            return False
         finally:
             lock.release()
 

@@ -179,7 +179,8 @@ def test_scheduled_rebuilds_keep_exactly_two_builds_and_uploads(env, store, tmp_
     assert len(os.listdir(tmp_path / "logs")) <= 2
 
 
-def test_failed_build_keeps_its_log_and_is_cleaned_up(env, store, tmp_path, statsd):
+def test_failed_build_keeps_its_log_and_is_cleaned_up(env, store, tmp_path, statsd,
+                                                     caplog):
     env.start_builder(env.config(with_dib_env(config_text(tmp_path),
                                               FAKE_DIB_FAIL="127")))
     wait_for_log(tmp_path, "Exit code: 127", "a failed build's log")
@@ -195,6 +196,15 @@ def test_failed_build_keeps_its_log_and_is_cleaned_up(env, store, tmp_path, stat
     assert statsd.wait_for(lambda keys: "nodepool.dib_image_build.ubuntu.status.rc"
                            in keys)
     assert "nodepool.dib_image_build.ubuntu.status.rc:127|g" in statsd.packets
+    # A failing build is retried once per build interval (0.5 s here), not
+    # at once on its own record's event.
+    started = time.monotonic()
+    time.sleep(2.0)
+    window = time.monotonic() - started
+    failures = [r.created for r in caplog.records
+                if "failed (exit code 127)" in r.getMessage()]
+    in_window = [t for t in failures if t >= time.time() - window]
+    assert len(in_window) <= 1 + window / 0.5, failures
 
 
 def test_disk_full_gives_a_failed_build_with_the_log(env, store, tmp_path):
@@ -438,16 +448,22 @@ def test_post_upload_hook(env, store, tmp_path):
     assert marker.read_text().split()[:2] == ["fake-cloud", upload.external_id]
 
 
-def test_failing_post_upload_hook_fails_the_upload(env, store, tmp_path):
+def test_failing_post_upload_hook_fails_the_upload(env, store, tmp_path, caplog):
     text = config_text(tmp_path, provider_extra="    post-upload-hook: /bin/false\n")
     builder = env.start_builder(env.config(text))
     wait_until(lambda: [u for b in store.get_builds("ubuntu")
                         for u in store.get_uploads("ubuntu", b.id, "fake-cloud")
                         if int(u.id) >= 1], timeout=30, message="upload attempted")
     # The upload is retried for ever, so the builder never settles: give the
-    # second attempt time to fail too.
-    time.sleep(1.0)
+    # next attempts time to fail too.
+    time.sleep(2.0)
     assert not ready_uploads(store)
+    # Failed attempts are retried once per upload interval (0.5 s here, two
+    # workers), not at once on their own record's event.
+    # (Failed records are removed by the cleanup, so count the hook's runs.)
+    attempts = sum("post-upload-hook /bin/false exited" in r.getMessage()
+                   for r in caplog.records)
+    assert 1 <= attempts <= 10, attempts
     # Nothing of ours stays in the cloud once no attempt is in progress (a
     # snapshot taken mid-attempt sees the image before its hook failed).
     builder.stop()
