@@ -56,6 +56,7 @@ class _BarrierWaiter:
     def wait(self, timeout: float) -> bool:
         return self.event.wait(timeout) and self.ok
 
+
 # Listener signature: (kind, key, record) where kind is "changed" or "deleted".
 Listener = Callable[[str, object, object], None]
 
