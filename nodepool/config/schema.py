@@ -333,6 +333,16 @@ def operations_per_second(raw: dict, ctx: "BuildContext", default: float) -> flo
     return rate
 
 
+def check_diskimage_reference(ctx: "BuildContext", where: tuple, name: str) -> None:
+    """A provider's ``diskimages[].name`` must name a concrete top-level
+    diskimage (aws, azure)."""
+    if name in ctx.abstract_diskimages:
+        ctx.problem(where, f"diskimage {name!r} is abstract and cannot be uploaded")
+    elif name not in ctx.diskimages:
+        ctx.problem(where, f"unknown diskimage {name!r} (not defined in the "
+                    "top-level diskimages)")
+
+
 def validate(schema: v.Schema, data: Any, prefix: tuple = ()) -> list[Problem]:
     """Run a schema; return its errors as problems with full key paths."""
     try:

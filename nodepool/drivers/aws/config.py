@@ -247,12 +247,7 @@ class AwsConfig:
         for index, item in enumerate(raw.get("diskimages", [])):
             name = item["name"]
             where = ("diskimages", index)
-            if name in ctx.abstract_diskimages:
-                ctx.problem(where + ("name",), f"diskimage {name!r} is abstract and "
-                            "cannot be uploaded")
-            elif name not in ctx.diskimages:
-                ctx.problem(where + ("name",), f"unknown diskimage {name!r} (not "
-                            "defined in the top-level diskimages)")
+            s.check_diskimage_reference(ctx, where + ("name",), name)
             method = item.get("import-method", "snapshot")
             if item.get("imds-support") == "v2.0" and method == "image":
                 ctx.problem(where + ("imds-support",), "v2.0 needs import-method "
