@@ -1,6 +1,6 @@
 """One behaviour suite, run against every driver (fake cloud, static hosts,
-the OpenStack simulator, memcloud, AWS through moto's server, GCE through
-its simulator).
+the OpenStack simulator, memcloud, AWS through moto's server, GCE and Azure
+through their simulators).
 
 What a Zuul operator relies on whatever the driver: requests are fulfilled
 with complete nodes, multi-node requests work, used nodes go away and their
@@ -15,7 +15,9 @@ import tempfile
 import pytest
 
 from conftest import wait_until
-from launcher_fixtures import FAKE_PROVIDER, aws_provider, gce_provider, sim_provider
+from launcher_fixtures import (
+    FAKE_PROVIDER, aws_provider, azure_provider, gce_provider, sim_provider,
+)
 from nodepool.zk.records import NodeState
 
 from nodepool.testing.openstack_sim import OpenStackSimulator  # noqa: E402
@@ -168,6 +170,35 @@ class GceDriver:
         self.sshd.stop()
 
 
+class AzureDriver:
+    """Our ARM client over HTTP against the Azure simulator, whose public
+    addresses here are all 127.0.0.1: a real sshd there answers the
+    host-key scan."""
+
+    name = "azure"
+    connection_type = "ssh"
+    capacity = 3
+    scans_keys = True
+    username = "zuul"  # the cloud image's
+
+    def __init__(self, request):
+        self.sim = request.getfixturevalue("azure")
+        self.sim.set(public_ip="127.0.0.1")
+        self.sshd = SSHServer().start()
+
+    def config(self):
+        return "labels:\n  - name: a\nproviders:" + azure_provider(
+            "azure-contract", pool_extra="        max-servers: 3\n",
+            image_extra=f"        connection-port: {self.sshd.port}\n",
+            host_key_checking=True)
+
+    def live(self):
+        return self.sim.live()
+
+    def stop(self):
+        self.sshd.stop()
+
+
 class MemCloudDriver:
     """A driver that exists only for the tests (tests/memcloud/), added
     through the driver registry alone."""
@@ -254,7 +285,7 @@ providers:
 
 
 @pytest.fixture(params=["fake", "static", "openstack", "memcloud", "aws", "gce",
-                        "kubernetes", "openshift", "openshiftpods"])
+                        "azure", "kubernetes", "openshift", "openshiftpods"])
 def driver(request, monkeypatch, tmp_path):
     if request.param == "fake":
         instance = FakeDriver()
@@ -262,6 +293,8 @@ def driver(request, monkeypatch, tmp_path):
         instance = AwsDriver(request)
     elif request.param == "gce":
         instance = GceDriver(request)
+    elif request.param == "azure":
+        instance = AzureDriver(request)
     elif request.param == "memcloud":
         instance = MemCloudDriver()
     elif request.param == "static":

@@ -130,6 +130,10 @@ class AzureAdapter(Adapter):
                  hostname, label.name, label.vm_size)
         return lro
 
+    def tag_disk(self, hostname: str, metadata: dict[str, str]) -> Lro:
+        return self.api.begin("PATCH", self.api.resource_path(
+            DISK, bodies.disk_name(hostname)), DISK, {"tags": bodies.tags(metadata)})
+
     def describe(self, hostname: str, label: AzureLabel | None = None) -> Instance:
         """The VM and the addresses of its NIC and public IPs, fresh."""
         vm = self.api.get(self.api.resource_path(VM, hostname), VM)

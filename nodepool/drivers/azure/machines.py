@@ -104,7 +104,7 @@ class StepMachine:
 class AzureCreate(StepMachine, CreateMachine):
     """start -> group (the resource group, once per adapter) -> pip-IPv4 /
     pip-IPv6 (the public addresses asked for) -> nic -> vm (until ARM says
-    it succeeded) -> describe (its addresses) -> complete. The node's cloud
+    it succeeded) -> disk-tags -> describe (its addresses) -> complete. The node's cloud
     id (the VM's name) is known before the first resource is made, so a
     failed attempt's resources are deleted with it."""
 
@@ -126,6 +126,10 @@ class AzureCreate(StepMachine, CreateMachine):
              lambda: adapter.create_nic(name, label, self.metadata)),
             ("vm", "Microsoft.Compute/virtualMachines",
              lambda: adapter.create_vm(name, label, self.image_id, self.metadata)),
+            # ARM does not give the OS disk the VM's tags: without them a
+            # disk left behind could not be told from someone else's.
+            ("disk-tags", "Microsoft.Compute/disks",
+             lambda: adapter.tag_disk(name, self.metadata)),
             ("describe", "Microsoft.Compute/virtualMachines",
              lambda: adapter.describe(name, label)),
         ]
