@@ -323,7 +323,7 @@ pool_common = {
 
 
 def operations_per_second(raw: dict, ctx: "BuildContext", default: float) -> float:
-    """A provider's ``rate`` as operations per second (aws, gce): a positive
+    """A provider's ``rate`` as operations per second (aws, gce, azure): a positive
     number, else a problem and the default."""
     rate = FloatLike(raw.get("rate", default))
     if rate <= 0:
