@@ -343,6 +343,27 @@ def check_diskimage_reference(ctx: "BuildContext", where: tuple, name: str) -> N
                     "top-level diskimages)")
 
 
+def check_label_references(ctx: "BuildContext", where: tuple, raw: dict, provider,
+                           diskimages: bool = True) -> None:
+    """A pool label's name is a top-level label, and what it boots (exactly
+    one of its diskimage and cloud-image, where diskimages are offered) is
+    one of its provider's."""
+    name = raw["name"]
+    if name not in ctx.labels:
+        ctx.problem(where + ("name",), f"label {name!r} is not defined in the "
+                    "top-level labels")
+    if diskimages and ("diskimage" in raw) == ("cloud-image" in raw):
+        ctx.problem(where, "exactly one of 'diskimage' or 'cloud-image' is required")
+    image = raw.get("diskimage")
+    if image is not None and image not in provider.diskimages:
+        ctx.problem(where + ("diskimage",), f"diskimage {image!r} is not in this "
+                    "provider's diskimages")
+    cloud_image = raw.get("cloud-image")
+    if cloud_image is not None and cloud_image not in provider.cloud_images:
+        ctx.problem(where + ("cloud-image",), f"unknown cloud-image "
+                    f"{cloud_image!r} (not in this provider's cloud-images)")
+
+
 def validate(schema: v.Schema, data: Any, prefix: tuple = ()) -> list[Problem]:
     """Run a schema; return its errors as problems with full key paths."""
     try:

@@ -52,6 +52,14 @@ def create(adapter, label, node_id="0000000001", image_id=None):
     return run(machine)
 
 
+def with_image(spec: str) -> str:
+    """The usual provider, its cloud image booting ``spec`` instead of its
+    marketplace image."""
+    body = azure_provider("azure")
+    return body[:body.index("        image-reference:")] + f"        {spec}\n" + \
+        body[body.index("    pools:"):]
+
+
 def node_parts(node_id: str) -> dict[str, list[str]]:
     name = f"np{node_id}"
     return {"virtualMachines": [name], "networkInterfaces": [f"{name}-nic"],
@@ -150,11 +158,7 @@ def test_what_a_cloud_image_boots(azure, spec, expected):
     azure.add("images", "ci-20240101", {"family": "ci"})
     newest = azure.add("images", "ci-20240301", {"family": "ci"})
     azure.add("images", "other-20250101", {"family": "other"})
-    body = azure_provider("azure").replace(
-        "        image-reference:\n", f"        {spec}\n        x-reference:\n")
-    body = body[:body.index("        x-reference:")] + body[body.index(
-        "    pools:"):]
-    provider = provider_of(body)
+    provider = provider_of(with_image(spec))
     adapter = drivers.make_adapter(provider)
     try:
         label = provider.pools["main"].labels["a"]
@@ -168,10 +172,7 @@ def test_what_a_cloud_image_boots(azure, spec, expected):
 
 
 def test_a_filter_matching_nothing_makes_the_label_not_ready(azure):
-    body = azure_provider("azure")
-    body = body[:body.index("        image-reference:")] + \
-        "        image-filter: {name: nothing-like-this}\n" + body[body.index("    pools:"):]
-    provider = provider_of(body)
+    provider = provider_of(with_image("image-filter: {name: nothing-like-this}"))
     adapter = drivers.make_adapter(provider)
     try:
         assert not adapter.label_ready(provider.pools["main"].labels["a"])
@@ -209,13 +210,13 @@ def test_a_quota_refusal_defers_the_request_and_leaves_nothing(env, azure, zuul)
     assert len(azure.live()) == 1
 
 
-@pytest.mark.parametrize("at_once", [False, True], ids=["AllocationFailed",
-                                                         "SkuNotAvailable"])
+@pytest.mark.parametrize("at_once", [False, True],
+                         ids=["AllocationFailed", "SkuNotAvailable"])
 def test_capacity_refusals_are_quota_errors_by_vm_size(azure, adapter, at_once):
     azure.set(**{"sku_unavailable" if at_once else "capacity_failures": 1})
     label = adapter.provider.pools["main"].labels["a"]
-    with pytest.raises(QuotaError, match="SkuNotAvailable" if at_once
-                       else "AllocationFailed"):
+    expected = "SkuNotAvailable" if at_once else "AllocationFailed"
+    with pytest.raises(QuotaError, match=expected):
         create(adapter, label)
     assert adapter.capacity_key(label) == "Standard_B2s"
 

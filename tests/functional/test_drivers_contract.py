@@ -141,62 +141,51 @@ class AwsDriver:
         pass
 
 
-class GceDriver:
-    """google-api-python-client over HTTP against the GCE simulator, whose
-    instances here all have 127.0.0.1 as their external address: a real
-    sshd there answers the host-key scan."""
+class SimulatedCloudDriver:
+    """A cloud driver over HTTP against our simulator of its API (the
+    fixture of the driver's name), whose instances here all have 127.0.0.1
+    as their public address: a real sshd there answers the host-key scan."""
+
+    connection_type = "ssh"
+    capacity = 3
+    scans_keys = True
+    username = "zuul"  # the cloud image's
+
+    def __init__(self, request, provider, address_knob):
+        self.sim = request.getfixturevalue(self.name)
+        self.sim.set(**{address_knob: "127.0.0.1"})
+        self.sshd = SSHServer().start()
+        self.provider = provider
+
+    def config(self):
+        return "labels:\n  - name: a\nproviders:" + self.provider(
+            f"{self.name}-contract", pool_extra="        max-servers: 3\n",
+            image_extra=f"        connection-port: {self.sshd.port}\n",
+            host_key_checking=True)
+
+    def live(self):
+        return self.sim.live()
+
+    def stop(self):
+        self.sshd.stop()
+
+
+class GceDriver(SimulatedCloudDriver):
+    """google-api-python-client against the GCE simulator."""
 
     name = "gce"
-    connection_type = "ssh"
-    capacity = 3
-    scans_keys = True
-    username = "zuul"  # the cloud image's
 
     def __init__(self, request):
-        self.sim = request.getfixturevalue("gce")
-        self.sim.set(external_ip="127.0.0.1")
-        self.sshd = SSHServer().start()
-
-    def config(self):
-        return "labels:\n  - name: a\nproviders:" + gce_provider(
-            "gce-contract", pool_extra="        max-servers: 3\n",
-            image_extra=f"        connection-port: {self.sshd.port}\n",
-            host_key_checking=True)
-
-    def live(self):
-        return self.sim.live()
-
-    def stop(self):
-        self.sshd.stop()
+        super().__init__(request, gce_provider, "external_ip")
 
 
-class AzureDriver:
-    """Our ARM client over HTTP against the Azure simulator, whose public
-    addresses here are all 127.0.0.1: a real sshd there answers the
-    host-key scan."""
+class AzureDriver(SimulatedCloudDriver):
+    """Our ARM client against the Azure simulator."""
 
     name = "azure"
-    connection_type = "ssh"
-    capacity = 3
-    scans_keys = True
-    username = "zuul"  # the cloud image's
 
     def __init__(self, request):
-        self.sim = request.getfixturevalue("azure")
-        self.sim.set(public_ip="127.0.0.1")
-        self.sshd = SSHServer().start()
-
-    def config(self):
-        return "labels:\n  - name: a\nproviders:" + azure_provider(
-            "azure-contract", pool_extra="        max-servers: 3\n",
-            image_extra=f"        connection-port: {self.sshd.port}\n",
-            host_key_checking=True)
-
-    def live(self):
-        return self.sim.live()
-
-    def stop(self):
-        self.sshd.stop()
+        super().__init__(request, azure_provider, "public_ip")
 
 
 class MemCloudDriver:

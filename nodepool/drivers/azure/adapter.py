@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 from nodepool.config.model import ProviderDiskImage
 from nodepool.drivers.azure.api import ArmApi, Lro, last_part, tags_of
@@ -18,6 +17,7 @@ from nodepool.drivers.azure import resources as bodies
 from nodepool.drivers.base import (
     META_NODE_ID, Adapter, Instance, NotFound, Resource, RuntimeConfigurationError,
 )
+from nodepool.drivers.ratelimit import cloud_executor
 from nodepool.resources import Resources
 
 log = logging.getLogger("nodepool.drivers.azure")
@@ -69,9 +69,7 @@ class AzureAdapter(Adapter):
         super().__init__(provider)
         from nodepool.stats import make_client
         self.api = ArmApi(provider, make_client())
-        workers = max(2, min(int(provider.rate * 4), 8))
-        self.executor = ThreadPoolExecutor(max_workers=workers,
-                                           thread_name_prefix=f"azure-{provider.name}")
+        self.executor = cloud_executor("azure", provider.name, provider.rate)
         self.sizes = VmSizes(self.api, provider.location)
         self.images = bodies.ImageChooser(self.api, provider)
         self.uploader = Uploader(self.api, provider)

@@ -315,7 +315,6 @@ class ArmApi:
             lro.kind = "done"
         return True
 
-
     def wait(self, lro: Lro, kind: str, timeout: float = 3600.0) -> Any:
         """Poll until the operation ends (blocking: only for the builder's
         and the cleanup's threads); returns its result."""

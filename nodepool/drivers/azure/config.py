@@ -46,14 +46,10 @@ class AzureDiskImage(ProviderDiskImage):
 
 
 @dataclass
-class AzureLabel(PoolLabel):
-    vm_size: str = ""
-    # Base64, as ARM takes them (upstream encodes them at load too).
-    user_data: str | None = None
-    custom_data: str | None = None
-    volume_size: int | None = None
-    # The pool's network settings, copied here so a launch needs only its label.
-    pool_name: str = ""
+class NetworkSettings:
+    """A pool's addresses: private ones of each family, public ones, and
+    which is the node's ``interface_ip``."""
+
     ipv4: bool = True
     ipv6: bool = False
     public_ipv4: bool = True
@@ -62,12 +58,20 @@ class AzureLabel(PoolLabel):
 
 
 @dataclass
-class AzurePool(Pool):
-    ipv4: bool = True
-    ipv6: bool = False
-    public_ipv4: bool = True
-    public_ipv6: bool = False
-    use_internal_ip: bool = False
+class AzureLabel(NetworkSettings, PoolLabel):
+    vm_size: str = ""
+    # Base64, as ARM takes them (upstream encodes them at load too).
+    user_data: str | None = None
+    custom_data: str | None = None
+    volume_size: int | None = None
+    # The pool's network settings (NetworkSettings) are copied to each of
+    # its labels, so a launch needs only its label.
+    pool_name: str = ""
+
+
+@dataclass
+class AzurePool(NetworkSettings, Pool):
+    pass
 
 
 @dataclass
@@ -307,21 +311,8 @@ class AzureConfig:
         return pool
 
     def _build_label(self, raw, pool: AzurePool, provider, ctx, where) -> AzureLabel:
-        name = raw["name"]
-        if name not in ctx.labels:
-            ctx.problem(where + ("name",), f"label {name!r} is not defined in the "
-                        "top-level labels")
-        if ("diskimage" in raw) == ("cloud-image" in raw):
-            ctx.problem(where, "exactly one of 'diskimage' or 'cloud-image' is "
-                        "required")
-        image = raw.get("diskimage")
-        if image is not None and image not in provider.diskimages:
-            ctx.problem(where + ("diskimage",), f"diskimage {image!r} is not in this "
-                        "provider's diskimages")
-        cloud_image = raw.get("cloud-image")
-        if cloud_image is not None and cloud_image not in provider.cloud_images:
-            ctx.problem(where + ("cloud-image",), f"unknown cloud-image "
-                        f"{cloud_image!r} (not in this provider's cloud-images)")
+        s.check_label_references(ctx, where, raw, provider)
+        name, image, cloud_image = raw["name"], raw.get("diskimage"), raw.get("cloud-image")
         size = raw.get("volume-size")
         if size is not None and size <= 0:
             ctx.problem(where + ("volume-size",), f"must be a positive number of GB, "

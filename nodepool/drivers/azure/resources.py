@@ -6,14 +6,11 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nodepool.drivers.azure.api import ArmApi, tags_of
 from nodepool.drivers.azure.config import AzureCloudImage, AzureLabel, AzureProvider
 from nodepool.drivers.base import ImageUnavailable
-
-if TYPE_CHECKING:  # pragma: no cover
-    pass
 
 # The launcher's OpenStack-style "groups" entry means nothing to Azure.
 SKIPPED_METADATA = ("groups",)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from nodepool.testing.azure_sim.http import ApiError, Handler
-from nodepool.testing.loopback import LoopbackService
+from nodepool.testing.loopback import Knobbed, LoopbackService
 
 SUBSCRIPTION = "00000000-0000-0000-0000-00000000c0de"
 TENANT = "11111111-2222-3333-4444-555555555555"
@@ -99,7 +99,7 @@ class State:
     calls: dict[str, int] = field(default_factory=dict)
 
 
-class AzureSimulator(LoopbackService):
+class AzureSimulator(Knobbed, LoopbackService):
     def __init__(self, host: str = "127.0.0.1", port: int = 0, **knobs):
         self.host = host
         self.port = port
@@ -139,21 +139,6 @@ class AzureSimulator(LoopbackService):
         return str(path)
 
     # -- control ----------------------------------------------------------------------
-
-    def set(self, **knobs) -> None:
-        with self.lock:
-            for key, value in knobs.items():
-                if not hasattr(self.knobs, key):
-                    raise AttributeError(f"no knob {key}")
-                setattr(self.knobs, key, value)
-
-    def calls(self) -> dict[str, int]:
-        """Requests so far, by ``METHOD kind`` (e.g. ``PUT virtualMachines``)."""
-        with self.lock:
-            return dict(self.state.calls)
-
-    def count(self, name: str) -> None:
-        self.state.calls[name] = self.state.calls.get(name, 0) + 1
 
     def revoke_tokens(self) -> None:
         with self.lock:
