@@ -8,6 +8,7 @@ this machine's: pools here have host-key-checking off.
 """
 
 import base64
+import os
 import time
 
 import pytest
@@ -19,9 +20,10 @@ from nodepool import drivers
 from nodepool.config.loader import build_config
 from nodepool.drivers.base import QuotaError
 from nodepool.testing.azure_sim import FEDERATED_TOKEN, SUBSCRIPTION, TENANT
+from nodepool.zk.records import UploadState
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDtest zuul@nodepool"
-RG = "/subscriptions/" + SUBSCRIPTION + "/resourceGroups/"
+DIB = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "fake-image-create")
 
 
 def start(env, labels=("a",), **extras):
@@ -233,15 +235,15 @@ def test_after_a_capacity_refusal_the_launch_moves_on(env, azure, zuul):
 
 
 def test_throttling_and_an_expired_token_are_survived(env, azure, zuul):
-    launcher = start(env)
+    start(env)
     azure.set(throttle=2)
     azure.revoke_tokens()
     tokens = azure.calls()["token"]
     request = zuul.wait_for_request(zuul.submit(["a"]), timeout=30)
     assert request["state"] == "fulfilled"
     calls = azure.calls()
+    # Each throttled call was retried; the revoked token was replaced once.
     assert calls["throttled"] == 2 and calls["token"] == tokens + 1
-    assert launcher.managers["azure"].adapter.api.tokens.credentials.tenant_id == TENANT
 
 
 def test_a_failed_delete_is_retried(env, azure, zuul):
@@ -362,3 +364,48 @@ def test_without_readable_credentials_the_provider_is_unavailable(azure, tmp_pat
     with pytest.raises(drivers.DriverUnavailable, match="provider azure: cannot read "
                        "the Azure credentials"):
         drivers.make_adapter(provider_of(body))
+
+
+def test_arm_requests_are_timed_in_statsd(env, azure, zuul, statsd):
+    start(env)
+    zuul.wait_for_request(zuul.submit(["a"]), timeout=30)
+    assert statsd.wait_for(lambda keys: {"nodepool.task.azure.VirtualMachinesPut",
+                                         "nodepool.task.azure.NetworkInterfacesPut",
+                                         "nodepool.task.azure.OperationsGet",
+                                         "nodepool.task.azure.LocationsList"} <= keys)
+
+
+def test_the_builder_uploads_a_diskimage_the_launcher_boots(env, azure, store, zuul,
+                                                            tmp_path):
+    (tmp_path / "images").mkdir()
+    body = azure_provider("azure").replace(
+        "            cloud-image: ubuntu\n", "            diskimage: debian\n") + \
+        "    diskimages:\n      - name: debian\n        tags: {team: ci}\n"
+    path = env.config(f"""images-dir: {tmp_path / "images"}
+build-log-dir: {tmp_path / "logs"}
+labels:
+  - name: a
+diskimages:
+  - name: debian
+    elements: [debian-minimal, vm]
+    dib-cmd: {DIB}
+    username: ci
+providers:{body}""")
+    env.start_builder(path)
+    wait_until(lambda: [u for b in store.get_builds("debian")
+                        for u in store.get_uploads("debian", b.id, "azure")
+                        if u.state == UploadState.READY], timeout=60,
+               message="a ready upload")
+    [build] = store.get_builds("debian")
+    [upload] = store.get_uploads("debian", build.id, "azure")
+    [image] = azure.live("images").values()
+    assert image["id"] == upload.external_id and image["name"] == upload.external_name
+    assert image["tags"] == {"nodepool_build_id": build.id, "nodepool_upload_id": upload.id,
+                             "nodepool_provider_name": "azure", "team": "ci"}
+    assert "disks" not in azure.everything()
+    env.start(path)
+    node = zuul.get_node(zuul.wait_for_request(zuul.submit(["a"]), timeout=30)["nodes"][0])
+    assert node["username"] == "ci"
+    [vm] = azure.live().values()
+    assert vm["properties"]["storageProfile"]["imageReference"] == {"id": image["id"]}
+    assert vm["properties"]["osProfile"]["adminUsername"] == "ci"

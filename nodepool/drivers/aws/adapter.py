@@ -10,7 +10,7 @@ import re
 
 from nodepool.config.model import ProviderDiskImage
 from nodepool.drivers.base import (
-    META_PROVIDER, Adapter, Instance, NotFound, Resource,
+    META_PROVIDER, Adapter, Instance, NotFound, Resource, cloud_image_found,
 )
 from nodepool.drivers.aws.api import (
     AwsApi, InstanceListing, TerminateBatcher, tag_dict,
@@ -247,14 +247,7 @@ class AwsAdapter(Adapter):
         return limits
 
     def label_ready(self, label: AwsLabel) -> bool:
-        if not label.cloud_image:
-            return True
-        try:
-            self.launcher.cloud_image_id(label)
-            return True
-        except Exception as exc:
-            log.warning("Provider %s: label %s: %s", self.provider.name, label.name, exc)
-            return False
+        return cloud_image_found(self, label, lambda: self.launcher.cloud_image_id(label))
 
     # -- images ----------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from nodepool.drivers.azure.machines import AzureCreate, AzureDelete
 from nodepool.drivers.azure import resources as bodies
 from nodepool.drivers.base import (
     META_NODE_ID, Adapter, Instance, NotFound, Resource, RuntimeConfigurationError,
+    cloud_image_found,
 )
 from nodepool.drivers.ratelimit import cloud_executor
 from nodepool.resources import Resources
@@ -268,14 +269,7 @@ class AzureAdapter(Adapter):
         return label.vm_size
 
     def label_ready(self, label: AzureLabel) -> bool:
-        if not label.cloud_image:
-            return True
-        try:
-            self.images.reference(label, None)
-            return True
-        except Exception as exc:
-            log.warning("Provider %s: label %s: %s", self.provider.name, label.name, exc)
-            return False
+        return cloud_image_found(self, label, lambda: self.images.reference(label, None))
 
     # -- images ------------------------------------------------------------------------------
 

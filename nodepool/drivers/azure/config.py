@@ -282,7 +282,10 @@ class AzureConfig:
                 meta=dict(item.get("tags", {})),
                 connection_type=connection_type,
                 connection_port=item.get("connection-port", default_port(connection_type)),
-                username=item.get("username"), python_path=item.get("python-path"),
+                # The VM's admin account: the diskimage's user unless given.
+                username=item.get("username", getattr(
+                    ctx.diskimages.get(name), "username", None)),
+                python_path=item.get("python-path"),
                 shell_type=item.get("shell-type"),
                 key=item.get("key", provider.zuul_public_key))
 

@@ -10,7 +10,7 @@ import time
 
 from nodepool.drivers.base import (
     META_NODE_ID, Adapter, Instance, LaunchError, NotFound, Resource,
-    RuntimeConfigurationError,
+    RuntimeConfigurationError, cloud_image_found,
 )
 from nodepool.drivers.gce.api import GceApi, last_part, metadata_dict, metadata_items
 from nodepool.drivers.gce.config import GceCloudImage, GceLabel, GceProvider
@@ -193,12 +193,8 @@ class GceAdapter(Adapter):
         return link
 
     def label_ready(self, label: GceLabel) -> bool:
-        try:
-            self.image_source(self.provider.cloud_images[label.cloud_image or ""])
-            return True
-        except Exception as exc:
-            log.warning("Provider %s: label %s: %s", self.provider.name, label.name, exc)
-            return False
+        return cloud_image_found(self, label, lambda: self.image_source(
+            self.provider.cloud_images[label.cloud_image or ""]))
 
     # -- leaks ---------------------------------------------------------------------
 
