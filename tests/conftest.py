@@ -179,6 +179,22 @@ def gce(tmp_path, monkeypatch, request):
 
 
 @pytest.fixture
+def azure(tmp_path, monkeypatch, request):
+    """The Azure Resource Manager simulator on loopback, reached the way an
+    operator reaches Azure: a service principal's credentials file (its
+    token and ARM endpoints the simulator's), named in $AZURE_SIM_AUTH for
+    ``launcher_fixtures.azure_provider``'s auth-path. A test shapes the
+    cloud with ``@pytest.mark.azure(cores=4, ...)``."""
+    from nodepool.testing.azure_sim import AzureSimulator
+    marker = request.node.get_closest_marker("azure")
+    simulator = AzureSimulator(**(marker.kwargs if marker else {})).start()
+    monkeypatch.setenv("AZURE_SIM_AUTH",
+                       simulator.auth_file(tmp_path / "azure-credentials.json"))
+    yield simulator
+    simulator.stop()
+
+
+@pytest.fixture
 def kube(tmp_path, monkeypatch, request):
     """The Kubernetes API simulator on loopback, with $KUBECONFIG naming a
     kubeconfig whose context ``sim-admin`` reaches it as its administrator.

@@ -105,6 +105,44 @@ def gce_provider(name: str, pool_extra: str = "", label_extra: str = "",
 {label_extra}"""
 
 
+def azure_provider(name: str, pool_extra: str = "", label_extra: str = "",
+                   provider_extra: str = "", image_extra: str = "",
+                   host_key_checking: bool = False) -> str:
+    """A provider entry for the Azure simulator (the ``azure`` fixture, whose
+    credentials file is $AZURE_SIM_AUTH) offering label "a" (Standard_B2s:
+    2 vCPUs, 4 GB) on Ubuntu 22.04 from the marketplace. The addresses the
+    simulator hands out are not this machine's unless a test says so: host
+    keys are scanned only if asked."""
+    checking = "true" if host_key_checking else "false"
+    return f"""
+  - name: {name}
+    driver: azure
+    auth-path: {os.environ.get("AZURE_SIM_AUTH", "/nonexistent")}
+    location: westeurope
+    resource-group: {name}-rg
+    resource-group-location: westeurope
+    network: nodepool
+    rate: 1000
+    zuul-public-key: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDtest zuul@nodepool
+{provider_extra}    cloud-images:
+      - name: ubuntu
+        username: zuul
+        image-reference:
+          publisher: Canonical
+          offer: 0001-com-ubuntu-server-jammy
+          sku: 22_04-lts-gen2
+          version: latest
+{image_extra}    pools:
+      - name: main
+        host-key-checking: {checking}
+{pool_extra}        labels:
+          - name: a
+            cloud-image: ubuntu
+            hardware-profile:
+              vm-size: Standard_B2s
+{label_extra}"""
+
+
 def two_of_four_fit(env, zuul, live_count) -> None:
     """Four requests of one node where the cloud's quota holds two: two are
     fulfilled and two wait (not fail) with ``live_count()`` instances in the

@@ -323,7 +323,7 @@ pool_common = {
 
 
 def operations_per_second(raw: dict, ctx: "BuildContext", default: float) -> float:
-    """A provider's ``rate`` as operations per second (aws, gce): a positive
+    """A provider's ``rate`` as operations per second (aws, gce, azure): a positive
     number, else a problem and the default."""
     rate = FloatLike(raw.get("rate", default))
     if rate <= 0:
@@ -331,6 +331,37 @@ def operations_per_second(raw: dict, ctx: "BuildContext", default: float) -> flo
                     f"second, got {raw.get('rate')!r}")
         return default
     return rate
+
+
+def check_diskimage_reference(ctx: "BuildContext", where: tuple, name: str) -> None:
+    """A provider's ``diskimages[].name`` must name a concrete top-level
+    diskimage (aws, azure)."""
+    if name in ctx.abstract_diskimages:
+        ctx.problem(where, f"diskimage {name!r} is abstract and cannot be uploaded")
+    elif name not in ctx.diskimages:
+        ctx.problem(where, f"unknown diskimage {name!r} (not defined in the "
+                    "top-level diskimages)")
+
+
+def check_label_references(ctx: "BuildContext", where: tuple, raw: dict, provider,
+                           diskimages: bool = True) -> None:
+    """A pool label's name is a top-level label, and what it boots (exactly
+    one of its diskimage and cloud-image, where diskimages are offered) is
+    one of its provider's."""
+    name = raw["name"]
+    if name not in ctx.labels:
+        ctx.problem(where + ("name",), f"label {name!r} is not defined in the "
+                    "top-level labels")
+    if diskimages and ("diskimage" in raw) == ("cloud-image" in raw):
+        ctx.problem(where, "exactly one of 'diskimage' or 'cloud-image' is required")
+    image = raw.get("diskimage")
+    if image is not None and image not in provider.diskimages:
+        ctx.problem(where + ("diskimage",), f"diskimage {image!r} is not in this "
+                    "provider's diskimages")
+    cloud_image = raw.get("cloud-image")
+    if cloud_image is not None and cloud_image not in provider.cloud_images:
+        ctx.problem(where + ("cloud-image",), f"unknown cloud-image "
+                    f"{cloud_image!r} (not in this provider's cloud-images)")
 
 
 def validate(schema: v.Schema, data: Any, prefix: tuple = ()) -> list[Problem]:

@@ -24,6 +24,7 @@ REGISTRY: dict[str, str] = {
     "openshiftpods": "nodepool.drivers.openshiftpods",
     "aws": "nodepool.drivers.aws",
     "gce": "nodepool.drivers.gce",
+    "azure": "nodepool.drivers.azure",
 }
 _loaded: dict[str, Driver] = {}
 

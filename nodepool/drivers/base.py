@@ -13,6 +13,7 @@ adapter's own executor, with ``advance()`` checking their futures.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -184,6 +185,21 @@ class CreateMachine(StateMachine):
         self.future: "Future | None" = None
         # When the cloud accepted the create (monotonic; 0: not yet).
         self.created_at = 0.0
+
+
+def cloud_image_found(adapter: "Adapter", label: PoolLabel, find) -> bool:
+    """``label_ready`` of drivers that look a cloud image up: whether
+    ``find()`` (blocking) finds it; why not is logged. Labels of diskimages
+    are ready (their uploads are the launcher's to check)."""
+    if not label.cloud_image:
+        return True
+    try:
+        find()
+        return True
+    except Exception as exc:
+        logging.getLogger("nodepool.drivers").warning(
+            "Provider %s: label %s: %s", adapter.provider.name, label.name, exc)
+        return False
 
 
 class BackingNodes(Protocol):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 # Reads may run this many times as often as ``rate``.
@@ -29,6 +30,15 @@ class RateLimiter:
             self._next = start + self.interval
         if start > now:
             time.sleep(start - now)
+
+
+def cloud_executor(driver: str, provider_name: str, rate: float) -> ThreadPoolExecutor:
+    """The executor a cloud driver's state machines hand their calls to:
+    enough threads to keep up with ``rate`` writes per second (cloud calls
+    take a second or more), 2 to 8 (reads have their own limit)."""
+    workers = max(2, min(int(rate * 4), 8))
+    return ThreadPoolExecutor(max_workers=workers,
+                              thread_name_prefix=f"{driver}-{provider_name}")
 
 
 class ApiCalls:

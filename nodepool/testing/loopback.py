@@ -38,6 +38,34 @@ class QuietJSONHandler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
+class Knobbed:
+    """What a simulator's tests steer it with: ``knobs`` (a dataclass) set
+    by :meth:`set`, and the API calls counted by name (``state.calls``),
+    both under ``lock``."""
+
+    knobs: Any
+    state: Any
+    lock: Any
+
+    def set(self, **knobs) -> None:
+        with self.lock:
+            for key, value in knobs.items():
+                if not hasattr(self.knobs, key):
+                    raise AttributeError(f"no knob {key}")
+                setattr(self.knobs, key, value)
+
+    def calls(self, reset: bool = False) -> dict[str, int]:
+        """API calls made so far, by name."""
+        with self.lock:
+            calls = dict(self.state.calls)
+            if reset:
+                self.state.calls.clear()
+            return calls
+
+    def count(self, name: str) -> None:
+        self.state.calls[name] = self.state.calls.get(name, 0) + 1
+
+
 class LoopbackService:
     """A simulator's HTTP server: ``start`` binds (port 0: a free one) and
     serves on a daemon thread; ``port`` then tells the port."""

@@ -1,7 +1,7 @@
 """The adapter contract, each adapter alone against its cloud: no launcher,
 no ZooKeeper. What the launcher relies on from every driver that launches
 instances (fake cloud, OpenStack simulator over HTTP, memcloud, AWS through
-moto's server), and from every inventory driver (static, against real sshd
+moto's server, GCE and Azure through their simulators), and from every inventory driver (static, against real sshd
 hosts)."""
 
 import time
@@ -15,7 +15,7 @@ from nodepool.drivers.base import META_NODE_ID, META_PROVIDER, Instance
 from nodepool.resources import Resources
 
 from launcher_fixtures import (  # noqa: E402
-    FAKE_PROVIDER, aws_provider, gce_provider, sim_provider,
+    FAKE_PROVIDER, aws_provider, azure_provider, gce_provider, sim_provider,
 )
 from nodepool.testing.openstack_sim import OpenStackSimulator  # noqa: E402
 from nodepool.testing.sshdserver import SSHServer  # noqa: E402
@@ -94,6 +94,20 @@ class Gce:
         pass
 
 
+class Azure:
+    """Our ARM client over HTTP against the Azure simulator (the ``azure``
+    fixture)."""
+
+    image = None  # the label's cloud image (a marketplace image)
+
+    def __init__(self, request):
+        self.sim = request.getfixturevalue("azure")
+        self.body = "providers:" + azure_provider("azure-adapter")
+
+    def stop(self):
+        pass
+
+
 class MemCloud:
     body = """
 providers:
@@ -150,8 +164,8 @@ providers:
         self.sim.stop()
 
 
-@pytest.fixture(params=["fake", "openstack", "memcloud", "aws", "gce", "kubernetes",
-                        "openshift", "openshiftpods"])
+@pytest.fixture(params=["fake", "openstack", "memcloud", "aws", "gce", "azure",
+                        "kubernetes", "openshift", "openshiftpods"])
 def cloud(request, tmp_path, monkeypatch):
     if request.param == "fake":
         instance = Fake()
@@ -161,6 +175,8 @@ def cloud(request, tmp_path, monkeypatch):
         instance = Aws(request)
     elif request.param == "gce":
         instance = Gce(request)
+    elif request.param == "azure":
+        instance = Azure(request)
     elif request.param == "memcloud":
         instance = MemCloud()
     else:

@@ -1,6 +1,6 @@
 """One behaviour suite, run against every driver (fake cloud, static hosts,
-the OpenStack simulator, memcloud, AWS through moto's server, GCE through
-its simulator).
+the OpenStack simulator, memcloud, AWS through moto's server, GCE and Azure
+through their simulators).
 
 What a Zuul operator relies on whatever the driver: requests are fulfilled
 with complete nodes, multi-node requests work, used nodes go away and their
@@ -15,7 +15,9 @@ import tempfile
 import pytest
 
 from conftest import wait_until
-from launcher_fixtures import FAKE_PROVIDER, aws_provider, gce_provider, sim_provider
+from launcher_fixtures import (
+    FAKE_PROVIDER, aws_provider, azure_provider, gce_provider, sim_provider,
+)
 from nodepool.zk.records import NodeState
 
 from nodepool.testing.openstack_sim import OpenStackSimulator  # noqa: E402
@@ -139,25 +141,25 @@ class AwsDriver:
         pass
 
 
-class GceDriver:
-    """google-api-python-client over HTTP against the GCE simulator, whose
-    instances here all have 127.0.0.1 as their external address: a real
-    sshd there answers the host-key scan."""
+class SimulatedCloudDriver:
+    """A cloud driver over HTTP against our simulator of its API (the
+    fixture of the driver's name), whose instances here all have 127.0.0.1
+    as their public address: a real sshd there answers the host-key scan."""
 
-    name = "gce"
     connection_type = "ssh"
     capacity = 3
     scans_keys = True
     username = "zuul"  # the cloud image's
 
-    def __init__(self, request):
-        self.sim = request.getfixturevalue("gce")
-        self.sim.set(external_ip="127.0.0.1")
+    def __init__(self, request, provider, address_knob):
+        self.sim = request.getfixturevalue(self.name)
+        self.sim.set(**{address_knob: "127.0.0.1"})
         self.sshd = SSHServer().start()
+        self.provider = provider
 
     def config(self):
-        return "labels:\n  - name: a\nproviders:" + gce_provider(
-            "gce-contract", pool_extra="        max-servers: 3\n",
+        return "labels:\n  - name: a\nproviders:" + self.provider(
+            f"{self.name}-contract", pool_extra="        max-servers: 3\n",
             image_extra=f"        connection-port: {self.sshd.port}\n",
             host_key_checking=True)
 
@@ -166,6 +168,24 @@ class GceDriver:
 
     def stop(self):
         self.sshd.stop()
+
+
+class GceDriver(SimulatedCloudDriver):
+    """google-api-python-client against the GCE simulator."""
+
+    name = "gce"
+
+    def __init__(self, request):
+        super().__init__(request, gce_provider, "external_ip")
+
+
+class AzureDriver(SimulatedCloudDriver):
+    """Our ARM client against the Azure simulator."""
+
+    name = "azure"
+
+    def __init__(self, request):
+        super().__init__(request, azure_provider, "public_ip")
 
 
 class MemCloudDriver:
@@ -254,7 +274,7 @@ providers:
 
 
 @pytest.fixture(params=["fake", "static", "openstack", "memcloud", "aws", "gce",
-                        "kubernetes", "openshift", "openshiftpods"])
+                        "azure", "kubernetes", "openshift", "openshiftpods"])
 def driver(request, monkeypatch, tmp_path):
     if request.param == "fake":
         instance = FakeDriver()
@@ -262,6 +282,8 @@ def driver(request, monkeypatch, tmp_path):
         instance = AwsDriver(request)
     elif request.param == "gce":
         instance = GceDriver(request)
+    elif request.param == "azure":
+        instance = AzureDriver(request)
     elif request.param == "memcloud":
         instance = MemCloudDriver()
     elif request.param == "static":

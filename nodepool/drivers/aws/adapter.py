@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import logging
 import re
-from concurrent.futures import ThreadPoolExecutor
 
 from nodepool.config.model import ProviderDiskImage
 from nodepool.drivers.base import (
-    META_PROVIDER, Adapter, Instance, NotFound, Resource,
+    META_PROVIDER, Adapter, Instance, NotFound, Resource, cloud_image_found,
 )
 from nodepool.drivers.aws.api import (
     AwsApi, InstanceListing, TerminateBatcher, tag_dict,
@@ -21,6 +20,7 @@ from nodepool.drivers.aws.images import Importer
 from nodepool.drivers.aws.launch import Launcher
 from nodepool.drivers.aws.machines import AwsCreate, AwsDelete
 from nodepool.drivers.aws.quotas import InstanceTypes, quota_code
+from nodepool.drivers.ratelimit import cloud_executor
 from nodepool.resources import Resources
 
 log = logging.getLogger("nodepool.drivers.aws")
@@ -35,11 +35,7 @@ class AwsAdapter(Adapter):
         super().__init__(provider)
         from nodepool.stats import make_client
         self.api = AwsApi(provider, make_client())
-        # Creates take a second or more at AWS: enough workers to keep up
-        # with ``rate`` (at most 8; reads have their own limit).
-        workers = max(2, min(int(provider.rate * 4), 8))
-        self.executor = ThreadPoolExecutor(max_workers=workers,
-                                           thread_name_prefix=f"aws-{provider.name}")
+        self.executor = cloud_executor("aws", provider.name, provider.rate)
         self.listing = InstanceListing(self.api, provider.name)
         self.terminator = TerminateBatcher(self.api, provider.name)
         self.launcher = Launcher(self)
@@ -251,14 +247,7 @@ class AwsAdapter(Adapter):
         return limits
 
     def label_ready(self, label: AwsLabel) -> bool:
-        if not label.cloud_image:
-            return True
-        try:
-            self.launcher.cloud_image_id(label)
-            return True
-        except Exception as exc:
-            log.warning("Provider %s: label %s: %s", self.provider.name, label.name, exc)
-            return False
+        return cloud_image_found(self, label, lambda: self.launcher.cloud_image_id(label))
 
     # -- images ----------------------------------------------------------------------
 

@@ -247,12 +247,7 @@ class AwsConfig:
         for index, item in enumerate(raw.get("diskimages", [])):
             name = item["name"]
             where = ("diskimages", index)
-            if name in ctx.abstract_diskimages:
-                ctx.problem(where + ("name",), f"diskimage {name!r} is abstract and "
-                            "cannot be uploaded")
-            elif name not in ctx.diskimages:
-                ctx.problem(where + ("name",), f"unknown diskimage {name!r} (not "
-                            "defined in the top-level diskimages)")
+            s.check_diskimage_reference(ctx, where + ("name",), name)
             method = item.get("import-method", "snapshot")
             if item.get("imds-support") == "v2.0" and method == "image":
                 ctx.problem(where + ("imds-support",), "v2.0 needs import-method "
@@ -297,23 +292,11 @@ class AwsConfig:
         return pool
 
     def _build_label(self, raw, pool: AwsPool, provider, ctx, where) -> AwsLabel | None:
+        s.check_label_references(ctx, where, raw, provider)
         name = raw["name"]
-        if name not in ctx.labels:
-            ctx.problem(where + ("name",), f"label {name!r} is not defined in the "
-                        "top-level labels")
-        if ("diskimage" in raw) == ("cloud-image" in raw):
-            ctx.problem(where, "exactly one of 'diskimage' or 'cloud-image' is "
-                        "required")
         if ("instance-type" in raw) == ("fleet" in raw):
             ctx.problem(where, "exactly one of 'instance-type' or 'fleet' is required")
-        image = raw.get("diskimage")
-        if image is not None and image not in provider.diskimages:
-            ctx.problem(where + ("diskimage",), f"diskimage {image!r} is not in this "
-                        "provider's diskimages")
-        cloud_image = raw.get("cloud-image")
-        if cloud_image is not None and cloud_image not in provider.cloud_images:
-            ctx.problem(where + ("cloud-image",), f"unknown cloud-image "
-                        f"{cloud_image!r} (not in this provider's cloud-images)")
+        image, cloud_image = raw.get("diskimage"), raw.get("cloud-image")
         profile = raw.get("iam-instance-profile")
         if profile is not None and len(profile) != 1:
             ctx.problem(where + ("iam-instance-profile",), "give exactly one of "

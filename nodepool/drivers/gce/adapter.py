@@ -7,16 +7,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from nodepool.drivers.base import (
     META_NODE_ID, Adapter, Instance, LaunchError, NotFound, Resource,
-    RuntimeConfigurationError,
+    RuntimeConfigurationError, cloud_image_found,
 )
 from nodepool.drivers.gce.api import GceApi, last_part, metadata_dict, metadata_items
 from nodepool.drivers.gce.config import GceCloudImage, GceLabel, GceProvider
 from nodepool.drivers.gce.machines import GceCreate, GceDelete
 from nodepool.drivers.listing import SharedListing
+from nodepool.drivers.ratelimit import cloud_executor
 from nodepool.resources import Resources
 
 log = logging.getLogger("nodepool.drivers.gce")
@@ -68,9 +68,7 @@ class GceAdapter(Adapter):
         super().__init__(provider)
         from nodepool.stats import make_client
         self.api = GceApi(provider, make_client())
-        workers = max(2, min(int(provider.rate * 4), 8))
-        self.executor = ThreadPoolExecutor(max_workers=workers,
-                                           thread_name_prefix=f"gce-{provider.name}")
+        self.executor = cloud_executor("gce", provider.name, provider.rate)
         self.listing = SharedListing(self._list_all, f"gce-{provider.name}")
         self.types = MachineTypes(self.api, provider.zone)
         self._images: dict[str, tuple[float, str]] = {}
@@ -195,12 +193,8 @@ class GceAdapter(Adapter):
         return link
 
     def label_ready(self, label: GceLabel) -> bool:
-        try:
-            self.image_source(self.provider.cloud_images[label.cloud_image or ""])
-            return True
-        except Exception as exc:
-            log.warning("Provider %s: label %s: %s", self.provider.name, label.name, exc)
-            return False
+        return cloud_image_found(self, label, lambda: self.image_source(
+            self.provider.cloud_images[label.cloud_image or ""]))
 
     # -- leaks ---------------------------------------------------------------------
 

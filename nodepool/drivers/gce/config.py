@@ -171,14 +171,8 @@ class GceConfig:
         return pool
 
     def _build_label(self, raw, pool: GcePool, provider, ctx, where) -> GceLabel:
-        name = raw["name"]
-        if name not in ctx.labels:
-            ctx.problem(where + ("name",), f"label {name!r} is not defined in the "
-                        "top-level labels")
-        cloud_image = raw["cloud-image"]
-        if cloud_image not in provider.cloud_images:
-            ctx.problem(where + ("cloud-image",), f"unknown cloud-image "
-                        f"{cloud_image!r} (not in this provider's cloud-images)")
+        s.check_label_references(ctx, where, raw, provider, diskimages=False)
+        name, cloud_image = raw["name"], raw["cloud-image"]
         size = raw.get("volume-size", 10)
         if size <= 0:
             ctx.problem(where + ("volume-size",), f"must be a positive number of GB, "

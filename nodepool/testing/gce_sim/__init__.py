@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 
 from nodepool.testing.gce_sim.http import ApiError, Handler
-from nodepool.testing.loopback import LoopbackService
+from nodepool.testing.loopback import Knobbed, LoopbackService
 
 PROJECT = "nodepool-sim"
 REGION = "us-central1"
@@ -93,7 +93,7 @@ class State:
     calls: dict[str, int] = field(default_factory=dict)
 
 
-class GceSimulator(LoopbackService):
+class GceSimulator(Knobbed, LoopbackService):
     def __init__(self, host: str = "127.0.0.1", port: int = 0, **knobs):
         self.host = host
         self.port = port
@@ -150,26 +150,6 @@ class GceSimulator(LoopbackService):
                 # No look-ups beyond loopback: no metadata server, no gcloud config.
                 "NO_GCE_CHECK": "True", "GCE_METADATA_HOST": "127.0.0.1:9",
                 "CLOUDSDK_CONFIG": str(credentials_path) + ".gcloud"}
-
-    # -- control --------------------------------------------------------------------
-
-    def set(self, **knobs) -> None:
-        with self.lock:
-            for key, value in knobs.items():
-                if not hasattr(self.knobs, key):
-                    raise AttributeError(f"no knob {key}")
-                setattr(self.knobs, key, value)
-
-    def calls(self, reset: bool = False) -> dict[str, int]:
-        """API calls made so far, by ``resource.method``."""
-        with self.lock:
-            calls = dict(self.state.calls)
-            if reset:
-                self.state.calls.clear()
-            return calls
-
-    def count(self, name: str) -> None:
-        self.state.calls[name] = self.state.calls.get(name, 0) + 1
 
     # -- time -----------------------------------------------------------------------
 
