@@ -1,12 +1,15 @@
 """What the API simulators share: a server on a loopback port started on
-its own thread, and a quiet handler that reads JSON bodies."""
+its own thread, a quiet handler that reads JSON bodies, and the command line
+that runs one standalone."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import ssl
+import threading
 from http.server import BaseHTTPRequestHandler
-from typing import Any
+from typing import Any, Callable
 
 from nodepool.web.server import QuietHTTPServer, serve
 
@@ -83,3 +86,23 @@ class LoopbackService:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+
+def run_simulator(module: str, description: str | None, port: int, delay_flag: str,
+                  start: Callable[[argparse.Namespace], str],
+                  add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+                  ) -> int:
+    """``python -m <module>``: parse ``--port``, the simulator's delay flag
+    (seconds a machine takes to come up) and its own options, start it with
+    ``start(args)``, print what that returns (how to point a client at it),
+    and serve until interrupted."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}",
+                                     description=description or "")
+    parser.add_argument("--port", type=int, default=port)
+    parser.add_argument(delay_flag, type=float, default=1.0,
+                        help="seconds a new machine takes to be running")
+    if add_arguments is not None:
+        add_arguments(parser)
+    print(start(parser.parse_args()), flush=True)
+    threading.Event().wait()
+    return 0
