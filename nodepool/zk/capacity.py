@@ -19,7 +19,8 @@ from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
 from nodepool.zk import paths
 from nodepool.zk.client import ZooKeeperClient
-from nodepool.zk.records import Record, decoder, load_object, string_list
+from nodepool.zk.decoding import decoder, load_object
+from nodepool.zk.records import Record, string_list
 from nodepool.zk.treecache import TreeCache
 
 log = logging.getLogger("nodepool.zk.capacity")

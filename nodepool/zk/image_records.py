@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nodepool.zk import paths
-from nodepool.zk.records import (
-    BuildState, CorruptRecord, Record, UploadState, decoder, load_object,
-)
+from nodepool.zk.decoding import CorruptRecord, decoder, load_object
+from nodepool.zk.records import BuildState, Record, UploadState
 
 
 @dataclass(eq=False)

@@ -31,7 +31,7 @@ from kazoo.protocol.states import EventType
 
 from nodepool.zk import paths
 from nodepool.zk.client import RESYNC, ZooKeeperClient
-from nodepool.zk.records import CorruptRecord, short_repr
+from nodepool.zk.decoding import CorruptRecord, short_repr
 
 R = TypeVar("R")
 
