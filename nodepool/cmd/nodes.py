@@ -93,11 +93,11 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def _delete_now(store, node, lock, provider) -> None:
-    """The launcher's own delete (``lifecycle.NodeDelete``: mark deleting,
+    """The launcher's own delete (``deletion.NodeDelete``: mark deleting,
     the driver's delete state machine, retries, then the record), stepped
     here to the end."""
     from nodepool.drivers import make_adapter
-    from nodepool.launcher.lifecycle import NodeDelete
+    from nodepool.launcher.deletion import NodeDelete
     adapter = make_adapter(provider)
     outcome: dict[str, bool] = {}
     task = NodeDelete(node=node, lock=lock, store=store, adapter=adapter,

@@ -22,7 +22,9 @@ from nodepool.config import load_config
 from nodepool.config.model import Config, PoolLabel, Provider
 from nodepool.config.reload import ConfigReloader
 from nodepool.drivers import DriverUnavailable, connection_key, driver_of
-from nodepool.launcher.lifecycle import LaunchResult, NodeDelete, NodeLaunch, Runner
+from nodepool.launcher.deletion import NodeDelete
+from nodepool.launcher.lifecycle import LaunchResult, NodeLaunch
+from nodepool.launcher.runner import Runner
 from nodepool.launcher.capacity import CapacityTracker
 from nodepool.launcher.maintenance import Cleanup, DeleteWorker, MinReady
 from nodepool.launcher.pool import PoolWorker

@@ -1,20 +1,12 @@
-"""Node launch and delete, driven by state machines without blocking.
-
-Each provider has one :class:`Runner` thread. It keeps the launches and
-deletes in progress in a time-ordered heap and advances each one when it is
-due - right away for a new task, later when the driver asked to be polled
-later. One slow cloud never delays work that is ready to move, and a new
-launch starts within microseconds instead of at the next one-second tick.
-"""
+"""Node launch, driven by the driver's create state machine without
+blocking: one :class:`NodeLaunch` per node, advanced by its provider's
+:class:`~nodepool.launcher.runner.Runner` (deletes are in
+:mod:`nodepool.launcher.deletion`)."""
 
 from __future__ import annotations
 
 import enum
-import heapq
-import itertools
 import logging
-import random
-import threading
 import time
 from concurrent.futures import Future
 from typing import Callable
@@ -23,11 +15,13 @@ from kazoo.exceptions import KazooException
 
 from nodepool.config.model import DiskImage, Pool, PoolLabel, Provider
 from nodepool.drivers.base import (
-    META_NODE_ID, META_PROVIDER, Adapter, DriverError, ImageUnavailable, Instance,
+    META_NODE_ID, META_PROVIDER, Adapter, ImageUnavailable, Instance,
     LaunchKeyscanError, LaunchTimeout, NotFound, QuotaError,
 )
 from nodepool.hostkeys import scan_host_keys, scan_pool
+from nodepool.launcher.deletion import DELETE_TIMEOUT
 from nodepool.launcher.metadata import instance_metadata
+from nodepool.launcher.runner import Task, monotonic_since
 from nodepool.zk.cache import ImageCache
 from nodepool.zk.locks import Lock
 from nodepool.zk.records import LaunchOperation, Node, NodeState, Progress
@@ -35,7 +29,6 @@ from nodepool.zk.store import RecordNotFound, Store, VersionConflict
 
 log = logging.getLogger("nodepool.launcher.lifecycle")
 
-DELETE_TIMEOUT = 600.0
 # A launch rides out this many ZooKeeper errors in a row (a dropped
 # connection comes back within seconds), each retried after the delay.
 MAX_ZK_ERRORS = 30
@@ -50,80 +43,6 @@ ZK_SESSION_ERROR = "error.zksession"
 def new_progress(launcher_id: str) -> Progress:
     """The progress of a launch about to start its first attempt."""
     return Progress(launcher=launcher_id, operation=LaunchOperation.LAUNCH)
-
-
-def monotonic_since(epoch: float) -> float:
-    """The monotonic clock reading of an epoch time (possibly another
-    launcher's): deadlines stored as epochs run on in any process."""
-    return time.monotonic() - max(0.0, time.time() - epoch)
-
-
-class Task:
-    """Something the runner advances; ``step()`` returns the next delay or None."""
-
-    def step(self) -> float | None:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def abandon(self) -> None:
-        """The runner is stopping."""
-
-
-class Runner:
-    """Advances tasks of one provider, each when it is due."""
-
-    def __init__(self, name: str):
-        self.name = name
-        self._heap: list[tuple[float, int, Task]] = []
-        self._counter = itertools.count()
-        self._cv = threading.Condition()
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name=f"runner-{name}",
-                                        daemon=True)
-        self._thread.start()
-
-    def add(self, task: Task, delay: float = 0.0) -> None:
-        with self._cv:
-            heapq.heappush(self._heap, (time.monotonic() + delay,
-                                        next(self._counter), task))
-            self._cv.notify()
-
-    def __len__(self) -> int:
-        return len(self._heap)
-
-    def _run(self) -> None:
-        while True:
-            with self._cv:
-                while not self._stopped:
-                    if self._heap:
-                        wait = self._heap[0][0] - time.monotonic()
-                        if wait <= 0:
-                            break
-                        self._cv.wait(wait)
-                    else:
-                        self._cv.wait()
-                if self._stopped:
-                    tasks = [t for _, _, t in self._heap]
-                    self._heap.clear()
-                    break
-                _, _, task = heapq.heappop(self._heap)
-            try:
-                delay = task.step()
-            except Exception:
-                log.exception("%s: task %r failed unexpectedly", self.name, task)
-                delay = None
-            if delay is not None:
-                self.add(task, delay)
-        for task in tasks:
-            try:
-                task.abandon()
-            except Exception:
-                log.exception("%s: abandoning %r failed", self.name, task)
-
-    def stop(self) -> None:
-        with self._cv:
-            self._stopped = True
-            self._cv.notify()
-        self._thread.join(timeout=10)
 
 
 # -- launch -------------------------------------------------------------------
@@ -394,8 +313,8 @@ class NodeLaunch(Task):
             return
         port = node.connection_port if isinstance(node.connection_port, int) else 22
         self.scan = scan_pool.submit(scan_host_keys, ip, port,
-                                      float(self.provider.boot_timeout),
-                                      node.connection_type or "ssh")
+                                     float(self.provider.boot_timeout),
+                                     node.connection_type or "ssh")
 
     def _finish(self, result: LaunchResult) -> None:
         if self.finished:
@@ -620,158 +539,3 @@ class NodeLaunch(Task):
         will be reclaimed (by us after a restart, or by another launcher)."""
         if not self.finished:
             self.lock.release()
-
-
-# -- delete ---------------------------------------------------------------------
-
-
-class NodeDelete(Task):
-    """Delete one locked node's instance, then its record.
-
-    Its progress (who deletes, since when, the driver machine's step) is
-    stored in the node, so a launcher that takes over a delete left
-    unfinished carries on the same machine and the same deadline."""
-
-    def __init__(self, *, node: Node, lock: Lock, store: Store, adapter: Adapter,
-                 on_done: Callable[[Node, bool], None] | None = None,
-                 still_deletable: Callable[[Node], bool] | None = None,
-                 launcher_id: str = ""):
-        self.node = node
-        # Given when ``node`` is a cached copy taken before locking: the first
-        # write is then version-checked, and on a conflict the node is re-read
-        # and re-checked with this predicate.
-        self.still_deletable = still_deletable
-        self.lock = lock
-        self.store = store
-        self.adapter = adapter
-        self.on_done = on_done
-        self.launcher_id = launcher_id
-        self.machine = None
-        self.started = time.monotonic()
-        self.failures = 0
-        self.progress: Progress | None = None
-        self.resumed = False
-        # The machine's snapshot as stored (or as a new machine starts: not
-        # worth a write).
-        self.stored_snapshot: dict = {}
-
-    def __repr__(self) -> str:
-        return f"<NodeDelete {self.node.id}>"
-
-    def _take_progress(self, node: Node) -> None:
-        """Our progress for the node: a delete another launcher started
-        goes on from where it stood, with its deadline."""
-        progress = node.progress
-        if progress is not None and progress.operation == LaunchOperation.DELETE:
-            self.resumed = True
-            self.started = monotonic_since(progress.started)
-            progress.launcher = self.launcher_id
-        else:
-            progress = Progress(launcher=self.launcher_id,
-                                operation=LaunchOperation.DELETE)
-        self.progress = progress
-        node.set_progress(progress)
-
-    def step(self) -> float | None:
-        node = self.node
-        try:
-            if self.machine is None:
-                if self.progress is None:
-                    if self.still_deletable is not None:
-                        if not self._mark_deleting_checked():
-                            return None
-                        node = self.node
-                    else:
-                        self._take_progress(node)
-                        node.set_state(NodeState.DELETING)
-                        self.store.update_node(node)
-                if node.external_id is None or node.provider is None:
-                    return self._done()
-                self.machine = self.adapter.delete_state_machine(node.external_id)
-                if self.progress.machine:
-                    self.machine.restore(self.progress.machine)
-                    log.info("Node %s: delete resumed (%s)", node.id, self.machine.state)
-                self.stored_snapshot = self.machine.snapshot()
-            try:
-                self.machine.advance()
-            except NotFound:
-                return self._done()
-            if self.machine.complete:
-                return self._done()
-            snapshot = self.machine.snapshot()
-            if snapshot != self.stored_snapshot:
-                # The step the cloud has reached, for whoever takes over.
-                self.progress.machine = self.stored_snapshot = snapshot
-                node.set_progress(self.progress)
-                self.store.update_locked_node(node, self.lock)
-            return self.machine.poll_delay
-        except (RecordNotFound, VersionConflict):
-            # Gone, or taken over by another launcher (ours went with a lost
-            # session): nothing more to do here.
-            self.lock.release()
-            self._notify(False)
-            return None
-        except KazooException as exc:
-            # Unlocked, the node is taken up again by the next sweep.
-            log.warning("Node %s: ZooKeeper error while deleting: %r", node.id, exc)
-            self.lock.release()
-            self._notify(False)
-            return None
-        except DriverError as exc:
-            return self._retry(exc)
-        except Exception as exc:
-            # A cloud error the driver did not classify: retried all the same.
-            log.debug("Node %s: delete error", node.id, exc_info=True)
-            return self._retry(exc)
-
-    def _mark_deleting_checked(self) -> bool:
-        node = self.node
-        self._take_progress(node)
-        node.set_state(NodeState.DELETING)
-        try:
-            self.store.update_node(node, check_version=True)
-        except VersionConflict:
-            fresh = self.store.get_node(node.id)
-            if fresh is None or not self.still_deletable(fresh):
-                self.lock.release()
-                self._notify(False)
-                return False
-            self.resumed = False
-            self._take_progress(fresh)
-            fresh.set_state(NodeState.DELETING)
-            self.store.update_node(fresh)
-            self.node = fresh
-        self.still_deletable = None
-        return True
-
-    def _retry(self, exc: Exception) -> float | None:
-        self.failures += 1
-        if time.monotonic() - self.started > DELETE_TIMEOUT:
-            log.error("Node %s: could not delete instance %s for %ss, leaving it "
-                      "for a later attempt: %s", self.node.id, self.node.external_id,
-                      DELETE_TIMEOUT, exc)
-            self.lock.release()
-            self._notify(False)
-            return None
-        log.warning("Node %s: delete failed (attempt %s), retrying: %s",
-                    self.node.id, self.failures, exc)
-        self.machine = None
-        self.progress.machine = {}
-        return min(30.0, 0.5 * 2 ** min(self.failures, 6)) * (0.5 + random.random())
-
-    def _done(self) -> None:
-        # The lock's contender goes with the node's znode.
-        self.store.delete_locked_node(self.node, self.lock)
-        log.info("Node %s deleted (instance %s)", self.node.id, self.node.external_id)
-        self._notify(True)
-        return None
-
-    def _notify(self, deleted: bool) -> None:
-        if self.on_done is not None:
-            try:
-                self.on_done(self.node, deleted)
-            except Exception:
-                log.exception("Delete callback for node %s failed", self.node.id)
-
-    def abandon(self) -> None:
-        self.lock.release()

@@ -23,7 +23,7 @@ from kazoo.exceptions import KazooException
 
 from nodepool.drivers.base import META_BUILD_ID, META_NODE_ID, META_PROVIDER, \
     META_UPLOAD_ID
-from nodepool.launcher.lifecycle import NodeDelete
+from nodepool.launcher.deletion import NodeDelete
 from nodepool.launcher.sharing import TAKEOVER_SECONDS
 from nodepool.worker import PeriodicWorker
 from nodepool.zk import paths

@@ -33,7 +33,6 @@ from nodepool.testing.burst import Burst, Observer
 from nodepool.testing.zuul_client import FakeZuul
 
 
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000)

@@ -66,4 +66,3 @@ class FakeConfig(OpenStackConfig):
         assert isinstance(provider, FakeProvider)
         provider.simulation = dict(raw.get("simulation", {}))
         return provider
-

@@ -288,4 +288,3 @@ class OpenStackConfig:
             networks=list(raw.get("networks", pool.networks)),
             host_key_checking=raw.get("host-key-checking", pool.host_key_checking),
         )
-

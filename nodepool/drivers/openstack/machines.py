@@ -24,8 +24,6 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("nodepool.drivers.openstack")
 
 
-
-
 class OpenStackCreate(CreateMachine):
     adapter: "OpenStackAdapter"
     label: OpenStackLabel

@@ -107,4 +107,3 @@ class StaticConfig:
             shell_type=raw.get("shell-type"),
             python_path=raw.get("python-path", "auto"),
             slots=raw.get("max-parallel-jobs", 1))
-
