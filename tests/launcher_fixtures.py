@@ -143,6 +143,48 @@ def azure_provider(name: str, pool_extra: str = "", label_extra: str = "",
 {label_extra}"""
 
 
+def ibmvpc_provider(name: str, pool_extra: str = "", label_extra: str = "",
+                    provider_extra: str = "", image_extra: str = "",
+                    host_key_checking: bool = False) -> str:
+    """A provider entry for the IBM Cloud VPC simulator (the ``ibmvpc``
+    fixture, whose credentials file is $IBMVPC_SIM_CREDENTIALS) offering
+    label "a" (cx2-2x4: 2 vCPUs, 4 GB) with a floating IP, on the stock
+    Debian 12 image an image-filter finds. The addresses the simulator hands
+    out are not this machine's unless a test says so: host keys are scanned
+    only if asked."""
+    checking = "true" if host_key_checking else "false"
+    return f"""
+  - name: {name}
+    driver: ibmvpc
+    credentials-file: {os.environ.get("IBMVPC_SIM_CREDENTIALS", "/nonexistent")}
+    region: us-south
+    vpc: nodepool
+    zone: us-south-1
+    subnet: nodepool-subnet
+    rate: 1000
+    object-storage:
+      instance-name: nodepool-cos
+      endpoint: {os.environ.get("IBMVPC_SIM_COS", "http://127.0.0.1:1/cos")}
+      bucket-name: nodepool-images
+{provider_extra}    cloud-images:
+      - name: debian
+        username: zuul
+        keys: [zuul]
+        image-filter:
+          operating-system:
+            family: Debian GNU/Linux
+            architecture: amd64
+{image_extra}    pools:
+      - name: main
+        public-ipv4: true
+        host-key-checking: {checking}
+{pool_extra}        labels:
+          - name: a
+            cloud-image: debian
+            profile: cx2-2x4
+{label_extra}"""
+
+
 def two_of_four_fit(env, zuul, live_count) -> None:
     """Four requests of one node where the cloud's quota holds two: two are
     fulfilled and two wait (not fail) with ``live_count()`` instances in the
