@@ -272,7 +272,9 @@ class IbmVpcAdapter(Adapter):
                                                      visibility="private"))):
             for item in items:
                 group = account.group_name(item.get("resource_group"))
-                found.append(Resource(kind, item["id"], naming.metadata(item["name"], group)))
+                # An instance is known by its name (the node's external id).
+                ident = item["name"] if kind == "instance" else item["id"]
+                found.append(Resource(kind, ident, naming.metadata(item["name"], group)))
         group = naming.image_group(self.provider.name)
         found += [Resource("object", key, naming.metadata(key, group))
                   for key in self.uploader.staged_objects()]
@@ -283,8 +285,10 @@ class IbmVpcAdapter(Adapter):
         if resource.type == "object":
             self.uploader.delete_object(resource.id)
             return
-        method = {"instance": "delete_instance", "fip": "delete_floating_ip",
-                  "image": "delete_image"}[resource.type]
+        if resource.type == "instance":
+            self.delete_instance(resource.id)
+            return
+        method = {"fip": "delete_floating_ip", "image": "delete_image"}[resource.type]
         self.api.vpc(method, resource.id)
 
     # -- quota ----------------------------------------------------------------------------------

@@ -50,11 +50,12 @@ class Calls:
 
 
 class IbmVpcCreate(Calls, CreateMachine):
-    """start -> floating-ip (made, if the pool wants one) -> instance
-    (create_instance accepted) -> booting (until the listing shows it
+    """start -> instance (create_instance accepted) -> floating-ip (made,
+    if the pool wants one) -> booting (until the listing shows the instance
     running) -> attaching (the floating IP bound to its interface) ->
-    complete. The node's cloud id (the instance's name) is known before
-    anything is made, so a failed attempt's parts are deleted with it."""
+    complete. The instance comes first, so a refusal (quota, capacity)
+    leaves nothing. The node's cloud id (the instance's name) is known
+    before anything is made, so a failed attempt's parts are deleted with it."""
 
     adapter: "IbmVpcAdapter"
     fip: dict | None = None
@@ -67,13 +68,6 @@ class IbmVpcCreate(Calls, CreateMachine):
         adapter, label = self.adapter, self.label
         if self.state == "start":
             self.external_id = self.hostname
-            if label.public_ipv4:
-                self._submit(lambda: adapter.create_floating_ip(self.hostname, label))
-            self.state = "floating-ip"
-        if self.state == "floating-ip":
-            if not self._done():
-                return None
-            self.fip = self.result
             self._submit(lambda: adapter.create_instance(
                 self.hostname, label, self.image_id, self.metadata))
             self.state = "instance"
@@ -82,6 +76,13 @@ class IbmVpcCreate(Calls, CreateMachine):
                 return None
             self.vm = self.result
             self.created_at = time.monotonic()
+            if label.public_ipv4:
+                self._submit(lambda: adapter.create_floating_ip(self.hostname, label))
+            self.state = "floating-ip"
+        if self.state == "floating-ip":
+            if not self._done():
+                return None
+            self.fip = self.result if label.public_ipv4 else None
             self.state = "booting"
         if self.state == "booting":
             if not self._running():

@@ -80,6 +80,8 @@ class State:
     images: dict[str, dict] = field(default_factory=dict)
     groups: dict[str, dict] = field(default_factory=dict)
     objects: dict[str, bytes] = field(default_factory=dict)
+    # What each image made from a staged object was made of, by image id.
+    image_data: dict[str, bytes] = field(default_factory=dict)
     # (when, what, id): transitions due.
     due: list[tuple[float, str, str]] = field(default_factory=list)
     calls: dict[str, int] = field(default_factory=dict)
@@ -343,7 +345,7 @@ class IbmVpcSimulator(Knobbed, LoopbackService):
         image = self.add_image(body["name"], group=group["name"], status="pending")
         image["operating_system"] = {"name": (body.get("operating_system") or {})
                                      .get("name")}
-        image["sim"] = {"data": self.state.objects[href[len(prefix):]]}
+        self.state.image_data[image["id"]] = self.state.objects[href[len(prefix):]]
         self.state.due.append((time.monotonic() + self.knobs.image_delay, "image",
                                image["id"]))
         return image
