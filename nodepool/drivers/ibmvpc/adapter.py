@@ -121,6 +121,9 @@ class IbmVpcAdapter(Adapter):
             (s for s in account.subnets.values() if s.get("id") == label.subnet), None)
         if subnet is None:
             raise RuntimeConfigurationError(f"no subnet {label.subnet!r} in the VPC")
+        if (subnet.get("zone") or {}).get("name", label.zone) != label.zone:
+            raise RuntimeConfigurationError(f"subnet {label.subnet!r} is not in zone "
+                                            f"{label.zone!r}")
         cloud = self.provider.cloud_images.get(label.cloud_image or "")
         keys = []
         for name in getattr(cloud, "keys", None) or []:
