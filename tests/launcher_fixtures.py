@@ -185,6 +185,35 @@ def ibmvpc_provider(name: str, pool_extra: str = "", label_extra: str = "",
 {label_extra}"""
 
 
+def built_and_uploaded(env, store, tmp_path, providers: str, provider: str,
+                       timeout: float = 60):
+    """Start a builder of diskimage "debian" (fake-image-create, username
+    ``ci``) for ``providers`` (the providers: section's entries), and wait for
+    its upload to ``provider``; returns (config path, build, upload)."""
+    from conftest import wait_until
+    from nodepool.zk.records import UploadState
+    dib = os.path.join(os.path.dirname(__file__), "..", "tools", "fake-image-create")
+    (tmp_path / "images").mkdir()
+    path = env.config(f"""images-dir: {tmp_path / "images"}
+build-log-dir: {tmp_path / "logs"}
+labels:
+  - name: a
+diskimages:
+  - name: debian
+    elements: [debian-minimal, vm]
+    dib-cmd: {dib}
+    username: ci
+providers:{providers}""")
+    env.start_builder(path)
+    wait_until(lambda: [u for b in store.get_builds("debian")
+                        for u in store.get_uploads("debian", b.id, provider)
+                        if u.state == UploadState.READY], timeout=timeout,
+               message="a ready upload")
+    [build] = store.get_builds("debian")
+    [upload] = store.get_uploads("debian", build.id, provider)
+    return path, build, upload
+
+
 def two_of_four_fit(env, zuul, live_count) -> None:
     """Four requests of one node where the cloud's quota holds two: two are
     fulfilled and two wait (not fail) with ``live_count()`` instances in the

@@ -14,14 +14,12 @@ import pytest
 import yaml
 
 from conftest import wait_until
-from launcher_fixtures import ibmvpc_provider, two_of_four_fit
+from launcher_fixtures import built_and_uploaded, ibmvpc_provider, two_of_four_fit
 from nodepool import drivers
 from nodepool.config.loader import build_config
 from nodepool.drivers.base import QuotaError
 from nodepool.testing.ibmvpc_sim import STOCK_IMAGES
-from nodepool.zk.records import UploadState
 
-DIB = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "fake-image-create")
 FILTER = """        image-filter:
           operating-system:
             family: Debian GNU/Linux
@@ -290,27 +288,10 @@ def test_without_readable_credentials_the_provider_is_unavailable(ibmvpc, tmp_pa
 
 def test_the_builder_uploads_a_diskimage_the_launcher_boots(env, ibmvpc, store, zuul,
                                                             tmp_path):
-    (tmp_path / "images").mkdir()
     body = ibmvpc_provider("ibmvpc").replace(
         "            cloud-image: debian\n", "            diskimage: debian\n") + \
         "    diskimages:\n      - name: debian\n        operating-system: debian-12-amd64\n"
-    path = env.config(f"""images-dir: {tmp_path / "images"}
-build-log-dir: {tmp_path / "logs"}
-labels:
-  - name: a
-diskimages:
-  - name: debian
-    elements: [debian-minimal, vm]
-    dib-cmd: {DIB}
-    username: ci
-providers:{body}""")
-    env.start_builder(path)
-    wait_until(lambda: [u for b in store.get_builds("debian")
-                        for u in store.get_uploads("debian", b.id, "ibmvpc")
-                        if u.state == UploadState.READY], timeout=60,
-               message="a ready upload")
-    [build] = store.get_builds("debian")
-    [upload] = store.get_uploads("debian", build.id, "ibmvpc")
+    path, build, upload = built_and_uploaded(env, store, tmp_path, body, "ibmvpc")
     image = ibmvpc.state.images[upload.external_id]
     assert image["name"] == upload.external_name == f"npimage{build.id}-{upload.id}"
     env.start(path)

@@ -108,7 +108,8 @@ class IbmVpcCreate(Calls, CreateMachine):
         status = (seen or {}).get("status")
         if status == "failed":
             reasons = [r.get("code") for r in seen.get("status_reasons") or []]
-            text = f"instance {self.hostname} failed: {', '.join(map(str, reasons)) or 'no reason given'}"
+            why = ", ".join(map(str, reasons)) or "no reason given"
+            text = f"instance {self.hostname} failed: {why}"
             if set(reasons) & set(CAPACITY_REASONS):
                 raise QuotaError(text)
             raise LaunchStatusError(text)

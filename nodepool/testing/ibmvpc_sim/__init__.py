@@ -37,6 +37,8 @@ ZONE = "us-south-1"
 VPC_NAME = "nodepool"
 SUBNET_NAME = "nodepool-subnet"
 BUCKET = "nodepool-images"
+# Signs the simulator's IAM tokens (the SDK reads them without checking).
+SIGNING_KEY = "nodepool-ibmvpc-simulator-signing-key"
 PROFILES = {"bx2-2x8": (2, 8), "cx2-2x4": (2, 4), "bx2-4x16": (4, 16)}
 KEYS = ("zuul", "admin")
 # Images the cloud offers: name -> operating system (family, version, arch).
@@ -142,7 +144,7 @@ class IbmVpcSimulator(Knobbed, LoopbackService):
         import jwt
         now = int(time.time())
         token = jwt.encode({"iat": now, "exp": now + 3600, "sub": "nodepool-sim",
-                            "jti": uuid.uuid4().hex}, "nodepool-ibmvpc-simulator-signing-key", algorithm="HS256")
+                            "jti": uuid.uuid4().hex}, SIGNING_KEY, algorithm="HS256")
         self.tokens.add(token)
         return token
 
