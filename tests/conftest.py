@@ -195,6 +195,24 @@ def azure(tmp_path, monkeypatch, request):
 
 
 @pytest.fixture
+def ibmvpc(tmp_path, monkeypatch, request):
+    """The IBM Cloud VPC simulator on loopback, reached the way an operator
+    reaches IBM Cloud: an IBM credentials file (API key, IAM and service
+    addresses the simulator's), named in $IBMVPC_SIM_CREDENTIALS for
+    ``launcher_fixtures.ibmvpc_provider``'s credentials-file, and its object
+    storage endpoint in $IBMVPC_SIM_COS. A test shapes the cloud with
+    ``@pytest.mark.ibmvpc(instances=2, ...)``."""
+    from nodepool.testing.ibmvpc_sim import IbmVpcSimulator
+    marker = request.node.get_closest_marker("ibmvpc")
+    simulator = IbmVpcSimulator(**(marker.kwargs if marker else {})).start()
+    monkeypatch.setenv("IBMVPC_SIM_CREDENTIALS",
+                       simulator.credentials_file(tmp_path / "ibm-credentials.env"))
+    monkeypatch.setenv("IBMVPC_SIM_COS", simulator.cos_endpoint)
+    yield simulator
+    simulator.stop()
+
+
+@pytest.fixture
 def kube(tmp_path, monkeypatch, request):
     """The Kubernetes API simulator on loopback, with $KUBECONFIG naming a
     kubeconfig whose context ``sim-admin`` reaches it as its administrator.

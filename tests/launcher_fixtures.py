@@ -143,6 +143,77 @@ def azure_provider(name: str, pool_extra: str = "", label_extra: str = "",
 {label_extra}"""
 
 
+def ibmvpc_provider(name: str, pool_extra: str = "", label_extra: str = "",
+                    provider_extra: str = "", image_extra: str = "",
+                    host_key_checking: bool = False) -> str:
+    """A provider entry for the IBM Cloud VPC simulator (the ``ibmvpc``
+    fixture, whose credentials file is $IBMVPC_SIM_CREDENTIALS) offering
+    label "a" (cx2-2x4: 2 vCPUs, 4 GB) with a floating IP, on the stock
+    Debian 12 image an image-filter finds. The addresses the simulator hands
+    out are not this machine's unless a test says so: host keys are scanned
+    only if asked."""
+    checking = "true" if host_key_checking else "false"
+    return f"""
+  - name: {name}
+    driver: ibmvpc
+    credentials-file: {os.environ.get("IBMVPC_SIM_CREDENTIALS", "/nonexistent")}
+    region: us-south
+    vpc: nodepool
+    zone: us-south-1
+    subnet: nodepool-subnet
+    rate: 1000
+    object-storage:
+      instance-name: nodepool-cos
+      endpoint: {os.environ.get("IBMVPC_SIM_COS", "http://127.0.0.1:1/cos")}
+      bucket-name: nodepool-images
+{provider_extra}    cloud-images:
+      - name: debian
+        username: zuul
+        keys: [zuul]
+        image-filter:
+          operating-system:
+            family: Debian GNU/Linux
+            architecture: amd64
+{image_extra}    pools:
+      - name: main
+        public-ipv4: true
+        host-key-checking: {checking}
+{pool_extra}        labels:
+          - name: a
+            cloud-image: debian
+            profile: cx2-2x4
+{label_extra}"""
+
+
+def built_and_uploaded(env, store, tmp_path, providers: str, provider: str,
+                       timeout: float = 60):
+    """Start a builder of diskimage "debian" (fake-image-create, username
+    ``ci``) for ``providers`` (the providers: section's entries), and wait for
+    its upload to ``provider``; returns (config path, build, upload)."""
+    from conftest import wait_until
+    from nodepool.zk.records import UploadState
+    dib = os.path.join(os.path.dirname(__file__), "..", "tools", "fake-image-create")
+    (tmp_path / "images").mkdir()
+    path = env.config(f"""images-dir: {tmp_path / "images"}
+build-log-dir: {tmp_path / "logs"}
+labels:
+  - name: a
+diskimages:
+  - name: debian
+    elements: [debian-minimal, vm]
+    dib-cmd: {dib}
+    username: ci
+providers:{providers}""")
+    env.start_builder(path)
+    wait_until(lambda: [u for b in store.get_builds("debian")
+                        for u in store.get_uploads("debian", b.id, provider)
+                        if u.state == UploadState.READY], timeout=timeout,
+               message="a ready upload")
+    [build] = store.get_builds("debian")
+    [upload] = store.get_uploads("debian", build.id, provider)
+    return path, build, upload
+
+
 def two_of_four_fit(env, zuul, live_count) -> None:
     """Four requests of one node where the cloud's quota holds two: two are
     fulfilled and two wait (not fail) with ``live_count()`` instances in the

@@ -49,5 +49,5 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
         || { cat .venv/pip-install.log; exit 1; }
     echo "$wanted" > "$stamp"
 fi
-.venv/bin/python -c 'import nodepool.zk.client, kazoo, voluptuous, openstack, paramiko, kubernetes, boto3, moto.server, googleapiclient.discovery, google.auth'
+.venv/bin/python -c 'import nodepool.zk.client, kazoo, voluptuous, openstack, paramiko, kubernetes, boto3, moto.server, googleapiclient.discovery, google.auth, ibm_vpc, ibm_cloud_sdk_core, ibm_platform_services'
 echo "Dependencies installed; nodepool is in .venv"

@@ -130,7 +130,7 @@ class UploadWorker(BuilderWorker):
             raise BuilderError(f"build {diskimage.name}-{build.id} has no "
                                f"{provider.image_type} file")
         external_name = provider.image_name_format.format(
-            image_name=diskimage.name, upload_id=upload.id,
+            image_name=diskimage.name, upload_id=upload.id, build_id=build.id,
             timestamp=str(int(time.time())))
         metadata = dict(diskimage.metadata)
         metadata.update(provider_image.meta)

@@ -343,6 +343,23 @@ def check_diskimage_reference(ctx: "BuildContext", where: tuple, name: str) -> N
                     "top-level diskimages)")
 
 
+def check_cloud_image(ctx: "BuildContext", where: tuple, item: dict, provider,
+                      specs: tuple[str, ...] = ()) -> None:
+    """A cloud image names what it boots in exactly one of ``specs`` (drivers
+    with several ways: azure, ibmvpc), and one listed twice keeps the later
+    entry, loudly (every cloud driver)."""
+    if specs:
+        given = [k for k in specs if k in item]
+        if len(given) != 1:
+            ctx.problem(where, "exactly one of " + ", ".join(
+                f"'{k}'" for k in specs) + " is required"
+                + (f" (got {', '.join(given)})" if given else ""))
+    name = item["name"]
+    if name in provider.cloud_images:
+        ctx.warn(where + ("name",), f"duplicate cloud-image {name!r}: this "
+                 "later entry replaces the earlier one")
+
+
 def check_label_references(ctx: "BuildContext", where: tuple, raw: dict, provider,
                            diskimages: bool = True) -> None:
     """A pool label's name is a top-level label, and what it boots (exactly

@@ -25,6 +25,7 @@ REGISTRY: dict[str, str] = {
     "aws": "nodepool.drivers.aws",
     "gce": "nodepool.drivers.gce",
     "azure": "nodepool.drivers.azure",
+    "ibmvpc": "nodepool.drivers.ibmvpc",
 }
 _loaded: dict[str, Driver] = {}
 

@@ -1,7 +1,7 @@
 """The adapter contract, each adapter alone against its cloud: no launcher,
 no ZooKeeper. What the launcher relies on from every driver that launches
 instances (fake cloud, OpenStack simulator over HTTP, memcloud, AWS through
-moto's server, GCE and Azure through their simulators), and from every inventory driver (static, against real sshd
+moto's server, GCE, Azure and IBM Cloud VPC through their simulators), and from every inventory driver (static, against real sshd
 hosts)."""
 
 import time
@@ -15,7 +15,8 @@ from nodepool.drivers.base import META_NODE_ID, META_PROVIDER, Instance
 from nodepool.resources import Resources
 
 from launcher_fixtures import (  # noqa: E402
-    FAKE_PROVIDER, aws_provider, azure_provider, gce_provider, sim_provider,
+    FAKE_PROVIDER, aws_provider, azure_provider, gce_provider, ibmvpc_provider,
+    sim_provider,
 )
 from nodepool.testing.openstack_sim import OpenStackSimulator  # noqa: E402
 from nodepool.testing.sshdserver import SSHServer  # noqa: E402
@@ -108,6 +109,20 @@ class Azure:
         pass
 
 
+class IbmVpc:
+    """IBM's Python SDK over HTTP against the IBM Cloud VPC simulator (the
+    ``ibmvpc`` fixture)."""
+
+    image = None  # the label's cloud image (found by an image-filter)
+
+    def __init__(self, request):
+        self.sim = request.getfixturevalue("ibmvpc")
+        self.body = "providers:" + ibmvpc_provider("ibmvpc-adapter")
+
+    def stop(self):
+        pass
+
+
 class MemCloud:
     body = """
 providers:
@@ -165,7 +180,7 @@ providers:
 
 
 @pytest.fixture(params=["fake", "openstack", "memcloud", "aws", "gce", "azure",
-                        "kubernetes", "openshift", "openshiftpods"])
+                        "ibmvpc", "kubernetes", "openshift", "openshiftpods"])
 def cloud(request, tmp_path, monkeypatch):
     if request.param == "fake":
         instance = Fake()
@@ -177,6 +192,8 @@ def cloud(request, tmp_path, monkeypatch):
         instance = Gce(request)
     elif request.param == "azure":
         instance = Azure(request)
+    elif request.param == "ibmvpc":
+        instance = IbmVpc(request)
     elif request.param == "memcloud":
         instance = MemCloud()
     else:

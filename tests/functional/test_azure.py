@@ -8,22 +8,19 @@ this machine's: pools here have host-key-checking off.
 """
 
 import base64
-import os
 import time
 
 import pytest
 import yaml
 
 from conftest import wait_until
-from launcher_fixtures import azure_provider, two_of_four_fit
+from launcher_fixtures import azure_provider, built_and_uploaded, two_of_four_fit
 from nodepool import drivers
 from nodepool.config.loader import build_config
 from nodepool.drivers.base import QuotaError
 from nodepool.testing.azure_sim import FEDERATED_TOKEN, SUBSCRIPTION, TENANT
-from nodepool.zk.records import UploadState
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDtest zuul@nodepool"
-DIB = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "fake-image-create")
 
 
 def start(env, labels=("a",), **extras):
@@ -377,27 +374,10 @@ def test_arm_requests_are_timed_in_statsd(env, azure, zuul, statsd):
 
 def test_the_builder_uploads_a_diskimage_the_launcher_boots(env, azure, store, zuul,
                                                             tmp_path):
-    (tmp_path / "images").mkdir()
     body = azure_provider("azure").replace(
         "            cloud-image: ubuntu\n", "            diskimage: debian\n") + \
         "    diskimages:\n      - name: debian\n        tags: {team: ci}\n"
-    path = env.config(f"""images-dir: {tmp_path / "images"}
-build-log-dir: {tmp_path / "logs"}
-labels:
-  - name: a
-diskimages:
-  - name: debian
-    elements: [debian-minimal, vm]
-    dib-cmd: {DIB}
-    username: ci
-providers:{body}""")
-    env.start_builder(path)
-    wait_until(lambda: [u for b in store.get_builds("debian")
-                        for u in store.get_uploads("debian", b.id, "azure")
-                        if u.state == UploadState.READY], timeout=60,
-               message="a ready upload")
-    [build] = store.get_builds("debian")
-    [upload] = store.get_uploads("debian", build.id, "azure")
+    path, build, upload = built_and_uploaded(env, store, tmp_path, body, "azure")
     [image] = azure.live("images").values()
     assert image["id"] == upload.external_id and image["name"] == upload.external_name
     assert image["tags"] == {"nodepool_build_id": build.id, "nodepool_upload_id": upload.id,

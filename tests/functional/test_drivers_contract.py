@@ -1,6 +1,6 @@
 """One behaviour suite, run against every driver (fake cloud, static hosts,
-the OpenStack simulator, memcloud, AWS through moto's server, GCE and Azure
-through their simulators).
+the OpenStack simulator, memcloud, AWS through moto's server, GCE, Azure and
+IBM Cloud VPC through their simulators).
 
 What a Zuul operator relies on whatever the driver: requests are fulfilled
 with complete nodes, multi-node requests work, used nodes go away and their
@@ -16,7 +16,8 @@ import pytest
 
 from conftest import wait_until
 from launcher_fixtures import (
-    FAKE_PROVIDER, aws_provider, azure_provider, gce_provider, sim_provider,
+    FAKE_PROVIDER, aws_provider, azure_provider, gce_provider, ibmvpc_provider,
+    sim_provider,
 )
 from nodepool.zk.records import NodeState
 
@@ -188,6 +189,15 @@ class AzureDriver(SimulatedCloudDriver):
         super().__init__(request, azure_provider, "public_ip")
 
 
+class IbmVpcDriver(SimulatedCloudDriver):
+    """IBM's Python SDK against the IBM Cloud VPC simulator."""
+
+    name = "ibmvpc"
+
+    def __init__(self, request):
+        super().__init__(request, ibmvpc_provider, "public_ip")
+
+
 class MemCloudDriver:
     """A driver that exists only for the tests (tests/memcloud/), added
     through the driver registry alone."""
@@ -274,7 +284,8 @@ providers:
 
 
 @pytest.fixture(params=["fake", "static", "openstack", "memcloud", "aws", "gce",
-                        "azure", "kubernetes", "openshift", "openshiftpods"])
+                        "azure", "ibmvpc", "kubernetes", "openshift",
+                        "openshiftpods"])
 def driver(request, monkeypatch, tmp_path):
     if request.param == "fake":
         instance = FakeDriver()
@@ -284,6 +295,8 @@ def driver(request, monkeypatch, tmp_path):
         instance = GceDriver(request)
     elif request.param == "azure":
         instance = AzureDriver(request)
+    elif request.param == "ibmvpc":
+        instance = IbmVpcDriver(request)
     elif request.param == "memcloud":
         instance = MemCloudDriver()
     elif request.param == "static":

@@ -225,9 +225,7 @@ class AwsConfig:
             if "image-id" in item and "image-filters" in item:
                 ctx.problem(where, "'image-id' and 'image-filters' are mutually "
                             "exclusive")
-            if name in provider.cloud_images:
-                ctx.warn(where + ("name",), f"duplicate cloud-image {name!r}: this "
-                         "later entry replaces the earlier one")
+            s.check_cloud_image(ctx, where, item, provider)
             filters = None
             if "image-filters" in item:
                 # DescribeImages wants Name/Values; upstream accepts either case.

@@ -249,14 +249,7 @@ class AzureConfig:
         for index, item in enumerate(raw.get("cloud-images", [])):
             name = item["name"]
             where = ("cloud-images", index)
-            specs = [k for k in IMAGE_SPECS if k in item]
-            if len(specs) != 1:
-                ctx.problem(where, "exactly one of " + ", ".join(
-                    f"'{k}'" for k in IMAGE_SPECS) + " is required"
-                    + (f" (got {', '.join(specs)})" if specs else ""))
-            if name in provider.cloud_images:
-                ctx.warn(where + ("name",), f"duplicate cloud-image {name!r}: this "
-                         "later entry replaces the earlier one")
+            s.check_cloud_image(ctx, where, item, provider, IMAGE_SPECS)
             connection_type = item.get("connection-type", "ssh")
             provider.cloud_images[name] = AzureCloudImage(
                 name=name, image_id=item.get("image-id"),

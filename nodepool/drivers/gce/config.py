@@ -142,9 +142,7 @@ class GceConfig:
             if "key" in item and "username" not in item:
                 ctx.problem(where + ("key",), "needs 'username', the account the "
                             "key is installed for")
-            if name in provider.cloud_images:
-                ctx.warn(where + ("name",), f"duplicate cloud-image {name!r}: this "
-                         "later entry replaces the earlier one")
+            s.check_cloud_image(ctx, where, item, provider)
             connection_type = item.get("connection-type", "ssh")
             provider.cloud_images[name] = GceCloudImage(
                 name=name, image_id=item.get("image-id"),
