@@ -11,7 +11,7 @@ import pytest
 
 
 @pytest.mark.parametrize("module", ["openstack_sim", "gce_sim", "kubernetes_sim",
-                                    "azure_sim"])
+                                    "azure_sim", "ibmvpc_sim"])
 def test_a_simulator_runs_standalone(module, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", f"nodepool.testing.{module}",
                              "--port", "0"], cwd=tmp_path, stdout=subprocess.PIPE,
