@@ -44,8 +44,9 @@ def _locked_node(store, node_id: str):
 
 
 def _change_locked_node(args, change) -> int:
-    """Lock the node, ``change(config, store, node, lock)``, unlock, and
-    print what is left of it."""
+    """Lock the node, ``change(config, store, node, lock)``, print what is
+    left of it, and unlock. (Printed under the lock: once unlocked, a node
+    marked deleting may be gone before it could be shown.)"""
     from nodepool.zk.store import Store
     config, client = common.connect(args)
     try:
@@ -55,10 +56,10 @@ def _change_locked_node(args, change) -> int:
             return EXIT_OK
         try:
             change(config, store, node, lock)
+            _node_table(args, client, args.id)
         finally:
             if lock.is_acquired:
                 lock.release()
-        _node_table(args, client, args.id)
     finally:
         client.disconnect()
     return EXIT_OK
