@@ -60,7 +60,11 @@ class Handler(QuietJSONHandler, ComputeRoutes, StorageRoutes):
             else:
                 fail = 0
         if delay:
-            time.sleep(delay)
+            # Held until the delay has passed or the fault is lowered (a hung
+            # cloud recovering answers what it was holding).
+            started = time.monotonic()
+            while time.monotonic() - started < min(delay, sim.faults.slow_seconds):
+                time.sleep(0.05)
         if fail:
             # Rate limits say when to come back, as Nova and Swift do.
             self._error(fail, "simulated failure",
