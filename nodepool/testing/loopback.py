@@ -15,10 +15,21 @@ from nodepool.web.server import QuietHTTPServer, serve
 
 
 class QuietJSONHandler(BaseHTTPRequestHandler):
+    """Every method goes to ``_dispatch()``, which reads ``self.command``."""
+
     protocol_version = "HTTP/1.1"
 
     def log_message(self, fmt, *args):  # keep test output quiet
         pass
+
+    def _dispatch(self) -> None:
+        """Answer one request; each simulator routes its own."""
+        self.send_json(501, {"message": f"{self.command} is not simulated"})
+
+    def do_GET(self):
+        self._dispatch()
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
 
     def read_json(self) -> Any:
         """The request's JSON body (None when it has none); ValueError when

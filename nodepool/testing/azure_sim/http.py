@@ -31,21 +31,6 @@ class Handler(QuietJSONHandler):
     wbufsize = 1 << 16
     disable_nagle_algorithm = True
 
-    def do_GET(self):
-        self._dispatch()
-
-    def do_PUT(self):
-        self._dispatch()
-
-    def do_POST(self):
-        self._dispatch()
-
-    def do_PATCH(self):
-        self._dispatch()
-
-    def do_DELETE(self):
-        self._dispatch()
-
     def _dispatch(self) -> None:
         sim = self.sim
         split = urlsplit(self.path)

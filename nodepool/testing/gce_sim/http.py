@@ -73,15 +73,6 @@ class Handler(QuietJSONHandler):
             self.sim.tokens.add(token)
         return {"access_token": token, "expires_in": 3600, "token_type": "Bearer"}
 
-    def do_GET(self):
-        self._dispatch()
-
-    def do_POST(self):
-        self._dispatch()
-
-    def do_DELETE(self):
-        self._dispatch()
-
     # -- routes ---------------------------------------------------------------------
 
     def _route(self, parts: list[str], body: dict, query: dict) -> tuple[int, Any]:

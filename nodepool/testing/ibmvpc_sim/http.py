@@ -35,18 +35,6 @@ class ApiError(Exception):
 class Handler(QuietJSONHandler):
     sim: "IbmVpcSimulator"
 
-    def do_GET(self):
-        self._dispatch()
-
-    def do_POST(self):
-        self._dispatch()
-
-    def do_PUT(self):
-        self._dispatch()
-
-    def do_DELETE(self):
-        self._dispatch()
-
     def _dispatch(self) -> None:
         sim = self.sim
         split = urlsplit(self.path)

@@ -112,21 +112,6 @@ class Handler(QuietJSONHandler):
             return
         self._send(status, answer)
 
-    def do_GET(self):
-        self._dispatch()
-
-    def do_POST(self):
-        self._dispatch()
-
-    def do_PUT(self):
-        self._dispatch()
-
-    def do_PATCH(self):
-        self._dispatch()
-
-    def do_DELETE(self):
-        self._dispatch()
-
     # -- who may do what ---------------------------------------------------------------
 
     def _authorize(self, request: Request) -> None:

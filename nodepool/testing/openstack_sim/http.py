@@ -41,8 +41,9 @@ class Handler(QuietJSONHandler, ComputeRoutes, StorageRoutes):
                 413: "overLimit", 429: "overLimit", 500: "computeFault"}.get(status, "error")
         self._send(status, {kind: {"code": status, "message": message}}, headers)
 
-    def _dispatch(self, method: str) -> None:
+    def _dispatch(self) -> None:
         sim = self.sim
+        method = self.command
         path = self.path.split("?", 1)[0].rstrip("/") or "/"
         with sim.lock:
             sim.requests.append((method, path))
@@ -78,18 +79,6 @@ class Handler(QuietJSONHandler, ComputeRoutes, StorageRoutes):
                 function(self, *match.groups())
                 return
         self._error(404, f"no route for {method} {path}")
-
-    def do_GET(self):
-        self._dispatch("GET")
-
-    def do_POST(self):
-        self._dispatch("POST")
-
-    def do_PUT(self):
-        self._dispatch("PUT")
-
-    def do_DELETE(self):
-        self._dispatch("DELETE")
 
 
 ROUTES: list[tuple[str, str, Callable]] = [
